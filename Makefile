@@ -1,0 +1,69 @@
+# OpenCustody approval bridge. `make demo` and `make test` are the two
+# commands the README starts with; everything else is for developers.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+GO ?= go
+
+# Pinned tool versions (see README, "Dependencies").
+STATICCHECK_VERSION   := v0.8.2
+PROTOC_GEN_GO_VERSION := v1.36.12
+
+BIN := $(CURDIR)/.bin
+export PATH := $(BIN):$(PATH)
+export GOTOOLCHAIN := local
+
+FUZZTIME ?= 10s
+BENCHTIME ?= 1s
+
+.PHONY: all setup build test lint fmt-check vet staticcheck unit proto fuzz bench clean
+
+all: build
+
+## setup: install what the project needs on this machine if it is missing
+setup:
+	@bash scripts/setup.sh
+
+$(BIN)/staticcheck:
+	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+$(BIN)/protoc-gen-go:
+	GOBIN=$(BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+## build: build the opencustody binary into ./bin
+build:
+	$(GO) build -o bin/opencustody ./cmd/opencustody
+
+## test: setup, then formatting, vet, staticcheck and every test under -race
+test: setup lint unit
+
+unit:
+	$(GO) test -race -count=1 ./...
+
+## lint: gofmt check, go vet and staticcheck
+lint: fmt-check vet staticcheck
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.bin/*')); \
+	if [ -n "$$out" ]; then echo "gofmt would change these files (run gofmt -w):"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+staticcheck: $(BIN)/staticcheck
+	$(BIN)/staticcheck ./...
+
+## proto: regenerate the committed protobuf code (needs protoc: make setup-proto)
+proto: $(BIN)/protoc-gen-go
+	@bash scripts/setup.sh proto
+	protoc --proto_path=protocol/pb --go_out=protocol/pb --go_opt=paths=source_relative protocol/pb/*.proto
+
+## fuzz: run every fuzz target for FUZZTIME (default 10s) each
+fuzz:
+	@bash scripts/fuzz.sh $(FUZZTIME)
+
+## bench: run the benchmarks
+bench: setup
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
+
+clean:
+	rm -rf bin .bin
