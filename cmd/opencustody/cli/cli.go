@@ -65,11 +65,6 @@ func withCode(code int, err error) error {
 	return &ExitError{Code: code, Err: err}
 }
 
-// usageError marks err as a usage problem (exit code 2).
-func usageError(format string, args ...any) error {
-	return withCode(ExitUsage, fmt.Errorf(format, args...))
-}
-
 // globals are the flags every command shares.
 type globals struct {
 	streams Streams
@@ -113,7 +108,7 @@ approval device (emulator), and the operator's tools.`,
 	root.SetErr(s.Err)
 	root.PersistentFlags().StringVar(&g.dataDir, "data", "", "data directory (default $OPENCUSTODY_DATA, then the per-user config directory)")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return withCode(ExitUsage, fmt.Errorf("%w\nRun '%s --help' for usage.", err, c.CommandPath()))
+		return withCode(ExitUsage, fmt.Errorf("%w (run '%s --help' for usage)", err, c.CommandPath()))
 	})
 	for _, add := range commands {
 		root.AddCommand(add(g))
