@@ -7,6 +7,7 @@ GO ?= go
 # Pinned tool versions (see README, "Dependencies").
 STATICCHECK_VERSION   := v0.8.2
 PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 
 BIN := $(CURDIR)/.bin
 export PATH := $(BIN):$(PATH)
@@ -28,6 +29,9 @@ $(BIN)/staticcheck:
 
 $(BIN)/protoc-gen-go:
 	GOBIN=$(BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+$(BIN)/protoc-gen-go-grpc:
+	GOBIN=$(BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 
 ## build: build the opencustody binary into ./bin
 build:
@@ -52,10 +56,12 @@ vet:
 staticcheck: $(BIN)/staticcheck
 	$(BIN)/staticcheck ./...
 
-## proto: regenerate the committed protobuf code (needs protoc: make setup-proto)
-proto: $(BIN)/protoc-gen-go
+## proto: regenerate the committed protobuf code (installs protoc and the pinned generators)
+proto: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 	@bash scripts/setup.sh proto
 	protoc --proto_path=protocol/pb --go_out=protocol/pb --go_opt=paths=source_relative protocol/pb/*.proto
+	protoc --proto_path=protocol/apipb --go_out=protocol/apipb --go_opt=paths=source_relative \
+		--go-grpc_out=protocol/apipb --go-grpc_opt=paths=source_relative protocol/apipb/*.proto
 
 ## fuzz: run every fuzz target for FUZZTIME (default 10s) each
 fuzz:
