@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -22,11 +23,13 @@ const MaxEnvelopeSize = framing.MaxMessageSize
 var (
 	// ErrUnsupportedVersion means the envelope's version is not [Version].
 	ErrUnsupportedVersion = errors.New("protocol: unsupported protocol version")
-	// ErrEmptyEnvelope means the envelope carries no message.
+	// ErrEmptyEnvelope means the envelope carries no message this version
+	// defines.
 	ErrEmptyEnvelope = errors.New("protocol: envelope carries no message")
 	// ErrEnvelopeTooLarge means the encoding exceeds [MaxEnvelopeSize].
 	ErrEnvelopeTooLarge = errors.New("protocol: envelope too large")
-	// ErrMalformedEnvelope means the bytes are not a valid protobuf envelope.
+	// ErrMalformedEnvelope means the bytes are not a valid protobuf envelope,
+	// or a known field has the wrong wire type.
 	ErrMalformedEnvelope = errors.New("protocol: malformed envelope")
 )
 
@@ -89,6 +92,9 @@ func DecodeEnvelope(b []byte) (*pb.Envelope, error) {
 	if err := (proto.UnmarshalOptions{DiscardUnknown: false}).Unmarshal(b, &env); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformedEnvelope, err)
 	}
+	if err := checkWireTypes(env.ProtoReflect()); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformedEnvelope, err)
+	}
 	if env.Version != Version {
 		return nil, fmt.Errorf("%w: got %d, this side speaks %d", ErrUnsupportedVersion, env.Version, Version)
 	}
@@ -96,4 +102,43 @@ func DecodeEnvelope(b []byte) (*pb.Envelope, error) {
 		return nil, ErrEmptyEnvelope
 	}
 	return &env, nil
+}
+
+// checkWireTypes rejects a known field sent with the wrong wire type, in m
+// or any message inside it. The protobuf runtime keeps such a field as an
+// unknown field and reads the known one as unset; a decoder that rejects it
+// instead (as many embedded ones do) would then disagree with this one
+// about what was sent, for example about Ping.button_protection.
+func checkWireTypes(m protoreflect.Message) error {
+	fields := m.Descriptor().Fields()
+	for b := m.GetUnknown(); len(b) > 0; {
+		num, typ, n := protowire.ConsumeField(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		if f := fields.ByNumber(num); f != nil {
+			return fmt.Errorf("field %s has wire type %d", f.FullName(), typ)
+		}
+		b = b[n:]
+	}
+	var err error
+	m.Range(func(f protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case f.IsList() && f.Message() != nil:
+			for i := range v.List().Len() {
+				if err = checkWireTypes(v.List().Get(i).Message()); err != nil {
+					return false
+				}
+			}
+		case f.IsMap() && f.MapValue().Message() != nil:
+			v.Map().Range(func(_ protoreflect.MapKey, v protoreflect.Value) bool {
+				err = checkWireTypes(v.Message())
+				return err == nil
+			})
+		case !f.IsList() && !f.IsMap() && f.Message() != nil:
+			err = checkWireTypes(v.Message())
+		}
+		return err == nil
+	})
+	return err
 }

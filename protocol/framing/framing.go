@@ -12,13 +12,26 @@
 // [InitRequest] and [InitResponse]. firmware-spec/framing.md is the
 // normative description, and its vectors are this package's tests.
 //
+// # Use
+//
+// A sender calls [Fragment] and writes each report in order. A receiver
+// feeds every report it reads to one [Reassembler] with [Reassembler.Push],
+// and calls [Reassembler.Expire] from a timer so that a message abandoned
+// half way is dropped and its sender told. A [*FrameError] carries the
+// [ErrorCode] to answer with; [ErrorReport] builds that answer. The
+// transport carries whole 64-byte reports (a USB HID interrupt report, or
+// one UDP datagram for the emulator); this package never sees it.
+//
 // # Guarantees
 //
 // [Fragment] and [Reassembler] are exact inverses for every message up to
-// [MaxMessageSize]. The reassembler never returns a partial message: a
-// report that breaks the rules yields a [*FrameError] naming the rule, with
-// the matching [ErrorCode] to send back, and the message in progress is
-// dropped.
+// [MaxMessageSize]: Fragment refuses what a Reassembler would refuse. The
+// reassembler never returns a partial message. A report that breaks a rule
+// yields a [*FrameError] naming the rule (one of the Err sentinels, to test
+// with [errors.Is]) with the matching [ErrorCode]. Reports that cannot
+// belong to the message in progress ([ErrReportSize], [ErrReservedChannel],
+// [ErrWrongChannel]) are refused and the message in progress is kept; every
+// other error drops it.
 package framing
 
 import (
@@ -30,11 +43,14 @@ import (
 
 // Sizes of the framing, in bytes.
 const (
+	// ReportSize is the size of every report, INIT or CONT.
 	ReportSize     = 64
 	initHeaderSize = 7
 	contHeaderSize = 5
-	InitDataSize   = ReportSize - initHeaderSize // 57
-	ContDataSize   = ReportSize - contHeaderSize // 59
+	// InitDataSize is how many message bytes an INIT report carries.
+	InitDataSize = ReportSize - initHeaderSize // 57
+	// ContDataSize is how many message bytes a CONT report carries.
+	ContDataSize = ReportSize - contHeaderSize // 59
 	// MaxContSeq is the highest CONT sequence number.
 	MaxContSeq = 127
 	// MaxMessageSize is the largest message: one INIT and 128 CONT reports.
@@ -43,9 +59,10 @@ const (
 
 // Channel ids with a fixed meaning.
 const (
-	// BroadcastCID is used only for channel allocation ([CmdInit]).
+	// BroadcastCID carries only channel allocation ([CmdInit] both ways)
+	// and the [CmdError] a device sends about a report it received on it.
 	BroadcastCID uint32 = 0xffffffff
-	// ReservedCID is never valid.
+	// ReservedCID is never valid; reports on it are not answered.
 	ReservedCID uint32 = 0
 )
 
@@ -60,10 +77,10 @@ const (
 	CmdMsg Command = 0x83
 	// CmdInit allocates a channel; see [InitRequest] and [InitResponse].
 	CmdInit Command = 0x86
-	// CmdCancel aborts the transaction in progress on the channel.
+	// CmdCancel aborts the transaction in progress on the channel; no data.
 	CmdCancel Command = 0x91
-	// CmdKeepalive tells the host the device is still working (1 data byte:
-	// 1 processing, 2 waiting for the user).
+	// CmdKeepalive tells the host the device is still working; its data is
+	// one [KeepaliveStatus] byte.
 	CmdKeepalive Command = 0xbb
 	// CmdError reports a framing error; its data is one [ErrorCode] byte.
 	CmdError Command = 0xbf
@@ -96,6 +113,21 @@ func (c Command) Known() bool {
 	return false
 }
 
+// allowedOn reports whether c may be sent on channel cid.
+func (c Command) allowedOn(cid uint32) bool {
+	return cid != BroadcastCID || c == CmdInit || c == CmdError
+}
+
+// KeepaliveStatus is the data byte of a [CmdKeepalive] report.
+type KeepaliveStatus byte
+
+const (
+	// KeepaliveProcessing: the device is working on the request.
+	KeepaliveProcessing KeepaliveStatus = 0x01
+	// KeepaliveUserNeeded: the device waits for the user to press a button.
+	KeepaliveUserNeeded KeepaliveStatus = 0x02
+)
+
 // ErrorCode is the data byte of a [CmdError] report.
 type ErrorCode byte
 
@@ -107,8 +139,9 @@ const (
 	// ErrCodeInvalidLen: the announced length exceeds MaxMessageSize or the
 	// report is not 64 bytes.
 	ErrCodeInvalidLen ErrorCode = 0x03
-	// ErrCodeInvalidSeq: a CONT report is out of sequence, or arrived with
-	// no message in progress.
+	// ErrCodeInvalidSeq: a CONT report is out of sequence or arrived with
+	// no message in progress, or an INIT interrupted the channel's own
+	// message.
 	ErrCodeInvalidSeq ErrorCode = 0x04
 	// ErrCodeMsgTimeout: the message was not completed in time.
 	ErrCodeMsgTimeout ErrorCode = 0x05
@@ -122,23 +155,45 @@ const (
 )
 
 // Errors returned by the reassembler and the parsers, each wrapped in a
-// [*FrameError]. Test vectors name them by the text after "framing: ".
+// [*FrameError]; [Fragment] returns the first five, unwrapped. The test
+// vectors in firmware-spec/vectors name each one by the id in its comment.
 var (
-	ErrReportSize      = errors.New("framing: report is not 64 bytes")
+	// ErrReportSize (report_size): a report is not [ReportSize] bytes.
+	ErrReportSize = errors.New("framing: report is not 64 bytes")
+	// ErrReservedChannel (reserved_channel): a report on [ReservedCID].
 	ErrReservedChannel = errors.New("framing: reserved channel id")
-	ErrBroadcastMisuse = errors.New("framing: broadcast channel used for a command other than INIT")
-	ErrUnknownCommand  = errors.New("framing: unknown command")
-	ErrMessageTooLong  = errors.New("framing: announced length exceeds maximum message size")
-	ErrUnexpectedCont  = errors.New("framing: continuation with no message in progress")
-	ErrWrongChannel    = errors.New("framing: report on another channel while a message is in progress")
-	ErrWrongSequence   = errors.New("framing: continuation out of sequence")
-	ErrInterleaved     = errors.New("framing: new message started before the previous one completed")
-	ErrTimeout         = errors.New("framing: message not completed in time")
-	ErrBadInit         = errors.New("framing: malformed INIT payload")
+	// ErrBroadcastMisuse (broadcast_misuse): a command other than INIT or
+	// ERROR on [BroadcastCID].
+	ErrBroadcastMisuse = errors.New("framing: broadcast channel used for a command other than INIT or ERROR")
+	// ErrUnknownCommand (unknown_command): an INIT report names a command
+	// this version does not define.
+	ErrUnknownCommand = errors.New("framing: unknown command")
+	// ErrMessageTooLong (too_long): the announced length exceeds
+	// [MaxMessageSize].
+	ErrMessageTooLong = errors.New("framing: announced length exceeds maximum message size")
+	// ErrUnexpectedCont (unexpected_cont): a CONT report with no message in
+	// progress.
+	ErrUnexpectedCont = errors.New("framing: continuation with no message in progress")
+	// ErrWrongChannel (wrong_channel): a report on another channel while a
+	// message is in progress; that message is kept.
+	ErrWrongChannel = errors.New("framing: report on another channel while a message is in progress")
+	// ErrWrongSequence (wrong_sequence): a CONT report whose sequence number
+	// is not the next one.
+	ErrWrongSequence = errors.New("framing: continuation out of sequence")
+	// ErrInterleaved (interleaved): an INIT report on the channel whose
+	// message is in progress.
+	ErrInterleaved = errors.New("framing: new message started before the previous one completed")
+	// ErrTimeout (timeout): the gap between two reports of a message
+	// exceeded the reassembler's timeout.
+	ErrTimeout = errors.New("framing: message not completed in time")
+	// ErrBadInit (bad_init): an INIT request or response payload is
+	// malformed.
+	ErrBadInit = errors.New("framing: malformed INIT payload")
 )
 
 // FrameError is a framing failure: the rule broken, the channel it happened
-// on, and the code to report to the peer in a [CmdError] report.
+// on, and the code to report to the peer in a [CmdError] report on that
+// channel (see [ErrorReport]; nothing is sent when CID is [ReservedCID]).
 type FrameError struct {
 	Err  error
 	CID  uint32
@@ -160,23 +215,41 @@ type Message struct {
 }
 
 // Fragment splits data into the reports that carry it on channel cid as
-// command cmd. It fails only if data exceeds [MaxMessageSize].
+// command cmd. It fails if data exceeds [MaxMessageSize], cid is
+// [ReservedCID], cmd is not [Command.Known], or cmd may not be sent on
+// [BroadcastCID]: it never builds reports that a [Reassembler] refuses.
 func Fragment(cid uint32, cmd Command, data []byte) ([][]byte, error) {
-	if len(data) > MaxMessageSize {
+	switch {
+	case len(data) > MaxMessageSize:
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLong, len(data), MaxMessageSize)
+	case cid == ReservedCID:
+		return nil, ErrReservedChannel
+	case !cmd.Known():
+		return nil, fmt.Errorf("%w: %v", ErrUnknownCommand, cmd)
+	case !cmd.allowedOn(cid):
+		return nil, fmt.Errorf("%w: %v", ErrBroadcastMisuse, cmd)
 	}
-	var reports [][]byte
+	n := reportCount(len(data))
+	reports := make([][]byte, 0, n)
+	// One zeroed allocation holds every report; each builder is capped to
+	// its own 64 bytes, so a report never grows into the next one.
+	backing := make([]byte, n*ReportSize)
+	next := func() *cryptobyte.Builder {
+		b := cryptobyte.NewFixedBuilder(backing[:0:ReportSize])
+		backing = backing[ReportSize:]
+		return b
+	}
 	first := min(len(data), InitDataSize)
-	b := cryptobyte.NewFixedBuilder(make([]byte, 0, ReportSize))
+	b := next()
 	b.AddUint32(cid)
-	b.AddUint8(byte(cmd) | 0x80)
+	b.AddUint8(byte(cmd))
 	b.AddUint16(uint16(len(data)))
 	b.AddBytes(data[:first])
 	reports = append(reports, pad(b.BytesOrPanic()))
 	rest := data[first:]
 	for seq := 0; len(rest) > 0; seq++ {
 		n := min(len(rest), ContDataSize)
-		b := cryptobyte.NewFixedBuilder(make([]byte, 0, ReportSize))
+		b := next()
 		b.AddUint32(cid)
 		b.AddUint8(uint8(seq))
 		b.AddBytes(rest[:n])
@@ -186,8 +259,16 @@ func Fragment(cid uint32, cmd Command, data []byte) ([][]byte, error) {
 	return reports, nil
 }
 
+// reportCount is how many reports carry a message of n bytes.
+func reportCount(n int) int {
+	if n <= InitDataSize {
+		return 1
+	}
+	return 1 + (n-InitDataSize+ContDataSize-1)/ContDataSize
+}
+
 // pad extends a report to ReportSize with zeros. The slice has that
-// capacity already.
+// capacity already, and its spare capacity is zero.
 func pad(r []byte) []byte { return r[:ReportSize] }
 
 // report is a parsed report header with its payload.
@@ -203,7 +284,7 @@ type report struct {
 // parseReport reads the header of one 64-byte report.
 func parseReport(r []byte) (report, error) {
 	if len(r) != ReportSize {
-		return report{}, frameErr(fmt.Errorf("%w: got %d", ErrReportSize, len(r)), 0, ErrCodeInvalidLen)
+		return report{}, frameErr(fmt.Errorf("%w: got %d", ErrReportSize, len(r)), ReservedCID, ErrCodeInvalidLen)
 	}
 	s := cryptobyte.String(r)
 	var rep report

@@ -78,7 +78,12 @@ func ParseInitResponse(data []byte) (InitResponse, error) {
 }
 
 // ErrorReport builds the single report of a [CmdError] with code on cid.
+// It returns nil for [ReservedCID]: a report that cannot be attributed to a
+// channel (wrong size, or sent on channel 0) is not answered.
 func ErrorReport(cid uint32, code ErrorCode) []byte {
-	r, _ := Fragment(cid, CmdError, []byte{byte(code)})
+	r, err := Fragment(cid, CmdError, []byte{byte(code)})
+	if err != nil {
+		return nil
+	}
 	return r[0]
 }

@@ -13,9 +13,11 @@ const DefaultTimeout = 3 * time.Second
 // transport. It handles one message at a time, as a device does: while a
 // message is in progress, reports for other channels are refused with
 // [ErrWrongChannel] (code [ErrCodeChannelBusy]) and the message in progress
-// is kept. Any other error drops the message in progress.
+// is kept. Reports of the wrong size or on [ReservedCID] are refused and
+// also leave it alone. Any other error drops the message in progress.
 //
-// A Reassembler is not safe for concurrent use.
+// The zero value is ready to use. A Reassembler is not safe for concurrent
+// use.
 type Reassembler struct {
 	// Timeout is the longest gap allowed between two reports of one
 	// message; zero means DefaultTimeout.
@@ -31,8 +33,13 @@ type Reassembler struct {
 }
 
 // InProgress reports whether a message is partly received, and on which
-// channel.
-func (r *Reassembler) InProgress() (cid uint32, ok bool) { return r.cid, r.busy }
+// channel. It does not check the timeout; see [Reassembler.Expire].
+func (r *Reassembler) InProgress() (cid uint32, ok bool) {
+	if !r.busy {
+		return 0, false
+	}
+	return r.cid, true
+}
 
 func (r *Reassembler) timeout() time.Duration {
 	if r.Timeout > 0 {
@@ -43,12 +50,15 @@ func (r *Reassembler) timeout() time.Duration {
 
 func (r *Reassembler) reset() {
 	r.busy = false
+	r.cid = 0
 	r.buf = nil
 }
 
-// Expire drops the message in progress if its last report is older than
-// the timeout at now, and returns the [ErrTimeout] error to report on its
-// channel. It returns nil when nothing expired.
+// Expire drops the message in progress if more than the timeout has passed
+// between its last report and now, and returns the [ErrTimeout] error to
+// report on its channel. It returns nil when nothing expired. A receiver
+// calls it from a timer, so that the sender of an abandoned message hears
+// about it without sending anything more.
 func (r *Reassembler) Expire(now time.Time) *FrameError {
 	if !r.busy || now.Sub(r.last) <= r.timeout() {
 		return nil
@@ -60,34 +70,41 @@ func (r *Reassembler) Expire(now time.Time) *FrameError {
 
 // Push feeds one report received at now. It returns the message when the
 // report completes one, (nil, nil) when more reports are needed, and a
-// [*FrameError] when the report breaks a rule. A report that arrives after
-// the message in progress timed out fails with [ErrTimeout] and is
-// discarded; the next report starts afresh.
+// [*FrameError] when the report breaks a rule; it never returns both a
+// message and an error.
+//
+// Push first drops a message in progress that has expired (see
+// [Reassembler.Expire]). A CONT report for that message then fails with
+// [ErrTimeout]; any other report is handled as if no message were in
+// progress, so a stalled sender cannot make the next sender's message
+// vanish.
 func (r *Reassembler) Push(raw []byte, now time.Time) (*Message, error) {
-	if fe := r.Expire(now); fe != nil {
-		return nil, fe
-	}
+	expired, _ := r.InProgress()
+	timedOut := r.Expire(now) != nil
 	rep, err := parseReport(raw)
 	if err != nil {
 		return nil, err
 	}
 	if rep.cid == ReservedCID {
-		return nil, r.fail(rep.cid, ErrReservedChannel, ErrCodeInvalidChannel)
+		return nil, frameErr(ErrReservedChannel, rep.cid, ErrCodeInvalidChannel)
 	}
 	if !rep.isInit {
+		if timedOut && rep.cid == expired {
+			return nil, frameErr(ErrTimeout, rep.cid, ErrCodeMsgTimeout)
+		}
 		return r.pushCont(rep, now)
 	}
 	switch {
 	case r.busy && rep.cid != r.cid:
 		return nil, frameErr(ErrWrongChannel, rep.cid, ErrCodeChannelBusy)
 	case r.busy:
-		return nil, r.fail(rep.cid, ErrInterleaved, ErrCodeInvalidSeq)
+		return nil, r.fail(rep.cid, fmt.Errorf("%w: %v while %v is in progress", ErrInterleaved, rep.cmd, r.cmd), ErrCodeInvalidSeq)
 	case !rep.cmd.Known():
-		return nil, r.fail(rep.cid, fmt.Errorf("%w: %v", ErrUnknownCommand, rep.cmd), ErrCodeInvalidCmd)
-	case rep.cid == BroadcastCID && rep.cmd != CmdInit:
-		return nil, r.fail(rep.cid, fmt.Errorf("%w: %v", ErrBroadcastMisuse, rep.cmd), ErrCodeInvalidChannel)
+		return nil, frameErr(fmt.Errorf("%w: %v", ErrUnknownCommand, rep.cmd), rep.cid, ErrCodeInvalidCmd)
+	case !rep.cmd.allowedOn(rep.cid):
+		return nil, frameErr(fmt.Errorf("%w: %v", ErrBroadcastMisuse, rep.cmd), rep.cid, ErrCodeInvalidChannel)
 	case int(rep.bcnt) > MaxMessageSize:
-		return nil, r.fail(rep.cid, fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLong, rep.bcnt, MaxMessageSize), ErrCodeInvalidLen)
+		return nil, frameErr(fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLong, rep.bcnt, MaxMessageSize), rep.cid, ErrCodeInvalidLen)
 	}
 	if int(rep.bcnt) <= InitDataSize {
 		data := append([]byte(nil), rep.payload[:rep.bcnt]...)
