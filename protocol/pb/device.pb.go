@@ -108,19 +108,27 @@ const (
 	FailureCode_FAILURE_BUSY FailureCode = 6
 	// An internal error on the device.
 	FailureCode_FAILURE_PROCESS_ERROR FailureCode = 7
+	// The secure channel failed: the handshake was refused (credential not
+	// valid, not the pinned HSM, not a paired device) or a SecureMessage did
+	// not authenticate. The channel is closed; a new handshake is needed.
+	FailureCode_FAILURE_CHANNEL FailureCode = 20
+	// The message needs a secure channel to a paired peer.
+	FailureCode_FAILURE_NOT_PAIRED FailureCode = 21
 )
 
 // Enum value maps for FailureCode.
 var (
 	FailureCode_name = map[int32]string{
-		0: "FAILURE_UNSPECIFIED",
-		1: "FAILURE_UNEXPECTED_MESSAGE",
-		2: "FAILURE_DATA_ERROR",
-		3: "FAILURE_ACTION_CANCELLED",
-		4: "FAILURE_ACTION_REJECTED",
-		5: "FAILURE_UNSUPPORTED_VERSION",
-		6: "FAILURE_BUSY",
-		7: "FAILURE_PROCESS_ERROR",
+		0:  "FAILURE_UNSPECIFIED",
+		1:  "FAILURE_UNEXPECTED_MESSAGE",
+		2:  "FAILURE_DATA_ERROR",
+		3:  "FAILURE_ACTION_CANCELLED",
+		4:  "FAILURE_ACTION_REJECTED",
+		5:  "FAILURE_UNSUPPORTED_VERSION",
+		6:  "FAILURE_BUSY",
+		7:  "FAILURE_PROCESS_ERROR",
+		20: "FAILURE_CHANNEL",
+		21: "FAILURE_NOT_PAIRED",
 	}
 	FailureCode_value = map[string]int32{
 		"FAILURE_UNSPECIFIED":         0,
@@ -131,6 +139,8 @@ var (
 		"FAILURE_UNSUPPORTED_VERSION": 5,
 		"FAILURE_BUSY":                6,
 		"FAILURE_PROCESS_ERROR":       7,
+		"FAILURE_CHANNEL":             20,
+		"FAILURE_NOT_PAIRED":          21,
 	}
 )
 
@@ -209,6 +219,56 @@ func (ButtonRequestCode) EnumDescriptor() ([]byte, []int) {
 	return file_device_proto_rawDescGZIP(), []int{2}
 }
 
+// Roles a device can be paired for.
+type PairingRole int32
+
+const (
+	PairingRole_PAIRING_ROLE_UNSPECIFIED PairingRole = 0
+	PairingRole_PAIRING_ROLE_APPROVER    PairingRole = 1
+	PairingRole_PAIRING_ROLE_ADMIN       PairingRole = 2
+)
+
+// Enum value maps for PairingRole.
+var (
+	PairingRole_name = map[int32]string{
+		0: "PAIRING_ROLE_UNSPECIFIED",
+		1: "PAIRING_ROLE_APPROVER",
+		2: "PAIRING_ROLE_ADMIN",
+	}
+	PairingRole_value = map[string]int32{
+		"PAIRING_ROLE_UNSPECIFIED": 0,
+		"PAIRING_ROLE_APPROVER":    1,
+		"PAIRING_ROLE_ADMIN":       2,
+	}
+)
+
+func (x PairingRole) Enum() *PairingRole {
+	p := new(PairingRole)
+	*p = x
+	return p
+}
+
+func (x PairingRole) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PairingRole) Descriptor() protoreflect.EnumDescriptor {
+	return file_device_proto_enumTypes[3].Descriptor()
+}
+
+func (PairingRole) Type() protoreflect.EnumType {
+	return &file_device_proto_enumTypes[3]
+}
+
+func (x PairingRole) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PairingRole.Descriptor instead.
+func (PairingRole) EnumDescriptor() ([]byte, []int) {
+	return file_device_proto_rawDescGZIP(), []int{3}
+}
+
 // Envelope wraps every message with the protocol version the sender speaks.
 type Envelope struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -225,6 +285,16 @@ type Envelope struct {
 	//	*Envelope_Cancel
 	//	*Envelope_ButtonRequest
 	//	*Envelope_ButtonAck
+	//	*Envelope_HandshakeInit
+	//	*Envelope_HandshakeResponse
+	//	*Envelope_HandshakeFinish
+	//	*Envelope_Secure
+	//	*Envelope_PairingRequest
+	//	*Envelope_PairingCommitment
+	//	*Envelope_PairingChallenge
+	//	*Envelope_PairingReveal
+	//	*Envelope_PairingDecision
+	//	*Envelope_PairingFinish
 	Msg           isEnvelope_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -346,6 +416,96 @@ func (x *Envelope) GetButtonAck() *ButtonAck {
 	return nil
 }
 
+func (x *Envelope) GetHandshakeInit() *HandshakeInit {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_HandshakeInit); ok {
+			return x.HandshakeInit
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetHandshakeResponse() *HandshakeResponse {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_HandshakeResponse); ok {
+			return x.HandshakeResponse
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetHandshakeFinish() *HandshakeFinish {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_HandshakeFinish); ok {
+			return x.HandshakeFinish
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetSecure() *SecureMessage {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_Secure); ok {
+			return x.Secure
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetPairingRequest() *PairingRequest {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_PairingRequest); ok {
+			return x.PairingRequest
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetPairingCommitment() *PairingCommitment {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_PairingCommitment); ok {
+			return x.PairingCommitment
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetPairingChallenge() *PairingChallenge {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_PairingChallenge); ok {
+			return x.PairingChallenge
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetPairingReveal() *PairingReveal {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_PairingReveal); ok {
+			return x.PairingReveal
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetPairingDecision() *PairingDecision {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_PairingDecision); ok {
+			return x.PairingDecision
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetPairingFinish() *PairingFinish {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_PairingFinish); ok {
+			return x.PairingFinish
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Msg interface {
 	isEnvelope_Msg()
 }
@@ -382,6 +542,48 @@ type Envelope_ButtonAck struct {
 	ButtonAck *ButtonAck `protobuf:"bytes,17,opt,name=button_ack,json=buttonAck,proto3,oneof"`
 }
 
+type Envelope_HandshakeInit struct {
+	// Secure channel (firmware-spec/channel.md). Sent in plain.
+	HandshakeInit *HandshakeInit `protobuf:"bytes,30,opt,name=handshake_init,json=handshakeInit,proto3,oneof"`
+}
+
+type Envelope_HandshakeResponse struct {
+	HandshakeResponse *HandshakeResponse `protobuf:"bytes,31,opt,name=handshake_response,json=handshakeResponse,proto3,oneof"`
+}
+
+type Envelope_HandshakeFinish struct {
+	HandshakeFinish *HandshakeFinish `protobuf:"bytes,32,opt,name=handshake_finish,json=handshakeFinish,proto3,oneof"`
+}
+
+type Envelope_Secure struct {
+	Secure *SecureMessage `protobuf:"bytes,33,opt,name=secure,proto3,oneof"`
+}
+
+type Envelope_PairingRequest struct {
+	// Pairing (firmware-spec/channel.md). Valid only inside a SecureMessage.
+	PairingRequest *PairingRequest `protobuf:"bytes,40,opt,name=pairing_request,json=pairingRequest,proto3,oneof"`
+}
+
+type Envelope_PairingCommitment struct {
+	PairingCommitment *PairingCommitment `protobuf:"bytes,41,opt,name=pairing_commitment,json=pairingCommitment,proto3,oneof"`
+}
+
+type Envelope_PairingChallenge struct {
+	PairingChallenge *PairingChallenge `protobuf:"bytes,42,opt,name=pairing_challenge,json=pairingChallenge,proto3,oneof"`
+}
+
+type Envelope_PairingReveal struct {
+	PairingReveal *PairingReveal `protobuf:"bytes,43,opt,name=pairing_reveal,json=pairingReveal,proto3,oneof"`
+}
+
+type Envelope_PairingDecision struct {
+	PairingDecision *PairingDecision `protobuf:"bytes,44,opt,name=pairing_decision,json=pairingDecision,proto3,oneof"`
+}
+
+type Envelope_PairingFinish struct {
+	PairingFinish *PairingFinish `protobuf:"bytes,45,opt,name=pairing_finish,json=pairingFinish,proto3,oneof"`
+}
+
 func (*Envelope_GetFeatures) isEnvelope_Msg() {}
 
 func (*Envelope_Features_) isEnvelope_Msg() {}
@@ -397,6 +599,26 @@ func (*Envelope_Cancel) isEnvelope_Msg() {}
 func (*Envelope_ButtonRequest) isEnvelope_Msg() {}
 
 func (*Envelope_ButtonAck) isEnvelope_Msg() {}
+
+func (*Envelope_HandshakeInit) isEnvelope_Msg() {}
+
+func (*Envelope_HandshakeResponse) isEnvelope_Msg() {}
+
+func (*Envelope_HandshakeFinish) isEnvelope_Msg() {}
+
+func (*Envelope_Secure) isEnvelope_Msg() {}
+
+func (*Envelope_PairingRequest) isEnvelope_Msg() {}
+
+func (*Envelope_PairingCommitment) isEnvelope_Msg() {}
+
+func (*Envelope_PairingChallenge) isEnvelope_Msg() {}
+
+func (*Envelope_PairingReveal) isEnvelope_Msg() {}
+
+func (*Envelope_PairingDecision) isEnvelope_Msg() {}
+
+func (*Envelope_PairingFinish) isEnvelope_Msg() {}
 
 // GetFeatures asks the device to describe itself. Answer: Features.
 type GetFeatures struct {
@@ -832,11 +1054,474 @@ func (*ButtonAck) Descriptor() ([]byte, []int) {
 	return file_device_proto_rawDescGZIP(), []int{8}
 }
 
+// HandshakeInit is the core's first Noise XX message (-> e).
+type HandshakeInit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Noise         []byte                 `protobuf:"bytes,1,opt,name=noise,proto3" json:"noise,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandshakeInit) Reset() {
+	*x = HandshakeInit{}
+	mi := &file_device_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandshakeInit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandshakeInit) ProtoMessage() {}
+
+func (x *HandshakeInit) ProtoReflect() protoreflect.Message {
+	mi := &file_device_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandshakeInit.ProtoReflect.Descriptor instead.
+func (*HandshakeInit) Descriptor() ([]byte, []int) {
+	return file_device_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *HandshakeInit) GetNoise() []byte {
+	if x != nil {
+		return x.Noise
+	}
+	return nil
+}
+
+// HandshakeResponse is the device's Noise XX answer (<- e, ee, s, es) with
+// its channel credential as the encrypted payload.
+type HandshakeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Noise         []byte                 `protobuf:"bytes,1,opt,name=noise,proto3" json:"noise,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandshakeResponse) Reset() {
+	*x = HandshakeResponse{}
+	mi := &file_device_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandshakeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandshakeResponse) ProtoMessage() {}
+
+func (x *HandshakeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_device_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandshakeResponse.ProtoReflect.Descriptor instead.
+func (*HandshakeResponse) Descriptor() ([]byte, []int) {
+	return file_device_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *HandshakeResponse) GetNoise() []byte {
+	if x != nil {
+		return x.Noise
+	}
+	return nil
+}
+
+// HandshakeFinish is the core's last Noise XX message (-> s, se) with its
+// channel credential as the encrypted payload. The device answers Success
+// once it accepted the core, or Failure{FAILURE_CHANNEL}.
+type HandshakeFinish struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Noise         []byte                 `protobuf:"bytes,1,opt,name=noise,proto3" json:"noise,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandshakeFinish) Reset() {
+	*x = HandshakeFinish{}
+	mi := &file_device_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandshakeFinish) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandshakeFinish) ProtoMessage() {}
+
+func (x *HandshakeFinish) ProtoReflect() protoreflect.Message {
+	mi := &file_device_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandshakeFinish.ProtoReflect.Descriptor instead.
+func (*HandshakeFinish) Descriptor() ([]byte, []int) {
+	return file_device_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *HandshakeFinish) GetNoise() []byte {
+	if x != nil {
+		return x.Noise
+	}
+	return nil
+}
+
+// SecureMessage carries one Noise transport message whose plaintext is an
+// encoded Envelope. Messages must arrive exactly once and in order; any
+// that fails to decrypt closes the channel.
+type SecureMessage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ciphertext    []byte                 `protobuf:"bytes,1,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecureMessage) Reset() {
+	*x = SecureMessage{}
+	mi := &file_device_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecureMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecureMessage) ProtoMessage() {}
+
+func (x *SecureMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_device_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecureMessage.ProtoReflect.Descriptor instead.
+func (*SecureMessage) Descriptor() ([]byte, []int) {
+	return file_device_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SecureMessage) GetCiphertext() []byte {
+	if x != nil {
+		return x.Ciphertext
+	}
+	return nil
+}
+
+// PairingRequest asks the device to pair with the core at the other end of
+// the channel. Answer: PairingCommitment.
+type PairingRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user the device will belong to, shown on the device's screen.
+	User          string      `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	Role          PairingRole `protobuf:"varint,2,opt,name=role,proto3,enum=opencustody.device.v1.PairingRole" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PairingRequest) Reset() {
+	*x = PairingRequest{}
+	mi := &file_device_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PairingRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PairingRequest) ProtoMessage() {}
+
+func (x *PairingRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_device_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PairingRequest.ProtoReflect.Descriptor instead.
+func (*PairingRequest) Descriptor() ([]byte, []int) {
+	return file_device_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *PairingRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *PairingRequest) GetRole() PairingRole {
+	if x != nil {
+		return x.Role
+	}
+	return PairingRole_PAIRING_ROLE_UNSPECIFIED
+}
+
+// PairingCommitment commits to the device's secret before it sees the
+// challenge: SHA-256("OpenCustody pairing commitment v1\0" || handshake
+// hash || secret).
+type PairingCommitment struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Commitment    []byte                 `protobuf:"bytes,1,opt,name=commitment,proto3" json:"commitment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PairingCommitment) Reset() {
+	*x = PairingCommitment{}
+	mi := &file_device_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PairingCommitment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PairingCommitment) ProtoMessage() {}
+
+func (x *PairingCommitment) ProtoReflect() protoreflect.Message {
+	mi := &file_device_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PairingCommitment.ProtoReflect.Descriptor instead.
+func (*PairingCommitment) Descriptor() ([]byte, []int) {
+	return file_device_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *PairingCommitment) GetCommitment() []byte {
+	if x != nil {
+		return x.Commitment
+	}
+	return nil
+}
+
+// PairingChallenge is the core's 32 random bytes. Answer: PairingReveal.
+type PairingChallenge struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Challenge     []byte                 `protobuf:"bytes,1,opt,name=challenge,proto3" json:"challenge,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PairingChallenge) Reset() {
+	*x = PairingChallenge{}
+	mi := &file_device_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PairingChallenge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PairingChallenge) ProtoMessage() {}
+
+func (x *PairingChallenge) ProtoReflect() protoreflect.Message {
+	mi := &file_device_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PairingChallenge.ProtoReflect.Descriptor instead.
+func (*PairingChallenge) Descriptor() ([]byte, []int) {
+	return file_device_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *PairingChallenge) GetChallenge() []byte {
+	if x != nil {
+		return x.Challenge
+	}
+	return nil
+}
+
+// PairingReveal discloses the 32-byte secret. The device then shows the
+// code and the HSM fingerprint and waits for its user.
+type PairingReveal struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Secret        []byte                 `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PairingReveal) Reset() {
+	*x = PairingReveal{}
+	mi := &file_device_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PairingReveal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PairingReveal) ProtoMessage() {}
+
+func (x *PairingReveal) ProtoReflect() protoreflect.Message {
+	mi := &file_device_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PairingReveal.ProtoReflect.Descriptor instead.
+func (*PairingReveal) Descriptor() ([]byte, []int) {
+	return file_device_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *PairingReveal) GetSecret() []byte {
+	if x != nil {
+		return x.Secret
+	}
+	return nil
+}
+
+// PairingDecision is the device user's answer to the code screen.
+type PairingDecision struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Confirmed     bool                   `protobuf:"varint,1,opt,name=confirmed,proto3" json:"confirmed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PairingDecision) Reset() {
+	*x = PairingDecision{}
+	mi := &file_device_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PairingDecision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PairingDecision) ProtoMessage() {}
+
+func (x *PairingDecision) ProtoReflect() protoreflect.Message {
+	mi := &file_device_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PairingDecision.ProtoReflect.Descriptor instead.
+func (*PairingDecision) Descriptor() ([]byte, []int) {
+	return file_device_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *PairingDecision) GetConfirmed() bool {
+	if x != nil {
+		return x.Confirmed
+	}
+	return false
+}
+
+// PairingFinish tells the device that the operator confirmed the same code
+// and the core stored the pairing: the device now pins the HSM identity key.
+// Answer: Success.
+type PairingFinish struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PairingFinish) Reset() {
+	*x = PairingFinish{}
+	mi := &file_device_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PairingFinish) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PairingFinish) ProtoMessage() {}
+
+func (x *PairingFinish) ProtoReflect() protoreflect.Message {
+	mi := &file_device_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PairingFinish.ProtoReflect.Descriptor instead.
+func (*PairingFinish) Descriptor() ([]byte, []int) {
+	return file_device_proto_rawDescGZIP(), []int{18}
+}
+
 var File_device_proto protoreflect.FileDescriptor
 
 const file_device_proto_rawDesc = "" +
 	"\n" +
-	"\fdevice.proto\x12\x15opencustody.device.v1\"\xa9\x04\n" +
+	"\fdevice.proto\x12\x15opencustody.device.v1\"\xe0\n" +
+	"\n" +
 	"\bEnvelope\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12G\n" +
 	"\fget_features\x18\n" +
@@ -848,7 +1533,17 @@ const file_device_proto_rawDesc = "" +
 	"\x06cancel\x18\x0f \x01(\v2\x1d.opencustody.device.v1.CancelH\x00R\x06cancel\x12M\n" +
 	"\x0ebutton_request\x18\x10 \x01(\v2$.opencustody.device.v1.ButtonRequestH\x00R\rbuttonRequest\x12A\n" +
 	"\n" +
-	"button_ack\x18\x11 \x01(\v2 .opencustody.device.v1.ButtonAckH\x00R\tbuttonAckB\x05\n" +
+	"button_ack\x18\x11 \x01(\v2 .opencustody.device.v1.ButtonAckH\x00R\tbuttonAck\x12M\n" +
+	"\x0ehandshake_init\x18\x1e \x01(\v2$.opencustody.device.v1.HandshakeInitH\x00R\rhandshakeInit\x12Y\n" +
+	"\x12handshake_response\x18\x1f \x01(\v2(.opencustody.device.v1.HandshakeResponseH\x00R\x11handshakeResponse\x12S\n" +
+	"\x10handshake_finish\x18  \x01(\v2&.opencustody.device.v1.HandshakeFinishH\x00R\x0fhandshakeFinish\x12>\n" +
+	"\x06secure\x18! \x01(\v2$.opencustody.device.v1.SecureMessageH\x00R\x06secure\x12P\n" +
+	"\x0fpairing_request\x18( \x01(\v2%.opencustody.device.v1.PairingRequestH\x00R\x0epairingRequest\x12Y\n" +
+	"\x12pairing_commitment\x18) \x01(\v2(.opencustody.device.v1.PairingCommitmentH\x00R\x11pairingCommitment\x12V\n" +
+	"\x11pairing_challenge\x18* \x01(\v2'.opencustody.device.v1.PairingChallengeH\x00R\x10pairingChallenge\x12M\n" +
+	"\x0epairing_reveal\x18+ \x01(\v2$.opencustody.device.v1.PairingRevealH\x00R\rpairingReveal\x12S\n" +
+	"\x10pairing_decision\x18, \x01(\v2&.opencustody.device.v1.PairingDecisionH\x00R\x0fpairingDecision\x12M\n" +
+	"\x0epairing_finish\x18- \x01(\v2$.opencustody.device.v1.PairingFinishH\x00R\rpairingFinishB\x05\n" +
 	"\x03msg\"\r\n" +
 	"\vGetFeatures\"\x97\x03\n" +
 	"\bFeatures\x12\x16\n" +
@@ -874,12 +1569,36 @@ const file_device_proto_rawDesc = "" +
 	"\x06Cancel\"M\n" +
 	"\rButtonRequest\x12<\n" +
 	"\x04code\x18\x01 \x01(\x0e2(.opencustody.device.v1.ButtonRequestCodeR\x04code\"\v\n" +
-	"\tButtonAck*v\n" +
+	"\tButtonAck\"%\n" +
+	"\rHandshakeInit\x12\x14\n" +
+	"\x05noise\x18\x01 \x01(\fR\x05noise\")\n" +
+	"\x11HandshakeResponse\x12\x14\n" +
+	"\x05noise\x18\x01 \x01(\fR\x05noise\"'\n" +
+	"\x0fHandshakeFinish\x12\x14\n" +
+	"\x05noise\x18\x01 \x01(\fR\x05noise\"/\n" +
+	"\rSecureMessage\x12\x1e\n" +
+	"\n" +
+	"ciphertext\x18\x01 \x01(\fR\n" +
+	"ciphertext\"\\\n" +
+	"\x0ePairingRequest\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x126\n" +
+	"\x04role\x18\x02 \x01(\x0e2\".opencustody.device.v1.PairingRoleR\x04role\"3\n" +
+	"\x11PairingCommitment\x12\x1e\n" +
+	"\n" +
+	"commitment\x18\x01 \x01(\fR\n" +
+	"commitment\"0\n" +
+	"\x10PairingChallenge\x12\x1c\n" +
+	"\tchallenge\x18\x01 \x01(\fR\tchallenge\"'\n" +
+	"\rPairingReveal\x12\x16\n" +
+	"\x06secret\x18\x01 \x01(\fR\x06secret\"/\n" +
+	"\x0fPairingDecision\x12\x1c\n" +
+	"\tconfirmed\x18\x01 \x01(\bR\tconfirmed\"\x0f\n" +
+	"\rPairingFinish*v\n" +
 	"\tAlgorithm\x12\x19\n" +
 	"\x15ALGORITHM_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11ALGORITHM_ED25519\x10\x01\x12\x18\n" +
 	"\x14ALGORITHM_ECDSA_P256\x10\x02\x12\x1d\n" +
-	"\x19ALGORITHM_ECDSA_SECP256K1\x10\x03*\xe7\x01\n" +
+	"\x19ALGORITHM_ECDSA_SECP256K1\x10\x03*\x94\x02\n" +
 	"\vFailureCode\x12\x17\n" +
 	"\x13FAILURE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aFAILURE_UNEXPECTED_MESSAGE\x10\x01\x12\x16\n" +
@@ -888,10 +1607,16 @@ const file_device_proto_rawDesc = "" +
 	"\x17FAILURE_ACTION_REJECTED\x10\x04\x12\x1f\n" +
 	"\x1bFAILURE_UNSUPPORTED_VERSION\x10\x05\x12\x10\n" +
 	"\fFAILURE_BUSY\x10\x06\x12\x19\n" +
-	"\x15FAILURE_PROCESS_ERROR\x10\a*V\n" +
+	"\x15FAILURE_PROCESS_ERROR\x10\a\x12\x13\n" +
+	"\x0fFAILURE_CHANNEL\x10\x14\x12\x16\n" +
+	"\x12FAILURE_NOT_PAIRED\x10\x15*V\n" +
 	"\x11ButtonRequestCode\x12\x1e\n" +
 	"\x1aBUTTON_REQUEST_UNSPECIFIED\x10\x00\x12!\n" +
-	"\x1dBUTTON_REQUEST_CONFIRM_ACTION\x10\x01B3Z1github.com/opencustodynet/opencustody/protocol/pbb\x06proto3"
+	"\x1dBUTTON_REQUEST_CONFIRM_ACTION\x10\x01*^\n" +
+	"\vPairingRole\x12\x1c\n" +
+	"\x18PAIRING_ROLE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15PAIRING_ROLE_APPROVER\x10\x01\x12\x16\n" +
+	"\x12PAIRING_ROLE_ADMIN\x10\x02B3Z1github.com/opencustodynet/opencustody/protocol/pbb\x06proto3"
 
 var (
 	file_device_proto_rawDescOnce sync.Once
@@ -905,39 +1630,61 @@ func file_device_proto_rawDescGZIP() []byte {
 	return file_device_proto_rawDescData
 }
 
-var file_device_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_device_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_device_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_device_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_device_proto_goTypes = []any{
-	(Algorithm)(0),         // 0: opencustody.device.v1.Algorithm
-	(FailureCode)(0),       // 1: opencustody.device.v1.FailureCode
-	(ButtonRequestCode)(0), // 2: opencustody.device.v1.ButtonRequestCode
-	(*Envelope)(nil),       // 3: opencustody.device.v1.Envelope
-	(*GetFeatures)(nil),    // 4: opencustody.device.v1.GetFeatures
-	(*Features)(nil),       // 5: opencustody.device.v1.Features
-	(*Ping)(nil),           // 6: opencustody.device.v1.Ping
-	(*Success)(nil),        // 7: opencustody.device.v1.Success
-	(*Failure)(nil),        // 8: opencustody.device.v1.Failure
-	(*Cancel)(nil),         // 9: opencustody.device.v1.Cancel
-	(*ButtonRequest)(nil),  // 10: opencustody.device.v1.ButtonRequest
-	(*ButtonAck)(nil),      // 11: opencustody.device.v1.ButtonAck
+	(Algorithm)(0),            // 0: opencustody.device.v1.Algorithm
+	(FailureCode)(0),          // 1: opencustody.device.v1.FailureCode
+	(ButtonRequestCode)(0),    // 2: opencustody.device.v1.ButtonRequestCode
+	(PairingRole)(0),          // 3: opencustody.device.v1.PairingRole
+	(*Envelope)(nil),          // 4: opencustody.device.v1.Envelope
+	(*GetFeatures)(nil),       // 5: opencustody.device.v1.GetFeatures
+	(*Features)(nil),          // 6: opencustody.device.v1.Features
+	(*Ping)(nil),              // 7: opencustody.device.v1.Ping
+	(*Success)(nil),           // 8: opencustody.device.v1.Success
+	(*Failure)(nil),           // 9: opencustody.device.v1.Failure
+	(*Cancel)(nil),            // 10: opencustody.device.v1.Cancel
+	(*ButtonRequest)(nil),     // 11: opencustody.device.v1.ButtonRequest
+	(*ButtonAck)(nil),         // 12: opencustody.device.v1.ButtonAck
+	(*HandshakeInit)(nil),     // 13: opencustody.device.v1.HandshakeInit
+	(*HandshakeResponse)(nil), // 14: opencustody.device.v1.HandshakeResponse
+	(*HandshakeFinish)(nil),   // 15: opencustody.device.v1.HandshakeFinish
+	(*SecureMessage)(nil),     // 16: opencustody.device.v1.SecureMessage
+	(*PairingRequest)(nil),    // 17: opencustody.device.v1.PairingRequest
+	(*PairingCommitment)(nil), // 18: opencustody.device.v1.PairingCommitment
+	(*PairingChallenge)(nil),  // 19: opencustody.device.v1.PairingChallenge
+	(*PairingReveal)(nil),     // 20: opencustody.device.v1.PairingReveal
+	(*PairingDecision)(nil),   // 21: opencustody.device.v1.PairingDecision
+	(*PairingFinish)(nil),     // 22: opencustody.device.v1.PairingFinish
 }
 var file_device_proto_depIdxs = []int32{
-	4,  // 0: opencustody.device.v1.Envelope.get_features:type_name -> opencustody.device.v1.GetFeatures
-	5,  // 1: opencustody.device.v1.Envelope.features:type_name -> opencustody.device.v1.Features
-	6,  // 2: opencustody.device.v1.Envelope.ping:type_name -> opencustody.device.v1.Ping
-	7,  // 3: opencustody.device.v1.Envelope.success:type_name -> opencustody.device.v1.Success
-	8,  // 4: opencustody.device.v1.Envelope.failure:type_name -> opencustody.device.v1.Failure
-	9,  // 5: opencustody.device.v1.Envelope.cancel:type_name -> opencustody.device.v1.Cancel
-	10, // 6: opencustody.device.v1.Envelope.button_request:type_name -> opencustody.device.v1.ButtonRequest
-	11, // 7: opencustody.device.v1.Envelope.button_ack:type_name -> opencustody.device.v1.ButtonAck
-	0,  // 8: opencustody.device.v1.Features.identity_algorithm:type_name -> opencustody.device.v1.Algorithm
-	1,  // 9: opencustody.device.v1.Failure.code:type_name -> opencustody.device.v1.FailureCode
-	2,  // 10: opencustody.device.v1.ButtonRequest.code:type_name -> opencustody.device.v1.ButtonRequestCode
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	5,  // 0: opencustody.device.v1.Envelope.get_features:type_name -> opencustody.device.v1.GetFeatures
+	6,  // 1: opencustody.device.v1.Envelope.features:type_name -> opencustody.device.v1.Features
+	7,  // 2: opencustody.device.v1.Envelope.ping:type_name -> opencustody.device.v1.Ping
+	8,  // 3: opencustody.device.v1.Envelope.success:type_name -> opencustody.device.v1.Success
+	9,  // 4: opencustody.device.v1.Envelope.failure:type_name -> opencustody.device.v1.Failure
+	10, // 5: opencustody.device.v1.Envelope.cancel:type_name -> opencustody.device.v1.Cancel
+	11, // 6: opencustody.device.v1.Envelope.button_request:type_name -> opencustody.device.v1.ButtonRequest
+	12, // 7: opencustody.device.v1.Envelope.button_ack:type_name -> opencustody.device.v1.ButtonAck
+	13, // 8: opencustody.device.v1.Envelope.handshake_init:type_name -> opencustody.device.v1.HandshakeInit
+	14, // 9: opencustody.device.v1.Envelope.handshake_response:type_name -> opencustody.device.v1.HandshakeResponse
+	15, // 10: opencustody.device.v1.Envelope.handshake_finish:type_name -> opencustody.device.v1.HandshakeFinish
+	16, // 11: opencustody.device.v1.Envelope.secure:type_name -> opencustody.device.v1.SecureMessage
+	17, // 12: opencustody.device.v1.Envelope.pairing_request:type_name -> opencustody.device.v1.PairingRequest
+	18, // 13: opencustody.device.v1.Envelope.pairing_commitment:type_name -> opencustody.device.v1.PairingCommitment
+	19, // 14: opencustody.device.v1.Envelope.pairing_challenge:type_name -> opencustody.device.v1.PairingChallenge
+	20, // 15: opencustody.device.v1.Envelope.pairing_reveal:type_name -> opencustody.device.v1.PairingReveal
+	21, // 16: opencustody.device.v1.Envelope.pairing_decision:type_name -> opencustody.device.v1.PairingDecision
+	22, // 17: opencustody.device.v1.Envelope.pairing_finish:type_name -> opencustody.device.v1.PairingFinish
+	0,  // 18: opencustody.device.v1.Features.identity_algorithm:type_name -> opencustody.device.v1.Algorithm
+	1,  // 19: opencustody.device.v1.Failure.code:type_name -> opencustody.device.v1.FailureCode
+	2,  // 20: opencustody.device.v1.ButtonRequest.code:type_name -> opencustody.device.v1.ButtonRequestCode
+	3,  // 21: opencustody.device.v1.PairingRequest.role:type_name -> opencustody.device.v1.PairingRole
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_device_proto_init() }
@@ -954,14 +1701,24 @@ func file_device_proto_init() {
 		(*Envelope_Cancel)(nil),
 		(*Envelope_ButtonRequest)(nil),
 		(*Envelope_ButtonAck)(nil),
+		(*Envelope_HandshakeInit)(nil),
+		(*Envelope_HandshakeResponse)(nil),
+		(*Envelope_HandshakeFinish)(nil),
+		(*Envelope_Secure)(nil),
+		(*Envelope_PairingRequest)(nil),
+		(*Envelope_PairingCommitment)(nil),
+		(*Envelope_PairingChallenge)(nil),
+		(*Envelope_PairingReveal)(nil),
+		(*Envelope_PairingDecision)(nil),
+		(*Envelope_PairingFinish)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_device_proto_rawDesc), len(file_device_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   9,
+			NumEnums:      4,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
