@@ -124,3 +124,11 @@ func Fingerprint(alg pb.Algorithm, pub []byte) string {
 	}
 	return b.String()
 }
+
+// DeviceID is a device's stable id: the first 8 bytes of SHA-256 of its
+// identity public key, in lowercase hex. Devices report it in Features; the
+// core recomputes it from the key a device proved.
+func DeviceID(identityKey []byte) string {
+	h := sha256.Sum256(identityKey)
+	return hex.EncodeToString(h[:8])
+}

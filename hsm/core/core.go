@@ -1,0 +1,111 @@
+package core
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/flynn/noise"
+
+	"github.com/opencustodynet/opencustody/protocol"
+	"github.com/opencustodynet/opencustody/protocol/channel"
+	"github.com/opencustodynet/opencustody/protocol/signed"
+)
+
+// DefaultCredentialLifetime is how long a core channel credential is valid.
+const DefaultCredentialLifetime = 24 * time.Hour
+
+// Config configures a [Core].
+type Config struct {
+	// Identity is the HSM identity key. It signs the core's channel
+	// credentials (and, later, prompts and records checkpoints).
+	Identity signed.Signer
+	// Devices holds the device records.
+	Devices DeviceStore
+	// Ceremony allows pairing devices directly, as in the key ceremony at
+	// the HSM's console. Without it, pairing is refused.
+	Ceremony bool
+	// CredentialLifetime defaults to DefaultCredentialLifetime.
+	CredentialLifetime time.Duration
+	// Now and Rand default to time.Now and crypto/rand.
+	Now  func() time.Time
+	Rand io.Reader
+}
+
+// Core is the trusted core. It is safe for concurrent use; each [Link] is
+// not, and its caller serialises calls per link.
+type Core struct {
+	cfg Config
+
+	mu     sync.Mutex // guards static, cred
+	static noise.DHKey
+	cred   *signed.Credential
+}
+
+// New returns a core for cfg.
+func New(cfg Config) (*Core, error) {
+	if cfg.Identity == nil || cfg.Devices == nil {
+		return nil, errors.New("core: Identity and Devices are required")
+	}
+	if cfg.CredentialLifetime <= 0 {
+		cfg.CredentialLifetime = DefaultCredentialLifetime
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	return &Core{cfg: cfg}, nil
+}
+
+// HSMFingerprint is the fingerprint of the HSM identity key, the one
+// devices show when they pair.
+func (c *Core) HSMFingerprint() string {
+	return signed.Fingerprint(c.cfg.Identity.Algorithm(), c.cfg.Identity.PublicKey())
+}
+
+// Ceremony reports whether direct pairing is allowed.
+func (c *Core) Ceremony() bool { return c.cfg.Ceremony }
+
+// credential returns the current Noise static key and its credential,
+// making a new pair (signed inside the HSM) when none exists or the current
+// one has less than a quarter of its lifetime left.
+func (c *Core) credential() (noise.DHKey, *signed.Credential, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.cfg.Now()
+	if c.cred != nil && c.cred.NotAfter.Sub(now) > c.cfg.CredentialLifetime/4 {
+		return c.static, c.cred, nil
+	}
+	st, err := channel.GenerateStatic(c.cfg.Rand)
+	if err != nil {
+		return noise.DHKey{}, nil, fmt.Errorf("core: channel key: %w", err)
+	}
+	cred := &signed.Credential{
+		Role:      signed.RoleCore,
+		NotBefore: now.Add(-time.Minute).Truncate(time.Second),
+		NotAfter:  now.Add(c.cfg.CredentialLifetime).Truncate(time.Second),
+	}
+	copy(cred.StaticKey[:], st.Public)
+	if err := cred.Sign(c.cfg.Identity); err != nil {
+		return noise.DHKey{}, nil, fmt.Errorf("core: certify channel key with the HSM identity key: %w", err)
+	}
+	c.static, c.cred = st, cred
+	return st, cred, nil
+}
+
+func (c *Core) channelConfig(accept func(*signed.Credential) error) (channel.Config, error) {
+	st, cred, err := c.credential()
+	if err != nil {
+		return channel.Config{}, err
+	}
+	return channel.Config{
+		Role: signed.RoleCore, Static: st, Credential: cred,
+		ProtocolVersion: protocol.Version, Accept: accept,
+		Now: c.cfg.Now, Rand: c.cfg.Rand,
+	}, nil
+}

@@ -1,0 +1,450 @@
+package core
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/opencustodynet/opencustody/protocol"
+	"github.com/opencustodynet/opencustody/protocol/channel"
+	"github.com/opencustodynet/opencustody/protocol/pairing"
+	"github.com/opencustodynet/opencustody/protocol/pb"
+	"github.com/opencustodynet/opencustody/protocol/signed"
+)
+
+// Event tells the operator-facing side what happened on a link.
+type Event interface{ event() }
+
+// ChannelUp: the secure channel is established. Device is nil while the
+// channel exists only to pair an unknown device.
+type ChannelUp struct{ Device *DeviceRecord }
+
+// ChannelDown: the channel failed or was closed; Err says why.
+type ChannelDown struct{ Err error }
+
+// PairingCode: the code the operator must compare with the device's screen.
+type PairingCode struct{ Code, HSMFingerprint, DeviceFingerprint string }
+
+// PairingDeviceDecision: the device's user answered the code screen.
+type PairingDeviceDecision struct{ Confirmed bool }
+
+// PairingDone: the pairing is stored and the device pinned the HSM key.
+type PairingDone struct{ Device *DeviceRecord }
+
+// PairingFailed: the pairing ended without a pairing; Err says why.
+type PairingFailed struct{ Err error }
+
+func (ChannelUp) event()             {}
+func (ChannelDown) event()           {}
+func (PairingCode) event()           {}
+func (PairingDeviceDecision) event() {}
+func (PairingDone) event()           {}
+func (PairingFailed) event()         {}
+
+// Output is what a link call produced: envelopes for the device, in order,
+// and events for the operator side.
+type Output struct {
+	ToDevice [][]byte
+	Events   []Event
+}
+
+func (o *Output) send(b []byte)   { o.ToDevice = append(o.ToDevice, b) }
+func (o *Output) emit(e Event)    { o.Events = append(o.Events, e) }
+func (o *Output) merge(p *Output) { o.ToDevice = append(o.ToDevice, p.ToDevice...); o.Events = append(o.Events, p.Events...) }
+
+// Errors a link reports. Every error from [Link.Handle] also closes the
+// channel (fail closed).
+var (
+	ErrNotCeremony     = errors.New("core: direct pairing is allowed only in ceremony mode (start hsmd with --ceremony at the HSM console)")
+	ErrAlreadyPaired   = errors.New("core: device is already paired")
+	ErrRevoked         = errors.New("core: device is revoked")
+	ErrNotPaired       = errors.New("core: device is not paired")
+	ErrUnexpected      = errors.New("core: unexpected message from device")
+	ErrPairingRejected = errors.New("core: pairing rejected")
+	ErrBusy            = errors.New("core: another operation is in progress on this device")
+)
+
+type linkState int
+
+const (
+	linkIdle      linkState = iota // no channel
+	linkHandshake                  // HandshakeInit sent, waiting for HandshakeResponse
+	linkFinishing                  // HandshakeFinish sent, waiting for Success
+	linkOpen                       // channel established
+)
+
+type pairStep int
+
+const (
+	pairAwaitChannel    pairStep = iota // handshake in progress
+	pairAwaitCommitment                 // PairingRequest sent
+	pairAwaitReveal                     // PairingChallenge sent
+	pairAwaitDecisions                  // code known; waiting for both people
+	pairAwaitFinishAck                  // record stored, PairingFinish sent
+)
+
+type pairingRun struct {
+	user       string
+	role       Role
+	step       pairStep
+	commitment []byte
+	challenge  []byte
+	device     *bool // the device user's decision, once known
+	operator   *bool // the operator's decision, once known
+	record     *DeviceRecord
+}
+
+// Link is the core's end of one device attached through a bridge. Calls on
+// one link must not overlap.
+type Link struct {
+	core    *Core
+	claimed *pb.Features
+
+	state  linkState
+	hs     *channel.Handshake
+	sess   *channel.Session
+	device *DeviceRecord // the paired record the device proved, when open
+	pair   *pairingRun
+}
+
+// Attach starts a link for a device whose plain Features a bridge relayed.
+// Nothing in features is trusted until the device proves its identity key.
+func (c *Core) Attach(features *pb.Features) *Link {
+	return &Link{core: c, claimed: proto.CloneOf(features)}
+}
+
+// ClaimedID is the device id the bridge announced.
+func (l *Link) ClaimedID() string { return l.claimed.GetDeviceId() }
+
+// Claimed is the Features the bridge relayed, unverified.
+func (l *Link) Claimed() *pb.Features { return l.claimed }
+
+// Secure reports whether the channel is up, and to which paired device
+// (nil while pairing an unknown device).
+func (l *Link) Secure() (up bool, device *DeviceRecord) { return l.state == linkOpen, l.device }
+
+// Open starts the secure channel if the claimed device is paired and not
+// revoked; otherwise it does nothing and the device stays unpaired.
+func (l *Link) Open(ctx context.Context) (Output, error) {
+	if l.state != linkIdle {
+		return Output{}, nil
+	}
+	rec, err := l.core.cfg.Devices.GetDevice(ctx, l.ClaimedID())
+	if errors.Is(err, ErrDeviceNotFound) {
+		return Output{}, nil
+	}
+	if err != nil {
+		return Output{}, err
+	}
+	if rec.State != DevicePaired {
+		return Output{}, fmt.Errorf("%w: device %s", ErrRevoked, rec.ID)
+	}
+	return l.startHandshake(ctx, nil)
+}
+
+// StartPairing pairs the device with user in role: it opens a channel in
+// pairing mode and asks the device to pair. The code arrives as a
+// [PairingCode] event.
+func (l *Link) StartPairing(ctx context.Context, user string, role Role) (Output, error) {
+	if !l.core.cfg.Ceremony {
+		return Output{}, ErrNotCeremony
+	}
+	if user == "" {
+		return Output{}, errors.New("core: pairing needs a user name")
+	}
+	if _, err := ParseRole(string(role)); err != nil {
+		return Output{}, err
+	}
+	if l.pair != nil {
+		return Output{}, ErrBusy
+	}
+	switch rec, err := l.core.cfg.Devices.GetDevice(ctx, l.ClaimedID()); {
+	case err == nil && rec.State == DeviceRevoked:
+		return Output{}, fmt.Errorf("%w: device %s cannot be paired again; reset it to get a new identity", ErrRevoked, rec.ID)
+	case err == nil:
+		return Output{}, fmt.Errorf("%w: device %s belongs to %s", ErrAlreadyPaired, rec.ID, rec.User)
+	case !errors.Is(err, ErrDeviceNotFound):
+		return Output{}, err
+	}
+	run := &pairingRun{user: user, role: role}
+	if l.state == linkOpen {
+		return Output{}, ErrBusy
+	}
+	l.pair = run
+	l.state, l.hs, l.sess = linkIdle, nil, nil
+	return l.startHandshake(ctx, run)
+}
+
+// startHandshake sends HandshakeInit. For a pairing run, the device must
+// prove the identity key whose id the bridge announced; otherwise it must
+// prove the key of its unrevoked pairing record.
+func (l *Link) startHandshake(ctx context.Context, run *pairingRun) (Output, error) {
+	accept := func(peer *signed.Credential) error {
+		id := signed.DeviceID(peer.IdentityKey)
+		rec, err := l.core.cfg.Devices.GetDevice(ctx, id)
+		if run != nil {
+			if id != l.ClaimedID() {
+				return fmt.Errorf("device proved identity %s, but %s was selected for pairing", id, l.ClaimedID())
+			}
+			if err == nil {
+				return fmt.Errorf("%w: device %s", ErrAlreadyPaired, id)
+			}
+			if !errors.Is(err, ErrDeviceNotFound) {
+				return err
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if rec.State != DevicePaired {
+			return fmt.Errorf("%w: device %s", ErrRevoked, id)
+		}
+		if !bytes.Equal(rec.IdentityKey, peer.IdentityKey) || rec.Algorithm != peer.Algorithm {
+			return fmt.Errorf("device %s proved another identity key than the paired one", id)
+		}
+		l.device = rec
+		return nil
+	}
+	cfg, err := l.core.channelConfig(accept)
+	if err != nil {
+		return Output{}, err
+	}
+	hs, err := channel.NewHandshake(cfg)
+	if err != nil {
+		return Output{}, err
+	}
+	msg, err := hs.Start()
+	if err != nil {
+		return Output{}, err
+	}
+	l.hs, l.state = hs, linkHandshake
+	var out Output
+	return out, l.plain(&out, &pb.HandshakeInit{Noise: msg})
+}
+
+// plain encodes an envelope sent outside the channel.
+func (l *Link) plain(out *Output, m proto.Message) error {
+	b, err := protocol.EncodeEnvelope(m)
+	if err != nil {
+		return err
+	}
+	out.send(b)
+	return nil
+}
+
+// seal encrypts m for the device and wraps it in a SecureMessage.
+func (l *Link) seal(out *Output, m proto.Message) error {
+	inner, err := protocol.EncodeEnvelope(m)
+	if err != nil {
+		return err
+	}
+	ct, err := l.sess.Seal(inner)
+	if err != nil {
+		return err
+	}
+	return l.plain(out, &pb.SecureMessage{Ciphertext: ct})
+}
+
+// Handle processes one envelope from the device. An error closes the
+// channel; the returned output then carries the ChannelDown (and
+// PairingFailed) events.
+func (l *Link) Handle(ctx context.Context, raw []byte) (Output, error) {
+	out, err := l.handle(ctx, raw)
+	if err != nil {
+		var down Output
+		l.fail(&down, err)
+		return down, fmt.Errorf("core: device %s: %w", l.ClaimedID(), err)
+	}
+	return out, nil
+}
+
+func (l *Link) handle(ctx context.Context, raw []byte) (Output, error) {
+	var out Output
+	env, err := protocol.DecodeEnvelope(raw)
+	if err != nil {
+		return out, err
+	}
+	switch m := protocol.Unwrap(env).(type) {
+	case *pb.HandshakeResponse:
+		if l.state != linkHandshake {
+			return out, fmt.Errorf("%w: HandshakeResponse", ErrUnexpected)
+		}
+		msg3, sess, err := l.hs.Finish(m.GetNoise())
+		if err != nil {
+			return out, err
+		}
+		l.sess, l.state = sess, linkFinishing
+		return out, l.plain(&out, &pb.HandshakeFinish{Noise: msg3})
+	case *pb.Success:
+		if l.state != linkFinishing {
+			return out, fmt.Errorf("%w: Success", ErrUnexpected)
+		}
+		l.state, l.hs = linkOpen, nil
+		out.emit(ChannelUp{Device: l.device})
+		if l.pair != nil {
+			l.pair.step = pairAwaitCommitment
+			err := l.seal(&out, &pb.PairingRequest{User: l.pair.user, Role: pairingRole(l.pair.role)})
+			return out, err
+		}
+		return out, nil
+	case *pb.Failure:
+		return out, fmt.Errorf("device refused: %v: %s", m.GetCode(), m.GetMessage())
+	case *pb.SecureMessage:
+		if l.state != linkOpen {
+			return out, fmt.Errorf("%w: SecureMessage before the channel is open", ErrUnexpected)
+		}
+		pt, err := l.sess.Open(m.GetCiphertext())
+		if err != nil {
+			return out, err
+		}
+		inner, err := protocol.DecodeEnvelope(pt)
+		if err != nil {
+			return out, err
+		}
+		return out, l.handleSecure(ctx, &out, protocol.Unwrap(inner))
+	default:
+		return out, fmt.Errorf("%w: %T", ErrUnexpected, m)
+	}
+}
+
+func (l *Link) handleSecure(ctx context.Context, out *Output, m proto.Message) error {
+	p := l.pair
+	switch m := m.(type) {
+	case *pb.PairingCommitment:
+		if p == nil || p.step != pairAwaitCommitment {
+			return fmt.Errorf("%w: PairingCommitment", ErrUnexpected)
+		}
+		if len(m.GetCommitment()) != 32 {
+			return fmt.Errorf("pairing commitment is %d bytes, want 32", len(m.GetCommitment()))
+		}
+		p.commitment = m.GetCommitment()
+		p.challenge = make([]byte, pairing.ChallengeSize)
+		if _, err := io.ReadFull(l.core.cfg.Rand, p.challenge); err != nil {
+			return err
+		}
+		p.step = pairAwaitReveal
+		return l.seal(out, &pb.PairingChallenge{Challenge: p.challenge})
+	case *pb.PairingReveal:
+		if p == nil || p.step != pairAwaitReveal {
+			return fmt.Errorf("%w: PairingReveal", ErrUnexpected)
+		}
+		hh := l.sess.HandshakeHash()
+		if err := pairing.CheckReveal(hh, p.commitment, m.GetSecret()); err != nil {
+			return err
+		}
+		peer := l.sess.Peer()
+		p.step = pairAwaitDecisions
+		out.emit(PairingCode{
+			Code:              pairing.Code(hh, m.GetSecret(), p.challenge),
+			HSMFingerprint:    l.core.HSMFingerprint(),
+			DeviceFingerprint: signed.Fingerprint(peer.Algorithm, peer.IdentityKey),
+		})
+		return nil
+	case *pb.PairingDecision:
+		if p == nil || p.step != pairAwaitDecisions || p.device != nil {
+			return fmt.Errorf("%w: PairingDecision", ErrUnexpected)
+		}
+		c := m.GetConfirmed()
+		p.device = &c
+		out.emit(PairingDeviceDecision{Confirmed: c})
+		return l.maybeFinishPairing(ctx, out)
+	case *pb.Success:
+		if p == nil || p.step != pairAwaitFinishAck {
+			return fmt.Errorf("%w: Success", ErrUnexpected)
+		}
+		l.device, l.pair = p.record, nil
+		out.emit(PairingDone{Device: p.record})
+		return nil
+	case *pb.Failure:
+		return fmt.Errorf("device refused: %v: %s", m.GetCode(), m.GetMessage())
+	default:
+		return fmt.Errorf("%w: %T in the channel", ErrUnexpected, m)
+	}
+}
+
+// OperatorDecision records whether the operator saw the same code on the
+// device.
+func (l *Link) OperatorDecision(ctx context.Context, confirmed bool) (Output, error) {
+	p := l.pair
+	if p == nil || p.step != pairAwaitDecisions || p.operator != nil {
+		return Output{}, errors.New("core: no pairing is waiting for the operator")
+	}
+	p.operator = &confirmed
+	var out Output
+	if err := l.maybeFinishPairing(ctx, &out); err != nil {
+		var down Output
+		l.fail(&down, err)
+		out.merge(&down)
+		return out, err
+	}
+	return out, nil
+}
+
+// maybeFinishPairing stores the pairing once both people confirmed, and
+// fails it as soon as either rejected.
+func (l *Link) maybeFinishPairing(ctx context.Context, out *Output) error {
+	p := l.pair
+	switch {
+	case p.device != nil && !*p.device:
+		return fmt.Errorf("%w on the device", ErrPairingRejected)
+	case p.operator != nil && !*p.operator:
+		_ = l.seal(out, &pb.Failure{Code: pb.FailureCode_FAILURE_ACTION_CANCELLED, Message: "the operator saw a different code"})
+		return fmt.Errorf("%w by the operator", ErrPairingRejected)
+	case p.device == nil || p.operator == nil:
+		return nil
+	}
+	peer := l.sess.Peer()
+	rec := &DeviceRecord{
+		ID:          signed.DeviceID(peer.IdentityKey),
+		Algorithm:   peer.Algorithm,
+		IdentityKey: peer.IdentityKey,
+		User:        p.user,
+		Role:        p.role,
+		State:       DevicePaired,
+		Model:       l.claimed.GetModel(),
+		Emulator:    l.claimed.GetEmulator(),
+		PairedAt:    l.core.cfg.Now().UTC(),
+	}
+	if err := l.core.cfg.Devices.CreateDevice(ctx, rec); err != nil {
+		return fmt.Errorf("store pairing: %w", err)
+	}
+	p.record, p.step = rec, pairAwaitFinishAck
+	return l.seal(out, &pb.PairingFinish{})
+}
+
+// Abort ends a pairing in progress (operator gone, timeout) and closes the
+// channel.
+func (l *Link) Abort(reason error) Output {
+	var out Output
+	if l.pair != nil && l.sess != nil && l.state == linkOpen {
+		_ = l.seal(&out, &pb.Failure{Code: pb.FailureCode_FAILURE_ACTION_CANCELLED, Message: "pairing aborted"})
+	}
+	l.fail(&out, reason)
+	return out
+}
+
+func (l *Link) fail(out *Output, err error) {
+	if l.pair != nil {
+		out.emit(PairingFailed{Err: err})
+		l.pair = nil
+	}
+	if l.state != linkIdle {
+		out.emit(ChannelDown{Err: err})
+	}
+	if l.sess != nil {
+		l.sess.Close()
+	}
+	l.state, l.hs, l.sess, l.device = linkIdle, nil, nil, nil
+}
+
+func pairingRole(r Role) pb.PairingRole {
+	if r == RoleAdmin {
+		return pb.PairingRole_PAIRING_ROLE_ADMIN
+	}
+	return pb.PairingRole_PAIRING_ROLE_APPROVER
+}
