@@ -52,9 +52,12 @@ type Output struct {
 	Events   []Event
 }
 
-func (o *Output) send(b []byte)   { o.ToDevice = append(o.ToDevice, b) }
-func (o *Output) emit(e Event)    { o.Events = append(o.Events, e) }
-func (o *Output) merge(p *Output) { o.ToDevice = append(o.ToDevice, p.ToDevice...); o.Events = append(o.Events, p.Events...) }
+func (o *Output) send(b []byte) { o.ToDevice = append(o.ToDevice, b) }
+func (o *Output) emit(e Event)  { o.Events = append(o.Events, e) }
+func (o *Output) merge(p *Output) {
+	o.ToDevice = append(o.ToDevice, p.ToDevice...)
+	o.Events = append(o.Events, p.Events...)
+}
 
 // Errors a link reports. Every error from [Link.Handle] also closes the
 // channel (fail closed).
