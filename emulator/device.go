@@ -1,0 +1,583 @@
+package emulator
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/opencustodynet/opencustody/protocol"
+	"github.com/opencustodynet/opencustody/protocol/framing"
+	"github.com/opencustodynet/opencustody/protocol/pb"
+)
+
+var cryptoRand io.Reader = rand.Reader
+
+// Identification of the emulator in Features and in the INIT response.
+const (
+	Vendor          = "OpenCustody"
+	Model           = "Emulator"
+	FirmwareVersion = "0.1.0"
+	fwMajor         = 0
+	fwMinor         = 1
+	fwPatch         = 0
+)
+
+// MaxChannels is how many channels the device keeps allocated; allocating
+// one more forgets the oldest (and aborts its pending operation).
+const MaxChannels = 16
+
+// DefaultKeepaliveInterval is how often the device sends a keepalive while
+// it waits for the user.
+const DefaultKeepaliveInterval = 500 * time.Millisecond
+
+// Keepalive status bytes (the data of a CmdKeepalive report).
+const (
+	KeepaliveProcessing byte = 1
+	KeepaliveUserWait   byte = 2
+)
+
+// ErrButtonUnavailable means the pressed button does nothing on the current
+// screen.
+var ErrButtonUnavailable = errors.New("emulator: button not available on this screen")
+
+// Host is the peer a report came from, as the carriage knows it; the
+// device answers a channel through the Host that allocated it.
+type Host interface {
+	// Send delivers one 64-byte report to the peer. The device calls it
+	// with its lock held, in the order reports must go out: Send must not
+	// block for long and must not call the Device. Delivery errors are the
+	// carriage's to log; the device, like hardware, does not retry.
+	Send(report []byte)
+}
+
+// Config configures a [Device].
+type Config struct {
+	// Store is the device's persistent state. Required.
+	Store *Store
+	// Rand is the source of channel ids (default crypto/rand).
+	Rand io.Reader
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// Logger receives operational logs; screen contents and message
+	// payloads are logged only at debug level (default: discard).
+	Logger *slog.Logger
+	// KeepaliveInterval is how often the device sends a keepalive while it
+	// waits for the user (default [DefaultKeepaliveInterval]).
+	KeepaliveInterval time.Duration
+}
+
+// Rule is an automation rule: when a prompt whose text (see [View].Text)
+// matches Pattern is shown, the device acts as if the user pressed Action
+// (confirm after paging through every page, or reject). The first matching
+// rule wins. Rules exist for tests, through the debug link.
+type Rule struct {
+	Pattern *regexp.Regexp
+	Action  Button
+}
+
+// opState is where a pending operation stands.
+type opState int
+
+const (
+	// opWaitAck: the device sent ButtonRequest and waits for ButtonAck.
+	opWaitAck opState = iota
+	// opWaitUser: the prompt is on the screen and the device waits for a
+	// button.
+	opWaitUser
+)
+
+// operation is a request waiting for the host's ButtonAck or the user.
+type operation struct {
+	cid      uint32
+	state    opState
+	pages    []Page
+	page     int
+	reply    proto.Message // sent on confirm
+	lastSent time.Time     // of the last report on cid, for keepalives
+}
+
+// channel is an allocated channel.
+type channel struct {
+	host Host
+}
+
+// Device is the emulator's device logic: framing, channels, messages,
+// screen and buttons. It does no I/O of its own: reports come in through
+// [Device.HandleReport], button presses through [Device.Press], time
+// through [Device.Tick], and everything the device sends goes out through
+// the [Host] of the channel. [Start] carries it over UDP and
+// [Device.ServeReports] over any report stream, such as an in-process pipe.
+//
+// A Device is safe for concurrent use.
+type Device struct {
+	store     *Store
+	rand      io.Reader
+	now       func() time.Time
+	log       *slog.Logger
+	keepalive time.Duration
+	features  *pb.Features // immutable
+
+	// mu guards everything below. Host.Send is called with mu held so
+	// reports leave in decision order. Lock order: mu, then the Store's.
+	mu       sync.Mutex
+	reasm    framing.Reassembler
+	channels map[uint32]*channel
+	order    []uint32 // allocation order of channels, oldest first
+	op       *operation
+	rules    []Rule
+	view     View
+	changed  chan struct{} // closed and replaced when view changes
+}
+
+// New creates a device from cfg and shows its home screen.
+func New(cfg Config) (*Device, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("emulator: Config needs a Store")
+	}
+	d := &Device{
+		store:     cfg.Store,
+		rand:      cfg.Rand,
+		now:       cfg.Now,
+		log:       cfg.Logger,
+		keepalive: cfg.KeepaliveInterval,
+		channels:  map[uint32]*channel{},
+		changed:   make(chan struct{}),
+	}
+	if d.rand == nil {
+		d.rand = cryptoRand
+	}
+	if d.now == nil {
+		d.now = time.Now
+	}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	if d.keepalive <= 0 {
+		d.keepalive = DefaultKeepaliveInterval
+	}
+	id := cfg.Store.Identity()
+	d.features = &pb.Features{
+		Vendor:             Vendor,
+		Model:              Model,
+		FirmwareVersion:    FirmwareVersion,
+		ProtocolVersionMin: protocol.Version,
+		ProtocolVersionMax: protocol.Version,
+		DeviceId:           id.DeviceID(),
+		IdentityAlgorithm:  id.Algorithm,
+		IdentityPublicKey:  id.PublicKey(),
+		Label:              cfg.Store.Label(),
+		Emulator:           true,
+	}
+	d.mu.Lock()
+	d.showHome()
+	d.mu.Unlock()
+	return d, nil
+}
+
+// Features returns what the device answers to GetFeatures.
+func (d *Device) Features() *pb.Features { return proto.Clone(d.features).(*pb.Features) }
+
+// HandleReport processes one report received from host. Reports that are
+// not exactly 64 bytes cannot occur on USB and are dropped.
+func (d *Device) HandleReport(host Host, report []byte) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(report) != framing.ReportSize {
+		d.log.Debug("device: dropped report of wrong size", "size", len(report))
+		return
+	}
+	msg, err := d.reasm.Push(report, d.now())
+	if err != nil {
+		var fe *framing.FrameError
+		if !errors.As(err, &fe) {
+			fe = &framing.FrameError{Err: err, Code: framing.ErrCodeOther}
+		}
+		d.log.Debug("device: framing error", "cid", fe.CID, "code", fe.Code, "err", fe.Err)
+		to := host
+		if ch, ok := d.channels[fe.CID]; ok && errors.Is(fe, framing.ErrTimeout) {
+			to = ch.host
+		}
+		to.Send(framing.ErrorReport(fe.CID, fe.Code))
+		return
+	}
+	if msg == nil {
+		return
+	}
+	d.dispatch(host, msg)
+}
+
+// Tick lets time pass: it expires a message whose reports stopped coming
+// (answering CmdError MSG_TIMEOUT) and sends keepalives while the device
+// waits for the user. The carriage calls it periodically, at least as
+// often as the keepalive interval.
+func (d *Device) Tick() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := d.now()
+	if fe := d.reasm.Expire(now); fe != nil {
+		if ch, ok := d.channels[fe.CID]; ok {
+			ch.host.Send(framing.ErrorReport(fe.CID, fe.Code))
+		}
+	}
+	if op := d.op; op != nil && op.state == opWaitUser && now.Sub(op.lastSent) >= d.keepalive {
+		d.sendCmd(op.cid, framing.CmdKeepalive, []byte{KeepaliveUserWait})
+	}
+}
+
+func (d *Device) dispatch(host Host, msg *framing.Message) {
+	if msg.Cmd == framing.CmdInit {
+		d.handleInit(host, msg)
+		return
+	}
+	if _, ok := d.channels[msg.CID]; !ok {
+		d.log.Debug("device: message on unallocated channel", "cid", msg.CID, "cmd", msg.Cmd)
+		host.Send(framing.ErrorReport(msg.CID, framing.ErrCodeInvalidChannel))
+		return
+	}
+	switch msg.Cmd {
+	case framing.CmdPing:
+		d.sendCmd(msg.CID, framing.CmdPing, msg.Data)
+	case framing.CmdCancel:
+		if d.op != nil && d.op.cid == msg.CID {
+			d.cancelOp(pb.FailureCode_FAILURE_ACTION_CANCELLED, "cancelled by the host")
+		}
+	case framing.CmdMsg:
+		d.handleEnvelope(msg.CID, msg.Data)
+	default:
+		// CmdKeepalive and CmdError only travel from device to host.
+		d.sendCmd(msg.CID, framing.CmdError, []byte{byte(framing.ErrCodeInvalidCmd)})
+	}
+}
+
+func (d *Device) handleInit(host Host, msg *framing.Message) {
+	q, err := framing.ParseInitRequest(msg.Data)
+	if err != nil {
+		host.Send(framing.ErrorReport(msg.CID, framing.ErrCodeInvalidPar))
+		return
+	}
+	resp := framing.InitResponse{Nonce: q.Nonce, FramingVersion: framing.FramingVersion, Major: fwMajor, Minor: fwMinor, Patch: fwPatch}
+	if msg.CID != framing.BroadcastCID {
+		// INIT on an allocated channel resynchronises it: whatever was
+		// pending there is dropped.
+		if _, ok := d.channels[msg.CID]; !ok {
+			host.Send(framing.ErrorReport(msg.CID, framing.ErrCodeInvalidChannel))
+			return
+		}
+		if d.op != nil && d.op.cid == msg.CID {
+			d.abortOp()
+		}
+		resp.CID = msg.CID
+		d.sendCmd(msg.CID, framing.CmdInit, resp.Marshal())
+		return
+	}
+	cid, err := d.newCID()
+	if err != nil {
+		d.log.Error("device: allocate channel", "err", err)
+		host.Send(framing.ErrorReport(msg.CID, framing.ErrCodeOther))
+		return
+	}
+	if len(d.order) >= MaxChannels {
+		old := d.order[0]
+		d.order = d.order[1:]
+		delete(d.channels, old)
+		if d.op != nil && d.op.cid == old {
+			d.abortOp()
+		}
+	}
+	d.channels[cid] = &channel{host: host}
+	d.order = append(d.order, cid)
+	d.log.Debug("device: channel allocated", "cid", fmt.Sprintf("%08x", cid))
+	resp.CID = cid
+	reports, _ := framing.Fragment(framing.BroadcastCID, framing.CmdInit, resp.Marshal())
+	for _, r := range reports {
+		host.Send(r)
+	}
+}
+
+func (d *Device) newCID() (uint32, error) {
+	var b [4]byte
+	for range 64 {
+		if _, err := io.ReadFull(d.rand, b[:]); err != nil {
+			return 0, err
+		}
+		cid := binary.BigEndian.Uint32(b[:])
+		if _, used := d.channels[cid]; cid != framing.ReservedCID && cid != framing.BroadcastCID && !used {
+			return cid, nil
+		}
+	}
+	return 0, errors.New("no free channel id")
+}
+
+func (d *Device) handleEnvelope(cid uint32, data []byte) {
+	env, err := protocol.DecodeEnvelope(data)
+	if err != nil {
+		code := pb.FailureCode_FAILURE_DATA_ERROR
+		text := "malformed envelope"
+		switch {
+		case errors.Is(err, protocol.ErrUnsupportedVersion):
+			code, text = pb.FailureCode_FAILURE_UNSUPPORTED_VERSION, fmt.Sprintf("unsupported protocol version; this device speaks %d", protocol.Version)
+		case errors.Is(err, protocol.ErrEmptyEnvelope) && hasUnknownFields(data):
+			code, text = pb.FailureCode_FAILURE_UNEXPECTED_MESSAGE, "unknown message"
+		case errors.Is(err, protocol.ErrEmptyEnvelope):
+			text = "envelope carries no message"
+		}
+		d.log.Debug("device: bad envelope", "cid", cid, "err", err)
+		if d.op != nil && d.op.cid == cid {
+			d.abortOp()
+		}
+		d.sendFailure(cid, code, text)
+		return
+	}
+	m := protocol.Unwrap(env)
+	if op := d.op; op != nil {
+		if op.cid != cid {
+			// Another channel has an operation waiting for the user.
+			switch m.(type) {
+			case *pb.GetFeatures:
+				d.send(cid, d.features)
+			case *pb.Cancel:
+			default:
+				d.sendFailure(cid, pb.FailureCode_FAILURE_BUSY, "device is busy with another request")
+			}
+			return
+		}
+		switch m.(type) {
+		case *pb.Cancel:
+			d.cancelOp(pb.FailureCode_FAILURE_ACTION_CANCELLED, "cancelled by the host")
+		case *pb.ButtonAck:
+			if op.state != opWaitAck {
+				d.abortOp()
+				d.sendFailure(cid, pb.FailureCode_FAILURE_UNEXPECTED_MESSAGE, "unexpected ButtonAck")
+				return
+			}
+			op.state = opWaitUser
+			op.lastSent = d.now()
+			d.showPrompt()
+			d.applyRules()
+		default:
+			d.abortOp()
+			d.sendFailure(cid, pb.FailureCode_FAILURE_UNEXPECTED_MESSAGE, fmt.Sprintf("unexpected %s while waiting for the user", messageName(m)))
+		}
+		return
+	}
+	switch m := m.(type) {
+	case *pb.GetFeatures:
+		d.send(cid, d.features)
+	case *pb.Ping:
+		if !m.ButtonProtection {
+			d.send(cid, &pb.Success{Message: m.Message})
+			return
+		}
+		pages, err := Layout(Document{Title: "Confirm ping", Body: m.Message})
+		if err != nil {
+			d.sendFailure(cid, pb.FailureCode_FAILURE_DATA_ERROR, "ping message cannot be shown: "+strings.TrimPrefix(err.Error(), "emulator: "))
+			return
+		}
+		d.op = &operation{cid: cid, state: opWaitAck, pages: pages, reply: &pb.Success{Message: m.Message}}
+		d.log.Info("device: waiting for the user", "cid", fmt.Sprintf("%08x", cid), "request", "ping")
+		d.send(cid, &pb.ButtonRequest{Code: pb.ButtonRequestCode_BUTTON_REQUEST_CONFIRM_ACTION})
+	case *pb.Cancel:
+		// Nothing in progress: ignored.
+	default:
+		d.sendFailure(cid, pb.FailureCode_FAILURE_UNEXPECTED_MESSAGE, fmt.Sprintf("unexpected %s", messageName(m)))
+	}
+}
+
+func messageName(m proto.Message) string {
+	return string(m.ProtoReflect().Descriptor().Name())
+}
+
+// hasUnknownFields reports whether an envelope that carries no known
+// message carries fields this version does not know (a newer message).
+func hasUnknownFields(data []byte) bool {
+	var env pb.Envelope
+	if proto.Unmarshal(data, &env) != nil {
+		return false
+	}
+	return len(env.ProtoReflect().GetUnknown()) > 0
+}
+
+// Press acts on a button press. It returns [ErrButtonUnavailable] if the
+// button does nothing on the current screen.
+func (d *Device) Press(b Button) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.press(b)
+}
+
+func (d *Device) press(b Button) error {
+	op := d.op
+	if op == nil || op.state != opWaitUser || !hasButton(d.view.Buttons, b) {
+		return fmt.Errorf("%w: %s", ErrButtonUnavailable, b)
+	}
+	switch b {
+	case ButtonNext:
+		op.page++
+		d.showPrompt()
+	case ButtonPrev:
+		op.page--
+		d.showPrompt()
+	case ButtonConfirm:
+		d.log.Info("device: user confirmed", "cid", fmt.Sprintf("%08x", op.cid))
+		d.op = nil
+		d.showHome()
+		d.send(op.cid, op.reply)
+	case ButtonReject:
+		d.log.Info("device: user rejected", "cid", fmt.Sprintf("%08x", op.cid))
+		d.cancelOp(pb.FailureCode_FAILURE_ACTION_REJECTED, "rejected on the device")
+	}
+	return nil
+}
+
+func hasButton(bs []Button, b Button) bool {
+	for _, x := range bs {
+		if x == b {
+			return true
+		}
+	}
+	return false
+}
+
+// SetRules replaces the automation rules. They apply to prompts shown from
+// now on and to the prompt on the screen.
+func (d *Device) SetRules(rules []Rule) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.rules = append([]Rule(nil), rules...)
+	d.applyRules()
+}
+
+// Rules returns the automation rules.
+func (d *Device) Rules() []Rule {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]Rule(nil), d.rules...)
+}
+
+// applyRules acts on the prompt on the screen if a rule matches it.
+func (d *Device) applyRules() {
+	op := d.op
+	if op == nil || op.state != opWaitUser {
+		return
+	}
+	for _, r := range d.rules {
+		if !r.Pattern.MatchString(d.view.Text) {
+			continue
+		}
+		d.log.Debug("device: automation rule matched", "pattern", r.Pattern.String(), "action", r.Action)
+		if r.Action == ButtonConfirm {
+			for op.page < len(op.pages)-1 {
+				_ = d.press(ButtonNext)
+			}
+		}
+		_ = d.press(r.Action)
+		return
+	}
+}
+
+// cancelOp ends the pending operation with a Failure to its channel.
+func (d *Device) cancelOp(code pb.FailureCode, text string) {
+	cid := d.op.cid
+	d.abortOp()
+	d.sendFailure(cid, code, text)
+}
+
+// abortOp drops the pending operation without answering it.
+func (d *Device) abortOp() {
+	d.op = nil
+	d.showHome()
+}
+
+func (d *Device) sendFailure(cid uint32, code pb.FailureCode, text string) {
+	d.send(cid, &pb.Failure{Code: code, Message: text})
+}
+
+// send encodes m in an envelope and sends it on cid as CmdMsg.
+func (d *Device) send(cid uint32, m proto.Message) {
+	b, err := protocol.EncodeEnvelope(m)
+	if err != nil {
+		d.log.Error("device: encode answer", "err", err)
+		return
+	}
+	d.sendCmd(cid, framing.CmdMsg, b)
+}
+
+// sendCmd sends data as cmd on cid to the channel's host.
+func (d *Device) sendCmd(cid uint32, cmd framing.Command, data []byte) {
+	ch, ok := d.channels[cid]
+	if !ok {
+		return
+	}
+	reports, err := framing.Fragment(cid, cmd, data)
+	if err != nil {
+		d.log.Error("device: fragment answer", "err", err)
+		return
+	}
+	for _, r := range reports {
+		ch.host.Send(r)
+	}
+	if d.op != nil && d.op.cid == cid {
+		d.op.lastSent = d.now()
+	}
+}
+
+// View returns what the screen shows now, and a channel that is closed
+// when it changes.
+func (d *Device) View() (View, <-chan struct{}) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	v := d.view
+	v.Buttons = append([]Button(nil), v.Buttons...)
+	v.Page.Lines = append([]string(nil), v.Page.Lines...)
+	return v, d.changed
+}
+
+func (d *Device) setView(kind string, pages []Page, page int, buttons []Button) {
+	d.view = View{Seq: d.view.Seq + 1, Kind: kind, Page: pages[page], Buttons: buttons, Text: documentText(pages)}
+	close(d.changed)
+	d.changed = make(chan struct{})
+}
+
+func (d *Device) showHome() {
+	label := printable(d.store.Label())
+	pages, err := Layout(Document{Title: "OpenCustody", Body: label + "\n\nID " + d.store.Identity().DeviceID() + "\nReady"})
+	if err != nil {
+		pages, _ = Layout(Document{Title: "OpenCustody"})
+	}
+	d.setView("home", pages, 0, nil)
+}
+
+func (d *Device) showPrompt() {
+	op := d.op
+	var bs []Button
+	if op.page > 0 {
+		bs = append(bs, ButtonPrev)
+	}
+	if op.page < len(op.pages)-1 {
+		bs = append(bs, ButtonNext)
+	}
+	bs = append(bs, ButtonReject)
+	if op.page == len(op.pages)-1 {
+		bs = append(bs, ButtonConfirm)
+	}
+	d.setView("prompt", op.pages, op.page, bs)
+}
+
+// printable replaces what the screen cannot show with '?'.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return '?'
+		}
+		return r
+	}, s)
+}
