@@ -86,7 +86,8 @@ const (
 	pairAwaitChannel    pairStep = iota // handshake in progress
 	pairAwaitCommitment                 // PairingRequest sent
 	pairAwaitReveal                     // PairingChallenge sent
-	pairAwaitDecisions                  // code known; waiting for both people
+	pairAwaitButton                     // code known, PairingConfirm sent
+	pairAwaitDecisions                  // ButtonAck sent; waiting for both people
 	pairAwaitFinishAck                  // record stored, PairingFinish sent
 )
 
@@ -341,13 +342,19 @@ func (l *Link) handleSecure(ctx context.Context, out *Output, m proto.Message) e
 			return err
 		}
 		peer := l.sess.Peer()
-		p.step = pairAwaitDecisions
+		p.step = pairAwaitButton
 		out.emit(PairingCode{
 			Code:              pairing.Code(hh, m.GetSecret(), p.challenge),
 			HSMFingerprint:    l.core.HSMFingerprint(),
 			DeviceFingerprint: signed.Fingerprint(peer.Algorithm, peer.IdentityKey),
 		})
-		return nil
+		return l.seal(out, &pb.PairingConfirm{})
+	case *pb.ButtonRequest:
+		if p == nil || p.step != pairAwaitButton {
+			return fmt.Errorf("%w: ButtonRequest", ErrUnexpected)
+		}
+		p.step = pairAwaitDecisions
+		return l.seal(out, &pb.ButtonAck{})
 	case *pb.PairingDecision:
 		if p == nil || p.step != pairAwaitDecisions || p.device != nil {
 			return fmt.Errorf("%w: PairingDecision", ErrUnexpected)
@@ -374,7 +381,7 @@ func (l *Link) handleSecure(ctx context.Context, out *Output, m proto.Message) e
 // device.
 func (l *Link) OperatorDecision(ctx context.Context, confirmed bool) (Output, error) {
 	p := l.pair
-	if p == nil || p.step != pairAwaitDecisions || p.operator != nil {
+	if p == nil || (p.step != pairAwaitButton && p.step != pairAwaitDecisions) || p.operator != nil {
 		return Output{}, errors.New("core: no pairing is waiting for the operator")
 	}
 	p.operator = &confirmed
@@ -396,7 +403,7 @@ func (l *Link) maybeFinishPairing(ctx context.Context, out *Output) error {
 	case p.device != nil && !*p.device:
 		return fmt.Errorf("%w on the device", ErrPairingRejected)
 	case p.operator != nil && !*p.operator:
-		_ = l.seal(out, &pb.Failure{Code: pb.FailureCode_FAILURE_ACTION_CANCELLED, Message: "the operator saw a different code"})
+		_ = l.seal(out, &pb.Cancel{})
 		return fmt.Errorf("%w by the operator", ErrPairingRejected)
 	case p.device == nil || p.operator == nil:
 		return nil
@@ -425,7 +432,7 @@ func (l *Link) maybeFinishPairing(ctx context.Context, out *Output) error {
 func (l *Link) Abort(reason error) Output {
 	var out Output
 	if l.pair != nil && l.sess != nil && l.state == linkOpen {
-		_ = l.seal(&out, &pb.Failure{Code: pb.FailureCode_FAILURE_ACTION_CANCELLED, Message: "pairing aborted"})
+		_ = l.seal(&out, &pb.Cancel{})
 	}
 	l.fail(&out, reason)
 	return out

@@ -169,6 +169,12 @@ func (d *testDevice) handle(raw []byte) []byte {
 			p := d.sess.Peer()
 			d.hsmFinger = signed.Fingerprint(p.Algorithm, p.IdentityKey)
 			return d.sealed(&pb.PairingReveal{Secret: d.secret})
+		case *pb.PairingConfirm:
+			return d.sealed(&pb.ButtonRequest{Code: pb.ButtonRequestCode_BUTTON_REQUEST_PAIRING})
+		case *pb.ButtonAck:
+			return nil // the user decides later (decide)
+		case *pb.Cancel:
+			return d.sealed(&pb.Failure{Code: pb.FailureCode_FAILURE_ACTION_CANCELLED})
 		case *pb.PairingFinish:
 			d.pinned = d.sess.Peer().IdentityKey
 			return d.sealed(&pb.Success{})

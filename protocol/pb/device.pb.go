@@ -178,17 +178,22 @@ const (
 	ButtonRequestCode_BUTTON_REQUEST_UNSPECIFIED ButtonRequestCode = 0
 	// The device asks to confirm a generic action (e.g. a protected Ping).
 	ButtonRequestCode_BUTTON_REQUEST_CONFIRM_ACTION ButtonRequestCode = 1
+	// The device shows the pairing code and the HSM fingerprint and waits
+	// for its user to compare them.
+	ButtonRequestCode_BUTTON_REQUEST_PAIRING ButtonRequestCode = 10
 )
 
 // Enum value maps for ButtonRequestCode.
 var (
 	ButtonRequestCode_name = map[int32]string{
-		0: "BUTTON_REQUEST_UNSPECIFIED",
-		1: "BUTTON_REQUEST_CONFIRM_ACTION",
+		0:  "BUTTON_REQUEST_UNSPECIFIED",
+		1:  "BUTTON_REQUEST_CONFIRM_ACTION",
+		10: "BUTTON_REQUEST_PAIRING",
 	}
 	ButtonRequestCode_value = map[string]int32{
 		"BUTTON_REQUEST_UNSPECIFIED":    0,
 		"BUTTON_REQUEST_CONFIRM_ACTION": 1,
+		"BUTTON_REQUEST_PAIRING":        10,
 	}
 )
 
@@ -295,6 +300,7 @@ type Envelope struct {
 	//	*Envelope_PairingReveal
 	//	*Envelope_PairingDecision
 	//	*Envelope_PairingFinish
+	//	*Envelope_PairingConfirm
 	Msg           isEnvelope_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -506,6 +512,15 @@ func (x *Envelope) GetPairingFinish() *PairingFinish {
 	return nil
 }
 
+func (x *Envelope) GetPairingConfirm() *PairingConfirm {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_PairingConfirm); ok {
+			return x.PairingConfirm
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Msg interface {
 	isEnvelope_Msg()
 }
@@ -584,6 +599,10 @@ type Envelope_PairingFinish struct {
 	PairingFinish *PairingFinish `protobuf:"bytes,45,opt,name=pairing_finish,json=pairingFinish,proto3,oneof"`
 }
 
+type Envelope_PairingConfirm struct {
+	PairingConfirm *PairingConfirm `protobuf:"bytes,46,opt,name=pairing_confirm,json=pairingConfirm,proto3,oneof"`
+}
+
 func (*Envelope_GetFeatures) isEnvelope_Msg() {}
 
 func (*Envelope_Features_) isEnvelope_Msg() {}
@@ -619,6 +638,8 @@ func (*Envelope_PairingReveal) isEnvelope_Msg() {}
 func (*Envelope_PairingDecision) isEnvelope_Msg() {}
 
 func (*Envelope_PairingFinish) isEnvelope_Msg() {}
+
+func (*Envelope_PairingConfirm) isEnvelope_Msg() {}
 
 // GetFeatures asks the device to describe itself. Answer: Features.
 type GetFeatures struct {
@@ -1386,8 +1407,8 @@ func (x *PairingChallenge) GetChallenge() []byte {
 	return nil
 }
 
-// PairingReveal discloses the 32-byte secret. The device then shows the
-// code and the HSM fingerprint and waits for its user.
+// PairingReveal discloses the 32-byte secret. Both ends can now compute
+// the code.
 type PairingReveal struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Secret        []byte                 `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
@@ -1432,6 +1453,47 @@ func (x *PairingReveal) GetSecret() []byte {
 	return nil
 }
 
+// PairingConfirm asks the device to show the code and the HSM fingerprint
+// and to ask its user whether they match what the operator sees. The device
+// answers ButtonRequest{BUTTON_REQUEST_PAIRING}; after the core's ButtonAck
+// it answers PairingDecision once the user pressed, or
+// Failure{FAILURE_ACTION_CANCELLED} if the core sent Cancel meanwhile.
+type PairingConfirm struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PairingConfirm) Reset() {
+	*x = PairingConfirm{}
+	mi := &file_device_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PairingConfirm) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PairingConfirm) ProtoMessage() {}
+
+func (x *PairingConfirm) ProtoReflect() protoreflect.Message {
+	mi := &file_device_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PairingConfirm.ProtoReflect.Descriptor instead.
+func (*PairingConfirm) Descriptor() ([]byte, []int) {
+	return file_device_proto_rawDescGZIP(), []int{17}
+}
+
 // PairingDecision is the device user's answer to the code screen.
 type PairingDecision struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1442,7 +1504,7 @@ type PairingDecision struct {
 
 func (x *PairingDecision) Reset() {
 	*x = PairingDecision{}
-	mi := &file_device_proto_msgTypes[17]
+	mi := &file_device_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1516,7 @@ func (x *PairingDecision) String() string {
 func (*PairingDecision) ProtoMessage() {}
 
 func (x *PairingDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_device_proto_msgTypes[17]
+	mi := &file_device_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1529,7 @@ func (x *PairingDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PairingDecision.ProtoReflect.Descriptor instead.
 func (*PairingDecision) Descriptor() ([]byte, []int) {
-	return file_device_proto_rawDescGZIP(), []int{17}
+	return file_device_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PairingDecision) GetConfirmed() bool {
@@ -1488,7 +1550,7 @@ type PairingFinish struct {
 
 func (x *PairingFinish) Reset() {
 	*x = PairingFinish{}
-	mi := &file_device_proto_msgTypes[18]
+	mi := &file_device_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +1562,7 @@ func (x *PairingFinish) String() string {
 func (*PairingFinish) ProtoMessage() {}
 
 func (x *PairingFinish) ProtoReflect() protoreflect.Message {
-	mi := &file_device_proto_msgTypes[18]
+	mi := &file_device_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,15 +1575,14 @@ func (x *PairingFinish) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PairingFinish.ProtoReflect.Descriptor instead.
 func (*PairingFinish) Descriptor() ([]byte, []int) {
-	return file_device_proto_rawDescGZIP(), []int{18}
+	return file_device_proto_rawDescGZIP(), []int{19}
 }
 
 var File_device_proto protoreflect.FileDescriptor
 
 const file_device_proto_rawDesc = "" +
 	"\n" +
-	"\fdevice.proto\x12\x15opencustody.device.v1\"\xe0\n" +
-	"\n" +
+	"\fdevice.proto\x12\x15opencustody.device.v1\"\xb2\v\n" +
 	"\bEnvelope\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12G\n" +
 	"\fget_features\x18\n" +
@@ -1543,7 +1604,8 @@ const file_device_proto_rawDesc = "" +
 	"\x11pairing_challenge\x18* \x01(\v2'.opencustody.device.v1.PairingChallengeH\x00R\x10pairingChallenge\x12M\n" +
 	"\x0epairing_reveal\x18+ \x01(\v2$.opencustody.device.v1.PairingRevealH\x00R\rpairingReveal\x12S\n" +
 	"\x10pairing_decision\x18, \x01(\v2&.opencustody.device.v1.PairingDecisionH\x00R\x0fpairingDecision\x12M\n" +
-	"\x0epairing_finish\x18- \x01(\v2$.opencustody.device.v1.PairingFinishH\x00R\rpairingFinishB\x05\n" +
+	"\x0epairing_finish\x18- \x01(\v2$.opencustody.device.v1.PairingFinishH\x00R\rpairingFinish\x12P\n" +
+	"\x0fpairing_confirm\x18. \x01(\v2%.opencustody.device.v1.PairingConfirmH\x00R\x0epairingConfirmB\x05\n" +
 	"\x03msg\"\r\n" +
 	"\vGetFeatures\"\x97\x03\n" +
 	"\bFeatures\x12\x16\n" +
@@ -1590,7 +1652,8 @@ const file_device_proto_rawDesc = "" +
 	"\x10PairingChallenge\x12\x1c\n" +
 	"\tchallenge\x18\x01 \x01(\fR\tchallenge\"'\n" +
 	"\rPairingReveal\x12\x16\n" +
-	"\x06secret\x18\x01 \x01(\fR\x06secret\"/\n" +
+	"\x06secret\x18\x01 \x01(\fR\x06secret\"\x10\n" +
+	"\x0ePairingConfirm\"/\n" +
 	"\x0fPairingDecision\x12\x1c\n" +
 	"\tconfirmed\x18\x01 \x01(\bR\tconfirmed\"\x0f\n" +
 	"\rPairingFinish*v\n" +
@@ -1609,10 +1672,12 @@ const file_device_proto_rawDesc = "" +
 	"\fFAILURE_BUSY\x10\x06\x12\x19\n" +
 	"\x15FAILURE_PROCESS_ERROR\x10\a\x12\x13\n" +
 	"\x0fFAILURE_CHANNEL\x10\x14\x12\x16\n" +
-	"\x12FAILURE_NOT_PAIRED\x10\x15*V\n" +
+	"\x12FAILURE_NOT_PAIRED\x10\x15*r\n" +
 	"\x11ButtonRequestCode\x12\x1e\n" +
 	"\x1aBUTTON_REQUEST_UNSPECIFIED\x10\x00\x12!\n" +
-	"\x1dBUTTON_REQUEST_CONFIRM_ACTION\x10\x01*^\n" +
+	"\x1dBUTTON_REQUEST_CONFIRM_ACTION\x10\x01\x12\x1a\n" +
+	"\x16BUTTON_REQUEST_PAIRING\x10\n" +
+	"*^\n" +
 	"\vPairingRole\x12\x1c\n" +
 	"\x18PAIRING_ROLE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15PAIRING_ROLE_APPROVER\x10\x01\x12\x16\n" +
@@ -1631,7 +1696,7 @@ func file_device_proto_rawDescGZIP() []byte {
 }
 
 var file_device_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_device_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_device_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_device_proto_goTypes = []any{
 	(Algorithm)(0),            // 0: opencustody.device.v1.Algorithm
 	(FailureCode)(0),          // 1: opencustody.device.v1.FailureCode
@@ -1654,8 +1719,9 @@ var file_device_proto_goTypes = []any{
 	(*PairingCommitment)(nil), // 18: opencustody.device.v1.PairingCommitment
 	(*PairingChallenge)(nil),  // 19: opencustody.device.v1.PairingChallenge
 	(*PairingReveal)(nil),     // 20: opencustody.device.v1.PairingReveal
-	(*PairingDecision)(nil),   // 21: opencustody.device.v1.PairingDecision
-	(*PairingFinish)(nil),     // 22: opencustody.device.v1.PairingFinish
+	(*PairingConfirm)(nil),    // 21: opencustody.device.v1.PairingConfirm
+	(*PairingDecision)(nil),   // 22: opencustody.device.v1.PairingDecision
+	(*PairingFinish)(nil),     // 23: opencustody.device.v1.PairingFinish
 }
 var file_device_proto_depIdxs = []int32{
 	5,  // 0: opencustody.device.v1.Envelope.get_features:type_name -> opencustody.device.v1.GetFeatures
@@ -1674,17 +1740,18 @@ var file_device_proto_depIdxs = []int32{
 	18, // 13: opencustody.device.v1.Envelope.pairing_commitment:type_name -> opencustody.device.v1.PairingCommitment
 	19, // 14: opencustody.device.v1.Envelope.pairing_challenge:type_name -> opencustody.device.v1.PairingChallenge
 	20, // 15: opencustody.device.v1.Envelope.pairing_reveal:type_name -> opencustody.device.v1.PairingReveal
-	21, // 16: opencustody.device.v1.Envelope.pairing_decision:type_name -> opencustody.device.v1.PairingDecision
-	22, // 17: opencustody.device.v1.Envelope.pairing_finish:type_name -> opencustody.device.v1.PairingFinish
-	0,  // 18: opencustody.device.v1.Features.identity_algorithm:type_name -> opencustody.device.v1.Algorithm
-	1,  // 19: opencustody.device.v1.Failure.code:type_name -> opencustody.device.v1.FailureCode
-	2,  // 20: opencustody.device.v1.ButtonRequest.code:type_name -> opencustody.device.v1.ButtonRequestCode
-	3,  // 21: opencustody.device.v1.PairingRequest.role:type_name -> opencustody.device.v1.PairingRole
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	22, // 16: opencustody.device.v1.Envelope.pairing_decision:type_name -> opencustody.device.v1.PairingDecision
+	23, // 17: opencustody.device.v1.Envelope.pairing_finish:type_name -> opencustody.device.v1.PairingFinish
+	21, // 18: opencustody.device.v1.Envelope.pairing_confirm:type_name -> opencustody.device.v1.PairingConfirm
+	0,  // 19: opencustody.device.v1.Features.identity_algorithm:type_name -> opencustody.device.v1.Algorithm
+	1,  // 20: opencustody.device.v1.Failure.code:type_name -> opencustody.device.v1.FailureCode
+	2,  // 21: opencustody.device.v1.ButtonRequest.code:type_name -> opencustody.device.v1.ButtonRequestCode
+	3,  // 22: opencustody.device.v1.PairingRequest.role:type_name -> opencustody.device.v1.PairingRole
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_device_proto_init() }
@@ -1711,6 +1778,7 @@ func file_device_proto_init() {
 		(*Envelope_PairingReveal)(nil),
 		(*Envelope_PairingDecision)(nil),
 		(*Envelope_PairingFinish)(nil),
+		(*Envelope_PairingConfirm)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1718,7 +1786,7 @@ func file_device_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_device_proto_rawDesc), len(file_device_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
