@@ -3,9 +3,41 @@ package pairing
 import (
 	"bytes"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"os"
 	"testing"
 )
+
+// TestSpecVectors checks the pairing vectors in firmware-spec/.
+func TestSpecVectors(t *testing.T) {
+	raw, err := os.ReadFile("../../firmware-spec/vectors/channel.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file struct {
+		Pairing []struct {
+			HandshakeHash string `json:"handshake_hash"`
+			Secret        string `json:"secret"`
+			Challenge     string `json:"challenge"`
+			Commitment    string `json:"commitment"`
+			Code          string `json:"code"`
+		} `json:"pairing"`
+	}
+	if err := json.Unmarshal(raw, &file); err != nil || len(file.Pairing) == 0 {
+		t.Fatalf("vectors: %v", err)
+	}
+	un := func(s string) []byte { b, _ := hex.DecodeString(s); return b }
+	for _, v := range file.Pairing {
+		hh, secret := un(v.HandshakeHash), un(v.Secret)
+		if got := hex.EncodeToString(Commitment(hh, secret)); got != v.Commitment {
+			t.Errorf("commitment %s, want %s", got, v.Commitment)
+		}
+		if got := Code(hh, secret, un(v.Challenge)); got != v.Code {
+			t.Errorf("code %s, want %s", got, v.Code)
+		}
+	}
+}
 
 // The vector firmware-spec/ documents; firmware authors check their
 // implementation against it.
