@@ -108,6 +108,9 @@ type Link struct {
 	core    *Core
 	claimed *pb.Features
 
+	// ctx is the context of the call in progress: the handshake's accept
+	// check runs inside a later Handle call and must use that call's.
+	ctx    context.Context
 	state  linkState
 	hs     *channel.Handshake
 	sess   *channel.Session
@@ -134,6 +137,7 @@ func (l *Link) Secure() (up bool, device *DeviceRecord) { return l.state == link
 // Open starts the secure channel if the claimed device is paired and not
 // revoked; otherwise it does nothing and the device stays unpaired.
 func (l *Link) Open(ctx context.Context) (Output, error) {
+	l.ctx = ctx
 	if l.state != linkIdle {
 		return Output{}, nil
 	}
@@ -147,13 +151,14 @@ func (l *Link) Open(ctx context.Context) (Output, error) {
 	if rec.State != DevicePaired {
 		return Output{}, fmt.Errorf("%w: device %s", ErrRevoked, rec.ID)
 	}
-	return l.startHandshake(ctx, nil)
+	return l.startHandshake(nil)
 }
 
 // StartPairing pairs the device with user in role: it opens a channel in
 // pairing mode and asks the device to pair. The code arrives as a
 // [PairingCode] event.
 func (l *Link) StartPairing(ctx context.Context, user string, role Role) (Output, error) {
+	l.ctx = ctx
 	if !l.core.cfg.Ceremony {
 		return Output{}, ErrNotCeremony
 	}
@@ -180,16 +185,16 @@ func (l *Link) StartPairing(ctx context.Context, user string, role Role) (Output
 	}
 	l.pair = run
 	l.state, l.hs, l.sess = linkIdle, nil, nil
-	return l.startHandshake(ctx, run)
+	return l.startHandshake(run)
 }
 
 // startHandshake sends HandshakeInit. For a pairing run, the device must
 // prove the identity key whose id the bridge announced; otherwise it must
 // prove the key of its unrevoked pairing record.
-func (l *Link) startHandshake(ctx context.Context, run *pairingRun) (Output, error) {
+func (l *Link) startHandshake(run *pairingRun) (Output, error) {
 	accept := func(peer *signed.Credential) error {
 		id := signed.DeviceID(peer.IdentityKey)
-		rec, err := l.core.cfg.Devices.GetDevice(ctx, id)
+		rec, err := l.core.cfg.Devices.GetDevice(l.ctx, id)
 		if run != nil {
 			if id != l.ClaimedID() {
 				return fmt.Errorf("device proved identity %s, but %s was selected for pairing", id, l.ClaimedID())
@@ -258,6 +263,7 @@ func (l *Link) seal(out *Output, m proto.Message) error {
 // channel; the returned output then carries the ChannelDown (and
 // PairingFailed) events.
 func (l *Link) Handle(ctx context.Context, raw []byte) (Output, error) {
+	l.ctx = ctx
 	out, err := l.handle(ctx, raw)
 	if err != nil {
 		var down Output
@@ -380,6 +386,7 @@ func (l *Link) handleSecure(ctx context.Context, out *Output, m proto.Message) e
 // OperatorDecision records whether the operator saw the same code on the
 // device.
 func (l *Link) OperatorDecision(ctx context.Context, confirmed bool) (Output, error) {
+	l.ctx = ctx
 	p := l.pair
 	if p == nil || (p.step != pairAwaitButton && p.step != pairAwaitDecisions) || p.operator != nil {
 		return Output{}, errors.New("core: no pairing is waiting for the operator")

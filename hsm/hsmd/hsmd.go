@@ -1,0 +1,175 @@
+// Package hsmd is the custody core's daemon: the I/O shell around the
+// trusted core (package core). It is the only process logged into the HSM.
+//
+// It serves hsmd's gRPC API (protocol/apipb) over TLS with a self-signed
+// certificate that clients pin, and bearer tokens: the bridge token opens
+// the Relay stream, the operator token the Operator API. Device traffic
+// from bridges goes to the core's links; the core's answers go back to the
+// bridges; everything a bridge carries is either public (Features) or
+// Noise ciphertext it cannot read or forge.
+//
+// The core decides; this package only moves bytes, keeps per-device state
+// for the core's links (one call at a time per link), retries channels
+// that failed, and turns core events into operator answers, logs and
+// metrics.
+package hsmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/opencustodynet/opencustody/hsm/core"
+	"github.com/opencustodynet/opencustody/protocol/apiclient"
+	"github.com/opencustodynet/opencustody/protocol/apipb"
+)
+
+// DefaultAddress is where hsmd listens unless told otherwise: loopback only.
+const DefaultAddress = "127.0.0.1:7420"
+
+// Config configures a [Server].
+type Config struct {
+	// Core is the trusted core.
+	Core *core.Core
+	// Dir holds the TLS certificate and key and the tokens; it is made
+	// with mode 0700 if missing.
+	Dir string
+	// Hosts are extra names or addresses for the TLS certificate.
+	Hosts []string
+	// Version is reported by Status.
+	Version string
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the metrics; nil means a private registry.
+	Registerer prometheus.Registerer
+	// PairingTimeout bounds a pairing; zero means 5 minutes.
+	PairingTimeout time.Duration
+	// RetryDelay is the first delay before re-opening a failed channel;
+	// it doubles up to a minute. Zero means one second.
+	RetryDelay time.Duration
+}
+
+// Server is a running hsmd.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	grpc    *grpc.Server
+	metrics *metrics
+	gatherer prometheus.Gatherer
+
+	certFingerprint string
+	bridgeToken     string
+	operatorToken   string
+
+	mu      sync.Mutex // guards bridges, devices
+	bridges map[*bridgeConn]struct{}
+	devices map[string]*deviceConn // by claimed device id
+}
+
+// New prepares a server: it loads or makes the TLS certificate and the
+// tokens in cfg.Dir.
+func New(cfg Config) (*Server, error) {
+	if cfg.Core == nil || cfg.Dir == "" {
+		return nil, errors.New("hsmd: Core and Dir are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.PairingTimeout <= 0 {
+		cfg.PairingTimeout = 5 * time.Minute
+	}
+	if cfg.RetryDelay <= 0 {
+		cfg.RetryDelay = time.Second
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("hsmd: %w", err)
+	}
+	cert, err := loadOrCreateTLS(cfg.Dir, cfg.Hosts)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg: cfg, log: cfg.Logger,
+		certFingerprint: apiclient.CertFingerprint(cert.Certificate[0]),
+		bridges:         map[*bridgeConn]struct{}{},
+		devices:         map[string]*deviceConn{},
+	}
+	if s.bridgeToken, err = loadOrCreateToken(cfg.Dir, BridgeTokenFile); err != nil {
+		return nil, err
+	}
+	if s.operatorToken, err = loadOrCreateToken(cfg.Dir, OperatorTokenFile); err != nil {
+		return nil, err
+	}
+	reg := cfg.Registerer
+	if reg == nil {
+		r := prometheus.NewRegistry()
+		reg, s.gatherer = r, r
+	} else if g, ok := reg.(prometheus.Gatherer); ok {
+		s.gatherer = g
+	}
+	s.metrics = newMetrics(reg)
+	auth := &authorizer{tokens: map[string]string{
+		apipb.Relay_ServiceDesc.ServiceName:    s.bridgeToken,
+		apipb.Operator_ServiceDesc.ServiceName: s.operatorToken,
+	}}
+	s.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewServerTLSFromCert(&cert)),
+		grpc.UnaryInterceptor(auth.unary),
+		grpc.StreamInterceptor(auth.stream),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	apipb.RegisterRelayServer(s.grpc, &relayService{s: s})
+	apipb.RegisterOperatorServer(s.grpc, &operatorService{s: s})
+	return s, nil
+}
+
+// CertFingerprint is the fingerprint clients pin.
+func (s *Server) CertFingerprint() string { return s.certFingerprint }
+
+// TokenPaths are the files holding the bridge and operator tokens.
+func (s *Server) TokenPaths() (bridge, operator string) {
+	return filepath.Join(s.cfg.Dir, BridgeTokenFile), filepath.Join(s.cfg.Dir, OperatorTokenFile)
+}
+
+// Serve answers on l until ctx ends or Stop is called.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	stop := context.AfterFunc(ctx, s.Stop)
+	defer stop()
+	s.log.Info("hsmd listening", "address", l.Addr().String(), "cert", s.certFingerprint, "hsm", s.cfg.Core.HSMFingerprint(), "ceremony", s.cfg.Core.Ceremony())
+	err := s.grpc.Serve(l)
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+// Stop ends every stream and stops serving, waiting briefly for calls in
+// progress.
+func (s *Server) Stop() {
+	done := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		s.grpc.Stop()
+	}
+}
+
+// MetricsHandler serves the Prometheus metrics.
+func (s *Server) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{})
+}

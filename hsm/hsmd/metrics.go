@@ -1,0 +1,27 @@
+package hsmd
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	bridges      prometheus.Gauge
+	devices      prometheus.Gauge
+	channels     prometheus.Gauge
+	frames       *prometheus.CounterVec
+	channelFails prometheus.Counter
+	pairings     *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		bridges:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "opencustody_hsmd_bridges", Help: "Bridges connected."}),
+		devices:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "opencustody_hsmd_devices_attached", Help: "Devices announced by connected bridges."}),
+		channels: prometheus.NewGauge(prometheus.GaugeOpts{Name: "opencustody_hsmd_channels_open", Help: "Secure channels established."}),
+		frames: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opencustody_hsmd_frames_total", Help: "Device envelopes relayed."},
+			[]string{"direction"}),
+		channelFails: prometheus.NewCounter(prometheus.CounterOpts{Name: "opencustody_hsmd_channel_failures_total", Help: "Secure channels that failed closed."}),
+		pairings: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opencustody_hsmd_pairings_total", Help: "Pairings by result."},
+			[]string{"result"}),
+	}
+	reg.MustRegister(m.bridges, m.devices, m.channels, m.frames, m.channelFails, m.pairings)
+	return m
+}
