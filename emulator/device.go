@@ -39,12 +39,6 @@ const MaxChannels = 16
 // it waits for the user.
 const DefaultKeepaliveInterval = 500 * time.Millisecond
 
-// Keepalive status bytes (the data of a CmdKeepalive report).
-const (
-	KeepaliveProcessing byte = 1
-	KeepaliveUserWait   byte = 2
-)
-
 // ErrButtonUnavailable means the pressed button does nothing on the current
 // screen.
 var ErrButtonUnavailable = errors.New("emulator: button not available on this screen")
@@ -195,6 +189,10 @@ func (d *Device) HandleReport(host Host, report []byte) {
 		d.log.Debug("device: dropped report of wrong size", "size", len(report))
 		return
 	}
+	// A channel's answers go to whoever last sent a report on it.
+	if ch, ok := d.channels[binary.BigEndian.Uint32(report)]; ok {
+		ch.host = host
+	}
 	msg, err := d.reasm.Push(report, d.now())
 	if err != nil {
 		var fe *framing.FrameError
@@ -206,7 +204,7 @@ func (d *Device) HandleReport(host Host, report []byte) {
 		if ch, ok := d.channels[fe.CID]; ok && errors.Is(fe, framing.ErrTimeout) {
 			to = ch.host
 		}
-		to.Send(framing.ErrorReport(fe.CID, fe.Code))
+		sendError(to, fe.CID, fe.Code)
 		return
 	}
 	if msg == nil {
@@ -225,11 +223,11 @@ func (d *Device) Tick() {
 	now := d.now()
 	if fe := d.reasm.Expire(now); fe != nil {
 		if ch, ok := d.channels[fe.CID]; ok {
-			ch.host.Send(framing.ErrorReport(fe.CID, fe.Code))
+			sendError(ch.host, fe.CID, fe.Code)
 		}
 	}
 	if op := d.op; op != nil && op.state == opWaitUser && now.Sub(op.lastSent) >= d.keepalive {
-		d.sendCmd(op.cid, framing.CmdKeepalive, []byte{KeepaliveUserWait})
+		d.sendCmd(op.cid, framing.CmdKeepalive, []byte{byte(framing.KeepaliveUserNeeded)})
 	}
 }
 
@@ -240,7 +238,7 @@ func (d *Device) dispatch(host Host, msg *framing.Message) {
 	}
 	if _, ok := d.channels[msg.CID]; !ok {
 		d.log.Debug("device: message on unallocated channel", "cid", msg.CID, "cmd", msg.Cmd)
-		host.Send(framing.ErrorReport(msg.CID, framing.ErrCodeInvalidChannel))
+		sendError(host, msg.CID, framing.ErrCodeInvalidChannel)
 		return
 	}
 	switch msg.Cmd {
@@ -253,15 +251,23 @@ func (d *Device) dispatch(host Host, msg *framing.Message) {
 	case framing.CmdMsg:
 		d.handleEnvelope(msg.CID, msg.Data)
 	default:
-		// CmdKeepalive and CmdError only travel from device to host.
-		d.sendCmd(msg.CID, framing.CmdError, []byte{byte(framing.ErrCodeInvalidCmd)})
+		// CmdKeepalive and CmdError travel from device to host; a device
+		// never answers them, so that two peers cannot loop on errors.
+	}
+}
+
+// sendError sends a CmdError report, unless cid is one that is never
+// answered.
+func sendError(to Host, cid uint32, code framing.ErrorCode) {
+	if r := framing.ErrorReport(cid, code); r != nil {
+		to.Send(r)
 	}
 }
 
 func (d *Device) handleInit(host Host, msg *framing.Message) {
 	q, err := framing.ParseInitRequest(msg.Data)
 	if err != nil {
-		host.Send(framing.ErrorReport(msg.CID, framing.ErrCodeInvalidPar))
+		sendError(host, msg.CID, framing.ErrCodeInvalidPar)
 		return
 	}
 	resp := framing.InitResponse{Nonce: q.Nonce, FramingVersion: framing.FramingVersion, Major: fwMajor, Minor: fwMinor, Patch: fwPatch}
@@ -269,7 +275,7 @@ func (d *Device) handleInit(host Host, msg *framing.Message) {
 		// INIT on an allocated channel resynchronises it: whatever was
 		// pending there is dropped.
 		if _, ok := d.channels[msg.CID]; !ok {
-			host.Send(framing.ErrorReport(msg.CID, framing.ErrCodeInvalidChannel))
+			sendError(host, msg.CID, framing.ErrCodeInvalidChannel)
 			return
 		}
 		if d.op != nil && d.op.cid == msg.CID {
@@ -282,7 +288,7 @@ func (d *Device) handleInit(host Host, msg *framing.Message) {
 	cid, err := d.newCID()
 	if err != nil {
 		d.log.Error("device: allocate channel", "err", err)
-		host.Send(framing.ErrorReport(msg.CID, framing.ErrCodeOther))
+		sendError(host, msg.CID, framing.ErrCodeOther)
 		return
 	}
 	if len(d.order) >= MaxChannels {
@@ -325,10 +331,8 @@ func (d *Device) handleEnvelope(cid uint32, data []byte) {
 		switch {
 		case errors.Is(err, protocol.ErrUnsupportedVersion):
 			code, text = pb.FailureCode_FAILURE_UNSUPPORTED_VERSION, fmt.Sprintf("unsupported protocol version; this device speaks %d", protocol.Version)
-		case errors.Is(err, protocol.ErrEmptyEnvelope) && hasUnknownFields(data):
-			code, text = pb.FailureCode_FAILURE_UNEXPECTED_MESSAGE, "unknown message"
 		case errors.Is(err, protocol.ErrEmptyEnvelope):
-			text = "envelope carries no message"
+			text = "envelope carries no message this version knows"
 		}
 		d.log.Debug("device: bad envelope", "cid", cid, "err", err)
 		if d.op != nil && d.op.cid == cid {
@@ -394,16 +398,6 @@ func (d *Device) handleEnvelope(cid uint32, data []byte) {
 
 func messageName(m proto.Message) string {
 	return string(m.ProtoReflect().Descriptor().Name())
-}
-
-// hasUnknownFields reports whether an envelope that carries no known
-// message carries fields this version does not know (a newer message).
-func hasUnknownFields(data []byte) bool {
-	var env pb.Envelope
-	if proto.Unmarshal(data, &env) != nil {
-		return false
-	}
-	return len(env.ProtoReflect().GetUnknown()) > 0
 }
 
 // Press acts on a button press. It returns [ErrButtonUnavailable] if the

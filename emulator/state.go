@@ -77,6 +77,13 @@ func OpenStore(req StoreRequest) (s *Store, created bool, err error) {
 		return nil, false, fmt.Errorf("emulator: state directory: %w", err)
 	}
 	s = &Store{dir: req.Dir}
+	// A crash between creating and renaming a temporary file leaves it
+	// behind; it never holds the only copy of anything.
+	if stale, _ := filepath.Glob(filepath.Join(req.Dir, "."+StateFile+".tmp-*")); len(stale) > 0 {
+		for _, f := range stale {
+			os.Remove(f)
+		}
+	}
 	b, err := os.ReadFile(s.path())
 	switch {
 	case err == nil:
