@@ -1,0 +1,304 @@
+package records
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func openTestSQLite(t *testing.T, dir string) *SQLite {
+	t.Helper()
+	db, err := OpenSQLite(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := db.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return db
+}
+
+func TestSQLite(t *testing.T) {
+	runBackendSuite(t, func(t *testing.T) Backend { return openTestSQLite(t, t.TempDir()) })
+}
+
+// rawSQL opens the database file directly, as an attacker with access to the
+// file would, behind the store's back.
+func rawSQL(t *testing.T, dir string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", filepath.Join(dir, SQLiteFile)+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.SetMaxOpenConns(1) // one connection, so TEMP tables last between statements
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func execSQL(t *testing.T, db *sql.DB, query string, args ...any) {
+	t.Helper()
+	res, err := db.Exec(query, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	dml := strings.HasPrefix(query, "UPDATE") || strings.HasPrefix(query, "INSERT")
+	if n, _ := res.RowsAffected(); dml && n == 0 {
+		t.Fatalf("%s: changed no row", query)
+	}
+}
+
+// TestSQLiteTamperedFile edits the database file with SQL behind the store's
+// back; every change must be refused with an IntegrityError naming the
+// record.
+func TestSQLiteTamperedFile(t *testing.T) {
+	type brokenRecord struct{ kind, key string }
+	cases := []struct {
+		name   string
+		sql    []string
+		broken []brokenRecord
+	}{
+		{"body edited",
+			[]string{`UPDATE records SET body = CAST('{"name":"mallory"}' AS BLOB) WHERE kind = 'device' AND key = 'alice'`},
+			[]brokenRecord{{"device", "alice"}}},
+		{"one body byte flipped",
+			[]string{`UPDATE records SET body = CAST(replace(CAST(body AS TEXT), 'alice', 'alicf') AS BLOB) WHERE kind = 'device' AND key = 'alice'`},
+			[]brokenRecord{{"device", "alice"}}},
+		{"version changed",
+			[]string{`UPDATE records SET version = version + 1 WHERE kind = 'device' AND key = 'alice'`},
+			[]brokenRecord{{"device", "alice"}}},
+		{"version lowered",
+			[]string{`UPDATE records SET version = 1 WHERE kind = 'device' AND key = 'alice'`},
+			[]brokenRecord{{"device", "alice"}}},
+		{"row copied to another key",
+			[]string{`INSERT INTO records SELECT kind, 'mallory', version, body, mac FROM records WHERE kind = 'device' AND key = 'alice'`},
+			[]brokenRecord{{"device", "mallory"}}},
+		{"row moved to another key",
+			[]string{`UPDATE records SET key = 'mallory' WHERE kind = 'device' AND key = 'alice'`},
+			[]brokenRecord{{"device", "mallory"}}},
+		{"row copied to another kind",
+			[]string{`INSERT INTO records SELECT 'user', key, version, body, mac FROM records WHERE kind = 'device' AND key = 'alice'`},
+			[]brokenRecord{{"user", "alice"}}},
+		{"row inserted with a garbage mac",
+			[]string{`INSERT INTO records VALUES ('device', 'mallory', 1, CAST('{"approver":true}' AS BLOB), randomblob(32))`},
+			[]brokenRecord{{"device", "mallory"}}},
+		{"mac swapped between rows",
+			[]string{
+				`CREATE TEMP TABLE macs AS SELECT key, mac FROM records WHERE kind = 'device'`,
+				`UPDATE records SET mac = (SELECT mac FROM macs WHERE macs.key = iif(records.key = 'alice', 'carol', 'alice'))
+				 WHERE kind = 'device' AND key IN ('alice', 'carol')`,
+			},
+			[]brokenRecord{{"device", "alice"}, {"device", "carol"}}},
+		{"mac truncated",
+			[]string{`UPDATE records SET mac = substr(mac, 1, 16) WHERE kind = 'device' AND key = 'carol'`},
+			[]brokenRecord{{"device", "carol"}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			db := openTestSQLite(t, dir)
+			s := testStore(t, db)
+			_, _, untouched := seedTamperRecords(t, s)
+			raw := rawSQL(t, dir)
+			for _, q := range tc.sql {
+				execSQL(t, raw, q)
+			}
+			var broken []Row
+			for _, r := range tc.broken {
+				broken = append(broken, Row{Kind: r.kind, Key: r.key})
+			}
+			checkRefused(t, s, broken, untouched)
+		})
+	}
+}
+
+// TestSQLiteMalformedRows rebuilds the table without its types and
+// constraints, as an attacker with the file can, and stores values of the
+// wrong SQL type. Each must be refused naming the record, not crash or be
+// coerced.
+func TestSQLiteMalformedRows(t *testing.T) {
+	cases := []struct {
+		name, set string
+	}{
+		{"version as text", "version = 'two'"},
+		{"version as real", "version = 2.5"},
+		{"version null", "version = NULL"},
+		{"version zero", "version = 0"},
+		{"version negative", "version = -1"},
+		{"body as text", "body = CAST(body AS TEXT)"},
+		{"body null", "body = NULL"},
+		{"mac as text", "mac = hex(mac)"},
+		{"mac null", "mac = NULL"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			db := openTestSQLite(t, dir)
+			s := testStore(t, db)
+			_, _, untouched := seedTamperRecords(t, s)
+			raw := rawSQL(t, dir)
+			for _, q := range []string{
+				`CREATE TABLE loose (kind, key, version, body, mac)`,
+				`INSERT INTO loose SELECT * FROM records`,
+				`DROP TABLE records`,
+				`ALTER TABLE loose RENAME TO records`,
+			} {
+				if _, err := raw.Exec(q); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}
+			execSQL(t, raw, `UPDATE records SET `+tc.set+` WHERE kind = 'device' AND key = 'carol'`)
+
+			ctx := context.Background()
+			_, err := s.Get(ctx, "device", "carol")
+			checkIntegrityError(t, "Get", err, "device", "carol")
+			_, err = s.Update(ctx, "device", "carol", 1, []byte("x"))
+			checkIntegrityError(t, "Update", err, "device", "carol")
+			list, err := s.List(ctx, "device")
+			checkIntegrityError(t, "List", err, "device", "carol")
+			if list != nil {
+				t.Error("List returned records")
+			}
+			if got, err := s.Get(ctx, "device", untouched.Key); err != nil || got.Version != untouched.Version {
+				t.Errorf("untouched record: %+v, %v", got, err)
+			}
+		})
+	}
+}
+
+// TestSQLiteKeyOfWrongType stores a key as a BLOB in a loosened table. Get
+// cannot find it (a BLOB never equals the TEXT it is looked up by); List sees
+// it and must refuse, naming it readably.
+func TestSQLiteKeyOfWrongType(t *testing.T) {
+	dir := t.TempDir()
+	s := testStore(t, openTestSQLite(t, dir))
+	seedTamperRecords(t, s)
+	raw := rawSQL(t, dir)
+	for _, q := range []string{
+		`CREATE TABLE loose (kind, key, version, body, mac)`,
+		`INSERT INTO loose SELECT * FROM records`,
+		`DROP TABLE records`,
+		`ALTER TABLE loose RENAME TO records`,
+		`UPDATE records SET key = CAST(key AS BLOB) WHERE key = 'carol'`,
+	} {
+		execSQL(t, raw, q)
+	}
+	list, err := s.List(context.Background(), "device")
+	checkIntegrityError(t, "List", err, "device", "carol")
+	if list != nil {
+		t.Error("List returned records")
+	}
+}
+
+func TestSQLiteReopen(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "data") // OpenSQLite creates it
+	db, err := OpenSQLite(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := testStore(t, db)
+	if _, err := s.Create(ctx, "device", "alice", []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Update(ctx, "device", "alice", 1, []byte("v2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	for i := range 3 {
+		db, err := OpenSQLite(ctx, dir)
+		if err != nil {
+			t.Fatalf("reopen %d: %v", i, err)
+		}
+		rec, err := testStore(t, db).Get(ctx, "device", "alice")
+		if err != nil || rec.Version != 2 || string(rec.Body) != "v2" {
+			t.Errorf("reopen %d: Get = %+v, %v", i, rec, err)
+		}
+		var n, max int
+		if err := db.db.QueryRowContext(ctx, "SELECT count(*), max(version) FROM schema_migrations").Scan(&n, &max); err != nil {
+			t.Fatal(err)
+		}
+		if n != len(sqliteMigrations) || max != len(sqliteMigrations) {
+			t.Errorf("reopen %d: schema_migrations has %d rows up to version %d, want %d", i, n, max, len(sqliteMigrations))
+		}
+		var mode string
+		if err := db.db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil || mode != "wal" {
+			t.Errorf("journal_mode = %q, %v", mode, err)
+		}
+		db.Close()
+	}
+
+	for path, want := range map[string]os.FileMode{dir: 0o700, filepath.Join(dir, SQLiteFile): 0o600} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm()&^want != 0 {
+			t.Errorf("%s has mode %v, want at most %v", path, fi.Mode().Perm(), want)
+		}
+	}
+}
+
+func TestSQLiteMigrationChecks(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, sql, want string
+	}{
+		{"newer schema", "INSERT INTO schema_migrations (version, name) VALUES (?, 'from the future')", "newer than this build"},
+		{"gap", "UPDATE schema_migrations SET version = version + 1 WHERE version = ?", "lists version"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			db, err := OpenSQLite(ctx, dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			db.Close()
+			arg := len(sqliteMigrations) + 1
+			if tc.name == "gap" {
+				arg = len(sqliteMigrations)
+			}
+			execSQL(t, rawSQL(t, dir), tc.sql, arg)
+			db, err = OpenSQLite(ctx, dir)
+			if err == nil {
+				db.Close()
+				t.Fatal("OpenSQLite accepted the database")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("OpenSQLite: %v, want it to say %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := OpenSQLite(ctx, ""); err == nil {
+		t.Error("OpenSQLite accepted an empty directory")
+	}
+}
+
+// TestSQLiteTwoHandles runs the concurrent updaters through two separate
+// handles on one file, as two hsmd processes sharing a data directory would.
+func TestSQLiteTwoHandles(t *testing.T) {
+	dir := t.TempDir()
+	a := openTestSQLite(t, dir)
+	b := openTestSQLite(t, dir)
+	testConcurrentUpdates(t, testStore(t, a), testStore(t, b))
+}
+
+func TestSQLiteContextCanceled(t *testing.T) {
+	db := openTestSQLite(t, t.TempDir())
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := testStore(t, db).Get(ctx, "device", "a"); !errors.Is(err, context.Canceled) {
+		t.Errorf("Get with a canceled context: %v", err)
+	}
+	if _, err := OpenSQLite(ctx, t.TempDir()); err == nil {
+		t.Error("OpenSQLite with a canceled context succeeded")
+	}
+}
