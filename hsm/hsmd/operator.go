@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/opencustodynet/opencustody/hsm/core"
+	"github.com/opencustodynet/opencustody/hsm/records"
 	"github.com/opencustodynet/opencustody/protocol/apipb"
 	"github.com/opencustodynet/opencustody/protocol/signed"
 )
@@ -88,8 +89,11 @@ func coreRole(r apipb.Role) (core.Role, error) {
 
 // storeError maps storage failures: an integrity failure is never hidden.
 func storeError(err error) error {
-	if errors.Is(err, core.ErrDeviceNotFound) {
+	switch {
+	case errors.Is(err, core.ErrDeviceNotFound):
 		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, records.ErrIntegrity):
+		return status.Error(codes.DataLoss, "hsmd: refusing a stored record that failed authentication: "+err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())
 }

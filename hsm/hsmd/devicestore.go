@@ -1,0 +1,94 @@
+package hsmd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/opencustodynet/opencustody/hsm/core"
+	"github.com/opencustodynet/opencustody/hsm/records"
+)
+
+// deviceKind is the record kind of device records.
+const deviceKind = "device"
+
+// DeviceStore keeps the core's device records as authenticated records:
+// JSON bodies under kind "device", keyed by device id, each MAC'd by the
+// HSM record key (package records). A record that fails authentication is
+// returned as an error wrapping records.ErrIntegrity, never as a device.
+type DeviceStore struct {
+	Records *records.Store
+}
+
+var _ core.DeviceStore = DeviceStore{}
+
+func (s DeviceStore) decode(r records.Record) (*core.DeviceRecord, error) {
+	var d core.DeviceRecord
+	if err := json.Unmarshal(r.Body, &d); err != nil {
+		return nil, fmt.Errorf("hsmd: device record %s: %w", r.Key, err)
+	}
+	if d.ID != r.Key {
+		// The MAC binds the key; a body naming another id was written so.
+		return nil, fmt.Errorf("hsmd: device record %s names device %s", r.Key, d.ID)
+	}
+	d.Version = r.Version
+	return &d, nil
+}
+
+// GetDevice implements core.DeviceStore.
+func (s DeviceStore) GetDevice(ctx context.Context, id string) (*core.DeviceRecord, error) {
+	r, err := s.Records.Get(ctx, deviceKind, id)
+	if errors.Is(err, records.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s", core.ErrDeviceNotFound, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s.decode(r)
+}
+
+// ListDevices implements core.DeviceStore.
+func (s DeviceStore) ListDevices(ctx context.Context) ([]*core.DeviceRecord, error) {
+	rs, err := s.Records.List(ctx, deviceKind)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*core.DeviceRecord, 0, len(rs))
+	for _, r := range rs {
+		d, err := s.decode(r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// CreateDevice implements core.DeviceStore.
+func (s DeviceStore) CreateDevice(ctx context.Context, d *core.DeviceRecord) error {
+	body, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	r, err := s.Records.Create(ctx, deviceKind, d.ID, body)
+	if err != nil {
+		return err
+	}
+	d.Version = r.Version
+	return nil
+}
+
+// UpdateDevice implements core.DeviceStore.
+func (s DeviceStore) UpdateDevice(ctx context.Context, d *core.DeviceRecord) error {
+	body, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	r, err := s.Records.Update(ctx, deviceKind, d.ID, d.Version, body)
+	if err != nil {
+		return err
+	}
+	d.Version = r.Version
+	return nil
+}
