@@ -1,0 +1,107 @@
+// Package hsm is OpenCustody's key store: every private and secret key lives
+// in an HSM, reached through PKCS#11, and this package asks the HSM to use
+// them. No key is ever in this process's memory.
+//
+// # Using it
+//
+// Open a token by its RFC 7512 URI (see package
+// [github.com/opencustodynet/opencustody/hsm/p11uri]):
+//
+//	store, err := hsm.Open(ctx, hsm.Config{
+//		URI: "pkcs11:token=opencustody?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/var/lib/opencustody/hsm-pin",
+//	})
+//	defer store.Close()
+//
+//	info, err := store.GenerateKey(ctx, hsm.GenerateKeyRequest{Label: "custody-1", Algorithm: hsm.ECDSASecp256k1})
+//	sig, err := store.Sign(ctx, hsm.SignRequest{Key: "custody-1", Digest: sighash[:]})
+//	der, err := sig.DER() // low S, ready for a Bitcoin witness
+//
+// Code that needs only part of the store takes the small interface for its
+// role: [Signer] (prompts, credentials, transactions), [Authenticator]
+// (records stored outside the HSM), [KeyManager] (key ceremonies, `opencustody
+// hsm`). [Store] is all of them. [NewCryptoSigner] adapts a key to
+// [crypto.Signer].
+//
+// Keys are named by label, or by a pkcs11: URI with object= and/or id=
+// ([KeyInfo.URI]); a label must not itself start with "pkcs11:".
+//
+// # Keys and their roles
+//
+// Every key is generated inside the HSM as a private token object with
+// CKA_SENSITIVE set, so its value can never be read, and CKA_EXTRACTABLE
+// clear, so it can never leave — and only with the one usage it needs.
+// [GenerateKey] reads the attributes back and deletes the key if the HSM did
+// not honour them. A key's [Role] follows from its algorithm:
+//
+//	identity  ECDSA P-256 (default) or Ed25519; signs prompts, channel credentials, audit checkpoints
+//	records   HMAC-SHA256, a 32-byte generic secret; authenticates records kept outside the HSM
+//	custody   ECDSA secp256k1; signs transactions
+//
+// [IdentityKeyLabel] and [RecordKeyLabel] are the labels `opencustody hsm
+// init` gives the first two.
+//
+// # Backup-able custody keys
+//
+// A custody key generated with [GenerateKeyRequest.Backupable] is still
+// sensitive (never readable) but extractable, and has CKA_WRAP_WITH_TRUSTED
+// set: the HSM will export it only wrapped under a key that the token's
+// Security Officer marked CKA_TRUSTED — a stolen user PIN is not enough. This
+// is for moving custody keys from one HSM to another (ECDH inside both HSMs,
+// then AES key wrap); a key is backup-able from birth or never, since PKCS#11
+// forbids making a non-extractable key extractable later. The attributes
+// themselves say which keys are backup-able: [KeyInfo.Backupable] is
+// CKA_SENSITIVE and CKA_EXTRACTABLE both set, and `opencustody hsm keys` shows it.
+//
+// # Signatures
+//
+// [Signer.Sign] takes a 32-byte digest and nothing else: CKM_ECDSA signs
+// whatever it is given, so a caller that forgot to hash would otherwise get a
+// valid signature over the wrong thing. ECDSA signatures come back as
+// [Signature] with R and S and a [Signature.DER] form; on secp256k1, S is
+// always made low (BIP 62/146), because roughly half of what an HSM returns
+// has high S, which Bitcoin nodes reject. Ed25519 (CKM_EDDSA) signs the 32
+// bytes as its message.
+//
+// # Identity fingerprint
+//
+// [PublicKey.Fingerprint] is the SHA-256 of the key's DER
+// SubjectPublicKeyInfo, shown as sixteen groups of four hex digits. It is what
+// an approval device shows at pairing and an operator compares.
+//
+// # Processes, sessions and logins
+//
+// PKCS#11 allows one initialised context per module per process, so stores
+// share one per module path (opened by the first [Open], finalised by the
+// last Close). Each store keeps a pool of sessions, one goroutine per session
+// at a time ([Config.Sessions] bounds it; callers beyond wait), and a
+// separate session that holds the login. Key handles are looked up once and
+// cached; if the token drops the login or a session (a restart, a network HSM
+// reconnecting), the operation logs in again with the PIN it was opened with,
+// looks the key up again and is retried once.
+//
+// Logging in is per process and token in PKCS#11: a second store on a token
+// this process is already logged in to shares that login, and its PIN is not
+// checked again.
+//
+// # PINs
+//
+// The PIN comes from the URI's pin-source (a file, or env:NAME), its
+// pin-value, or [Config.PINPrompt]. It is never logged and never put in an
+// error message; errors name where it came from.
+//
+// # Errors
+//
+// Errors read "hsm: …", name the token and key, and say what to do. Those a
+// caller may act on wrap a sentinel: [ErrModule], [ErrTokenNotFound],
+// [ErrPINIncorrect], [ErrKeyNotFound], [ErrKeyExists],
+// [ErrMechanismNotSupported], [ErrMACInvalid], [ErrClosed]. Errors from the
+// module also wrap its [github.com/miekg/pkcs11.Error] (CKR_…).
+//
+// # SoftHSM2
+//
+// SoftHSM2 is the default HSM for development, tests and the demo; package
+// [github.com/opencustodynet/opencustody/hsm/softhsm] creates its tokens from
+// Go, and package
+// [github.com/opencustodynet/opencustody/hsm/softhsm/softhsmtest] gives each
+// test a token of its own.
+package hsm
