@@ -3,6 +3,8 @@ package hsm
 import (
 	"crypto/sha256"
 	"errors"
+	"io"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -72,7 +74,24 @@ func TestKeyValueIsSensitive(t *testing.T) {
 // TestReloginAfterLostLogin drops the login and then every session behind
 // the store's back: signing must log in again, find the key again and work.
 func TestReloginAfterLostLogin(t *testing.T) {
-	s := openInternal(t)
+	tok := softhsmtest.NewTestToken(t)
+	var logs strings.Builder
+	var logMu sync.Mutex
+	s, err := Open(t.Context(), Config{URI: tok.URI, Logger: slog.New(slog.NewTextHandler(&lockedWriter{mu: &logMu, w: &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	defer func() {
+		logMu.Lock()
+		defer logMu.Unlock()
+		if !strings.Contains(logs.String(), "logging in again") {
+			t.Errorf("the re-login was not logged:\n%s", logs.String())
+		}
+		if strings.Contains(logs.String(), tok.PIN) {
+			t.Errorf("the log holds the PIN:\n%s", logs.String())
+		}
+	}()
 	mustGenerate(t, s, "k", ECDSAP256, false)
 	d := sha256.Sum256([]byte("x"))
 	sign := func(when string) {
@@ -85,7 +104,7 @@ func TestReloginAfterLostLogin(t *testing.T) {
 	gen := s.gen
 
 	s.loginMu.Lock()
-	err := s.p.Logout(s.anchor)
+	err = s.p.Logout(s.anchor)
 	s.loginMu.Unlock()
 	if err != nil {
 		t.Fatal(err)
@@ -112,6 +131,17 @@ func TestReloginAfterLostLogin(t *testing.T) {
 	if _, err := s.MAC(t.Context(), MACRequest{Key: "mac", Data: []byte("x")}); err != nil {
 		t.Errorf("MAC after C_CloseAllSessions: %v", err)
 	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // TestMechanismNotSupported pretends the token lacks EdDSA.

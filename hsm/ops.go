@@ -46,15 +46,16 @@ func (s *PKCS11Store) withKey(ctx context.Context, ref string, want uint, useMec
 			if err == nil {
 				return k, nil
 			}
+			if rv(err) != 0 && !(attempt == 0 && sessionLost(err)) {
+				// A module error from the operation itself: say which.
+				err = fmt.Errorf("hsm: %s key %q on token %q: %w", what, ref, s.info.Label, mechanismError(err))
+			}
 		}
 		if attempt == 0 && sessionLost(err) {
 			if rerr := s.relogin(gen, err); rerr != nil {
 				return nil, rerr
 			}
 			continue
-		}
-		if rv(err) != 0 {
-			err = fmt.Errorf("hsm: %s key %q on token %q: %w", what, ref, s.info.Label, mechanismError(err))
 		}
 		return k, err
 	}

@@ -333,6 +333,9 @@ func (s *PKCS11Store) login() error {
 func (s *PKCS11Store) relogin(seen uint64, cause error) error {
 	s.loginMu.Lock()
 	defer s.loginMu.Unlock()
+	if s.closed.Load() {
+		return s.errClosed()
+	}
 	s.keysMu.RLock()
 	current := s.gen
 	s.keysMu.RUnlock()
