@@ -64,9 +64,11 @@
 //
 // # Identity fingerprint
 //
-// [PublicKey.Fingerprint] is the SHA-256 of the key's DER
-// SubjectPublicKeyInfo, shown as sixteen groups of four hex digits. It is what
-// an approval device shows at pairing and an operator compares.
+// [PublicKey.Fingerprint] is the device protocol's fingerprint
+// ([signed.Fingerprint]: the first 16 bytes of SHA-256 of the algorithm byte
+// and the key's wire encoding, in eight groups of four hex digits). It is
+// what an approval device computes and shows at pairing, and what an
+// operator compares with the fingerprint `opencustody hsm init` printed.
 //
 // # Processes, sessions and logins
 //

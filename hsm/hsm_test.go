@@ -28,6 +28,7 @@ import (
 	"github.com/opencustodynet/opencustody/hsm"
 	"github.com/opencustodynet/opencustody/hsm/p11uri"
 	"github.com/opencustodynet/opencustody/hsm/softhsm/softhsmtest"
+	"github.com/opencustodynet/opencustody/protocol/signed"
 )
 
 func TestMain(m *testing.M) { softhsmtest.Main(m) }
@@ -167,10 +168,10 @@ func TestPublicKeyForms(t *testing.T) {
 	if len(ed.Bytes()) != 32 {
 		t.Errorf("Ed25519 Bytes is %d bytes", len(ed.Bytes()))
 	}
-	// The fingerprint is the SHA-256 of the SubjectPublicKeyInfo that
-	// crypto/x509 writes for the keys it knows.
+	// The fingerprint is the device protocol's: what a device computes
+	// from the key in the core's channel credential and shows at pairing.
 	for _, pub := range []*hsm.PublicKey{p256, ed} {
-		der, err := x509.MarshalPKIXPublicKey(pub.Key)
+		alg, wire, err := pub.Protocol()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -178,10 +179,10 @@ func TestPublicKeyForms(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if fp != sha256.Sum256(der) {
-			t.Errorf("%s fingerprint is not SHA-256(SPKI)", pub.Algorithm)
+		if fp.String() != signed.Fingerprint(alg, wire) {
+			t.Errorf("%s fingerprint %s differs from the protocol's %s", pub.Algorithm, fp, signed.Fingerprint(alg, wire))
 		}
-		if s := fp.String(); len(s) != 64+15 || strings.Count(s, " ") != 15 || strings.ReplaceAll(s, " ", "") != fp.Hex() {
+		if s := fp.String(); len(s) != 32+7 || strings.Count(s, " ") != 7 || strings.ReplaceAll(s, " ", "") != fp.Hex() {
 			t.Errorf("fingerprint string %q", s)
 		}
 	}

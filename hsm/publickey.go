@@ -5,16 +5,17 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/asn1"
 	"encoding/hex"
 	"fmt"
-	"strings"
 
 	"github.com/btcsuite/btcd/btcec/v2"
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+
+	"github.com/opencustodynet/opencustody/protocol/pb"
+	"github.com/opencustodynet/opencustody/protocol/signed"
 )
 
 // PublicKey is the public half of a key pair held in the HSM.
@@ -69,35 +70,40 @@ func (p *PublicKey) SPKI() ([]byte, error) {
 	return nil, fmt.Errorf("hsm: no SubjectPublicKeyInfo for algorithm %q", p.Algorithm)
 }
 
-// Fingerprint returns the SHA-256 of the key's [PublicKey.SPKI]: the HSM
-// identity fingerprint that approval devices show at pairing and operators
-// compare.
+// Protocol returns the key as the device protocol names and encodes it
+// (package signed): the algorithm, and the 33-byte compressed point for
+// ECDSA or the 32-byte key for Ed25519.
+func (p *PublicKey) Protocol() (pb.Algorithm, []byte, error) {
+	switch k := p.Key.(type) {
+	case *ecdsa.PublicKey:
+		b, err := signed.CompressP256(k)
+		return pb.Algorithm_ALGORITHM_ECDSA_P256, b, err
+	case ed25519.PublicKey:
+		return pb.Algorithm_ALGORITHM_ED25519, append([]byte(nil), k...), nil
+	case *btcec.PublicKey:
+		return pb.Algorithm_ALGORITHM_ECDSA_SECP256K1, k.SerializeCompressed(), nil
+	}
+	return 0, nil, fmt.Errorf("hsm: algorithm %q has no protocol encoding", p.Algorithm)
+}
+
+// Fingerprint returns the key's fingerprint as the device protocol defines
+// it ([signed.Fingerprint]): the HSM identity fingerprint that approval
+// devices compute and show at pairing, and that operators compare.
 func (p *PublicKey) Fingerprint() (Fingerprint, error) {
-	der, err := p.SPKI()
+	alg, b, err := p.Protocol()
 	if err != nil {
 		return Fingerprint{}, err
 	}
-	return sha256.Sum256(der), nil
+	return Fingerprint(signed.FingerprintBytes(alg, b)), nil
 }
 
-// Fingerprint is the SHA-256 of a public key's DER SubjectPublicKeyInfo.
-type Fingerprint [32]byte
+// Fingerprint is a key fingerprint ([signed.FingerprintBytes]).
+type Fingerprint [signed.FingerprintSize]byte
 
-// String writes the fingerprint for people to compare: 64 lowercase hex
-// digits in sixteen groups of four, separated by spaces.
-func (f Fingerprint) String() string {
-	h := hex.EncodeToString(f[:])
-	var b strings.Builder
-	for i := 0; i < len(h); i += 4 {
-		if i > 0 {
-			b.WriteByte(' ')
-		}
-		b.WriteString(h[i : i+4])
-	}
-	return b.String()
-}
+// String writes the fingerprint for people to compare, as devices show it.
+func (f Fingerprint) String() string { return signed.FormatFingerprint(f) }
 
-// Hex returns the fingerprint as 64 hex digits with no spaces.
+// Hex returns the fingerprint as hex digits with no spaces.
 func (f Fingerprint) Hex() string { return hex.EncodeToString(f[:]) }
 
 // The DER encodings of the curves' OIDs, as CKA_EC_PARAMS holds them.

@@ -109,12 +109,26 @@ func CompressP256(k *ecdsa.PublicKey) ([]byte, error) {
 	return append([]byte{2 | u[64]&1}, u[1:33]...), nil
 }
 
-// Fingerprint is the stable short name of an identity key: the first 16
-// bytes of SHA-256(algorithm byte || public key), in hex groups of four.
-// Devices and the CLI show it so people can compare keys.
-func Fingerprint(alg pb.Algorithm, pub []byte) string {
+// FingerprintSize is the size of a key fingerprint in bytes.
+const FingerprintSize = 16
+
+// FingerprintBytes is the fingerprint of an identity key: the first 16
+// bytes of SHA-256(algorithm byte || public key in its wire encoding).
+func FingerprintBytes(alg pb.Algorithm, pub []byte) [FingerprintSize]byte {
 	h := sha256.Sum256(append([]byte{byte(alg)}, pub...))
-	s := hex.EncodeToString(h[:16])
+	return [FingerprintSize]byte(h[:FingerprintSize])
+}
+
+// Fingerprint is the stable short name of a key that people compare:
+// [FingerprintBytes] in hex groups of four. Devices, the CLI and hsmd all
+// show it in this form.
+func Fingerprint(alg pb.Algorithm, pub []byte) string {
+	return FormatFingerprint(FingerprintBytes(alg, pub))
+}
+
+// FormatFingerprint writes fingerprint bytes in hex groups of four.
+func FormatFingerprint(f [FingerprintSize]byte) string {
+	s := hex.EncodeToString(f[:])
 	var b bytes.Buffer
 	for i := 0; i < len(s); i += 4 {
 		if i > 0 {

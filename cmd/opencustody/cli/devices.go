@@ -65,6 +65,7 @@ emulator's default port).`,
 	}
 	c.Flags().StringVar(&ports, "emulators", strconv.Itoa(device.DefaultEmulatorPort), "UDP ports to probe for emulators: a list of ports and ranges, or \"none\"")
 	addJSONFlag(c, g)
+	c.AddCommand(custodyDeviceCommands(g)...)
 	return c
 }
 

@@ -59,8 +59,8 @@ It then generates, inside the HSM, the identity key that signs prompts and
 credentials (ECDSA P-256, or Ed25519 with --identity-algorithm ed25519) and the
 record key that authenticates what is stored outside the HSM (HMAC-SHA256),
 unless the token already has them, writes hsm.json, and prints the identity
-fingerprint: the SHA-256 of the identity public key (its DER
-SubjectPublicKeyInfo). Approval devices show it when they pair; write it down.`,
+fingerprint (firmware-spec/channel.md §2). Approval devices show it when they
+pair; write it down.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			alg, err := hsm.ParseAlgorithm(algName)
@@ -235,6 +235,6 @@ func hsmInitToken(ctx context.Context, g *globals, tc *hsm.TokenConfig, alg hsm.
 		fmt.Fprintf(w, "%s %s %q in the HSM\n", verb, kind, l)
 	}
 	fmt.Fprintf(w, "Wrote %s\n\n", res.Config)
-	fmt.Fprintf(w, "HSM identity fingerprint (%s, SHA-256 of the public key):\n  %s\n", res.Algorithm, res.Fingerprint)
+	fmt.Fprintf(w, "HSM identity fingerprint (%s; approval devices show it when they pair):\n  %s\n", res.Algorithm, res.Fingerprint)
 	return nil
 }

@@ -1,0 +1,149 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/opencustodynet/opencustody/protocol/apipb"
+)
+
+// deviceJSON is a device as hsmd knows it, for --json output.
+type deviceJSON struct {
+	ID          string `json:"id"`
+	State       string `json:"state"`
+	User        string `json:"user,omitempty"`
+	Role        string `json:"role,omitempty"`
+	Fingerprint string `json:"fingerprint"`
+	Connected   bool   `json:"connected"`
+	Bridge      string `json:"bridge,omitempty"`
+	Channel     bool   `json:"channel"`
+	Emulator    bool   `json:"emulator,omitempty"`
+	Model       string `json:"model,omitempty"`
+	PairedAt    string `json:"paired_at,omitempty"`
+	RevokedAt   string `json:"revoked_at,omitempty"`
+}
+
+func newDeviceJSON(d *apipb.Device) *deviceJSON {
+	j := &deviceJSON{
+		ID: d.GetId(), Fingerprint: d.GetFingerprint(), User: d.GetUser(),
+		Connected: d.GetConnected(), Bridge: d.GetBridge(), Channel: d.GetChannel(),
+		Emulator: d.GetEmulator(), Model: d.GetModel(),
+	}
+	switch d.GetState() {
+	case apipb.DeviceState_DEVICE_STATE_PAIRED:
+		j.State = "paired"
+	case apipb.DeviceState_DEVICE_STATE_REVOKED:
+		j.State = "revoked"
+	default:
+		j.State = "unpaired"
+	}
+	switch d.GetRole() {
+	case apipb.Role_ROLE_ADMIN:
+		j.Role = "admin"
+	case apipb.Role_ROLE_APPROVER:
+		j.Role = "approver"
+	}
+	if d.GetPairedAt() > 0 {
+		j.PairedAt = time.Unix(d.GetPairedAt(), 0).UTC().Format(time.RFC3339)
+	}
+	if d.GetRevokedAt() > 0 {
+		j.RevokedAt = time.Unix(d.GetRevokedAt(), 0).UTC().Format(time.RFC3339)
+	}
+	return j
+}
+
+// custodyDeviceCommands are the subcommands of `devices` that ask hsmd.
+func custodyDeviceCommands(g *globals) []*cobra.Command {
+	return []*cobra.Command{newDevicesListCommand(g), newDevicesRevokeCommand(g)}
+}
+
+func newDevicesListCommand(g *globals) *cobra.Command {
+	var f hsmdFlags
+	c := &cobra.Command{
+		Use:   "list",
+		Short: "List the devices hsmd knows: paired, revoked, and attached but unpaired",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			conn, err := g.dialHSMD(&f, "operator.token")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := context.WithTimeout(c.Context(), 30*time.Second)
+			defer cancel()
+			res, err := apipb.NewOperatorClient(conn).ListDevices(ctx, &apipb.ListDevicesRequest{})
+			if err != nil {
+				return rpcError(err)
+			}
+			devs := make([]*deviceJSON, 0, len(res.GetDevices()))
+			for _, d := range res.GetDevices() {
+				devs = append(devs, newDeviceJSON(d))
+			}
+			if g.json {
+				return writeJSON(g.streams.Out, devs)
+			}
+			if len(devs) == 0 {
+				fmt.Fprintln(g.streams.Out, "no devices: none paired, and no bridge has announced any")
+				return nil
+			}
+			tw := tabwriter.NewWriter(g.streams.Out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tSTATE\tUSER\tROLE\tCONNECTED\tCHANNEL\tFINGERPRINT")
+			for _, d := range devs {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.State, dash(d.User), dash(d.Role), yesNo(d.Connected), yesNo(d.Channel), d.Fingerprint)
+			}
+			return tw.Flush()
+		},
+	}
+	addHSMDFlags(c, &f)
+	addJSONFlag(c, g)
+	return c
+}
+
+func newDevicesRevokeCommand(g *globals) *cobra.Command {
+	var f hsmdFlags
+	c := &cobra.Command{
+		Use:   "revoke ID",
+		Short: "Revoke a paired device: its channel and approvals are refused from now on",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			conn, err := g.dialHSMD(&f, "operator.token")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := context.WithTimeout(c.Context(), 30*time.Second)
+			defer cancel()
+			res, err := apipb.NewOperatorClient(conn).RevokeDevice(ctx, &apipb.RevokeDeviceRequest{DeviceId: args[0]})
+			if err != nil {
+				return rpcError(err)
+			}
+			d := newDeviceJSON(res.GetDevice())
+			if g.json {
+				return writeJSON(g.streams.Out, d)
+			}
+			fmt.Fprintf(g.streams.Out, "revoked: device %s (%s)\n", d.ID, d.User)
+			return nil
+		},
+	}
+	addHSMDFlags(c, &f)
+	addJSONFlag(c, g)
+	return c
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}

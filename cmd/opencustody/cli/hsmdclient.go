@@ -1,0 +1,100 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/opencustodynet/opencustody/hsm/hsmd"
+	"github.com/opencustodynet/opencustody/protocol/apiclient"
+)
+
+// hsmdFlags say how a client command reaches hsmd.
+type hsmdFlags struct {
+	addr      string
+	cert      string
+	tokenFile string
+}
+
+func addHSMDFlags(c *cobra.Command, f *hsmdFlags) {
+	c.Flags().StringVar(&f.addr, "hsmd", "", "hsmd address (default $OPENCUSTODY_HSMD, then "+hsmd.DefaultAddress+")")
+	c.Flags().StringVar(&f.cert, "hsmd-cert", "", "SHA-256 fingerprint of hsmd's certificate (default $OPENCUSTODY_HSMD_CERT, then the certificate in the data directory)")
+	c.Flags().StringVar(&f.tokenFile, "token-file", "", "file holding the token (default $OPENCUSTODY_TOKEN_FILE, then the one in the data directory)")
+}
+
+// hsmdDir is where hsmd keeps its certificate and tokens.
+func hsmdDir(dataDir string) string { return filepath.Join(dataDir, "hsmd") }
+
+func firstOf(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// dial connects to hsmd with the token in tokenName (operator or bridge).
+func (g *globals) dialHSMD(f *hsmdFlags, tokenName string) (*grpc.ClientConn, error) {
+	addr := firstOf(f.addr, os.Getenv("OPENCUSTODY_HSMD"), hsmd.DefaultAddress)
+	cert := firstOf(f.cert, os.Getenv("OPENCUSTODY_HSMD_CERT"))
+	tokenFile := firstOf(f.tokenFile, os.Getenv("OPENCUSTODY_TOKEN_FILE"))
+	if cert == "" || tokenFile == "" {
+		dir, err := g.DataDir()
+		if err != nil {
+			return nil, err
+		}
+		if cert == "" {
+			if cert, err = hsmd.CertFingerprintFromDir(hsmdDir(dir)); err != nil {
+				return nil, withCode(ExitUnavailable, fmt.Errorf("%w; on another machine pass --hsmd-cert with the fingerprint hsmd printed", err))
+			}
+		}
+		if tokenFile == "" {
+			tokenFile = filepath.Join(hsmdDir(dir), tokenName)
+		}
+	}
+	token, err := hsmd.ReadToken(tokenFile)
+	if err != nil {
+		return nil, withCode(ExitUnavailable, fmt.Errorf("%w; pass --token-file", err))
+	}
+	conn, err := apiclient.Dial(apiclient.Options{Address: addr, CertFingerprint: cert, Token: token})
+	if err != nil {
+		return nil, withCode(ExitUsage, err)
+	}
+	return conn, nil
+}
+
+// rpcError turns a gRPC error into a CLI error with the right exit code.
+func rpcError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		return err
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	msg := errors.New(st.Message())
+	switch st.Code() {
+	case codes.Unavailable:
+		return withCode(ExitUnavailable, fmt.Errorf("cannot reach hsmd: %s (is 'opencustody hsmd' running, and is --hsmd right?)", st.Message()))
+	case codes.DeadlineExceeded:
+		return withCode(ExitUnavailable, msg)
+	case codes.Unauthenticated, codes.PermissionDenied, codes.Aborted:
+		return withCode(ExitRefused, msg)
+	case codes.DataLoss:
+		return withCode(ExitIntegrity, msg)
+	case codes.InvalidArgument:
+		return withCode(ExitUsage, msg)
+	}
+	return msg
+}
