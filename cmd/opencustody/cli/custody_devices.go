@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/opencustodynet/opencustody/hsm/hsmd"
 	"github.com/opencustodynet/opencustody/protocol/apipb"
 )
 
@@ -68,7 +69,7 @@ func newDevicesListCommand(g *globals) *cobra.Command {
 		Short: "List the devices hsmd knows: paired, revoked, and attached but unpaired",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			conn, err := g.dialHSMD(&f, "operator.token")
+			conn, err := g.dialHSMD(&f, hsmd.OperatorTokenFile)
 			if err != nil {
 				return err
 			}
@@ -110,7 +111,7 @@ func newDevicesRevokeCommand(g *globals) *cobra.Command {
 		Short: "Revoke a paired device: its channel and approvals are refused from now on",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			conn, err := g.dialHSMD(&f, "operator.token")
+			conn, err := g.dialHSMD(&f, hsmd.OperatorTokenFile)
 			if err != nil {
 				return err
 			}

@@ -86,7 +86,7 @@ func rpcError(err error) error {
 	msg := errors.New(st.Message())
 	switch st.Code() {
 	case codes.Unavailable:
-		return withCode(ExitUnavailable, fmt.Errorf("cannot reach hsmd: %s (is 'opencustody hsmd' running, and is --hsmd right?)", st.Message()))
+		return withCode(ExitUnavailable, fmt.Errorf("cannot reach hsmd: %s (is 'opencustody hsmd' running, is --hsmd its address, and --hsmd-cert the fingerprint it printed?)", st.Message()))
 	case codes.DeadlineExceeded:
 		return withCode(ExitUnavailable, msg)
 	case codes.Unauthenticated, codes.PermissionDenied, codes.Aborted:

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/opencustodynet/opencustody/hsm/hsmd"
 	"github.com/opencustodynet/opencustody/protocol/apipb"
 	"github.com/opencustodynet/opencustody/protocol/pairing"
 )
@@ -50,7 +51,7 @@ only while hsmd runs with --ceremony (the key ceremony at the HSM console).`,
 			if err != nil {
 				return err
 			}
-			conn, err := g.dialHSMD(&f, "operator.token")
+			conn, err := g.dialHSMD(&f, hsmd.OperatorTokenFile)
 			if err != nil {
 				return err
 			}

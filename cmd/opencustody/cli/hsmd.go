@@ -1,0 +1,167 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/opencustodynet/opencustody/hsm"
+	"github.com/opencustodynet/opencustody/hsm/core"
+	"github.com/opencustodynet/opencustody/hsm/hsmd"
+	"github.com/opencustodynet/opencustody/hsm/records"
+	"github.com/opencustodynet/opencustody/protocol/apipb"
+)
+
+func init() { commands = append(commands, newHSMDCommand) }
+
+func newHSMDCommand(g *globals) *cobra.Command {
+	var (
+		hf       hsmFlags
+		lf       logFlags
+		listen   string
+		metrics  string
+		hosts    []string
+		ceremony bool
+	)
+	c := &cobra.Command{
+		Use:   "hsmd",
+		Short: "Run the custody core: the only process logged into the HSM",
+		Long: `hsmd runs the custody core next to the HSM. It logs into the token that
+'opencustody hsm init' configured, keeps its records in the data directory
+(SQLite, each record authenticated by the HSM record key), and serves the gRPC
+API to bridges and operators over TLS.
+
+On first start it makes a self-signed TLS certificate and two tokens in
+DATA/hsmd: bridge.token (for bridges) and operator.token (for the CLI). Clients
+on this machine find them in the data directory; elsewhere, pass the
+certificate fingerprint hsmd prints (--hsmd-cert) and copy the token file.
+
+--ceremony allows pairing devices directly: use it only for the key ceremony at
+the HSM's console that pairs the first admins.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			log, err := newLogger(g.streams.Err, lf.format, lf.level)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(c.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			dir, err := hsmDataDir(g)
+			if err != nil {
+				return err
+			}
+			store, tc, err := openHSM(ctx, g, &hf)
+			if err != nil {
+				return err
+			}
+			defer store.Close()
+			if tc == nil || tc.IdentityKey == "" || tc.RecordKey == "" {
+				return errors.New("no identity or record key configured: run 'opencustody hsm init' first")
+			}
+			identity, err := hsm.NewIdentitySigner(ctx, store, tc.IdentityKey)
+			if err != nil {
+				return hsmExit(fmt.Errorf("identity key: %w", err))
+			}
+			db, err := records.OpenSQLite(ctx, dir)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			cr, err := core.New(core.Config{
+				Identity: identity,
+				Devices:  hsmd.DeviceStore{Records: records.New(db, hsm.RecordAuthenticator{A: store, Key: tc.RecordKey})},
+				Ceremony: ceremony,
+			})
+			if err != nil {
+				return err
+			}
+			srv, err := hsmd.New(hsmd.Config{Core: cr, Dir: hsmdDir(dir), Hosts: hosts, Version: Version, Logger: log})
+			if err != nil {
+				return err
+			}
+			l, err := net.Listen("tcp", listen)
+			if err != nil {
+				return withCode(ExitUnavailable, fmt.Errorf("listen on %s: %w", listen, err))
+			}
+			if metrics != "" {
+				ml, err := net.Listen("tcp", metrics)
+				if err != nil {
+					return withCode(ExitUnavailable, fmt.Errorf("metrics: listen on %s: %w", metrics, err))
+				}
+				ms := &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}
+				go func() { _ = ms.Serve(ml) }()
+				defer ms.Close()
+			}
+			bt, ot := srv.TokenPaths()
+			fmt.Fprintf(g.streams.Out, "hsmd listening on %s\n  HSM identity fingerprint: %s\n  TLS certificate:          %s\n  bridge token:             %s\n  operator token:           %s\n",
+				l.Addr(), cr.HSMFingerprint(), srv.CertFingerprint(), bt, ot)
+			if ceremony {
+				fmt.Fprintln(g.streams.Out, "  ceremony mode: devices may be paired directly")
+			}
+			err = srv.Serve(ctx, l)
+			log.Info("hsmd stopped")
+			return err
+		},
+	}
+	hf.register(c)
+	addLogFlags(c, &lf)
+	c.Flags().StringVar(&listen, "listen", hsmd.DefaultAddress, "address to serve the API on (loopback by default)")
+	c.Flags().StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9420); off by default")
+	c.Flags().StringSliceVar(&hosts, "tls-host", nil, "extra host names or addresses for the TLS certificate")
+	c.Flags().BoolVar(&ceremony, "ceremony", false, "allow pairing devices directly (key ceremony at the HSM console)")
+	c.AddCommand(newHSMDStatusCommand(g))
+	return c
+}
+
+func newHSMDStatusCommand(g *globals) *cobra.Command {
+	var f hsmdFlags
+	c := &cobra.Command{
+		Use:   "status",
+		Short: "Show hsmd's HSM fingerprint and the bridges connected to it",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			conn, err := g.dialHSMD(&f, hsmd.OperatorTokenFile)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := context.WithTimeout(c.Context(), 30*time.Second)
+			defer cancel()
+			st, err := apipb.NewOperatorClient(conn).Status(ctx, &apipb.StatusRequest{})
+			if err != nil {
+				return rpcError(err)
+			}
+			type bridgeJSON struct {
+				Name    string `json:"name"`
+				Remote  string `json:"remote"`
+				Devices int32  `json:"devices"`
+			}
+			out := struct {
+				Version        string       `json:"version"`
+				HSMFingerprint string       `json:"hsm_fingerprint"`
+				Bridges        []bridgeJSON `json:"bridges"`
+			}{Version: st.GetVersion(), HSMFingerprint: st.GetHsmFingerprint(), Bridges: []bridgeJSON{}}
+			for _, b := range st.GetBridges() {
+				out.Bridges = append(out.Bridges, bridgeJSON{b.GetName(), b.GetRemoteAddress(), b.GetDevices()})
+			}
+			if g.json {
+				return writeJSON(g.streams.Out, out)
+			}
+			fmt.Fprintf(g.streams.Out, "hsmd %s\nHSM identity fingerprint: %s\nbridges: %d\n", out.Version, out.HSMFingerprint, len(out.Bridges))
+			for _, b := range out.Bridges {
+				fmt.Fprintf(g.streams.Out, "  %s (%s): %d devices\n", b.Name, b.Remote, b.Devices)
+			}
+			return nil
+		},
+	}
+	addHSMDFlags(c, &f)
+	addJSONFlag(c, g)
+	return c
+}
