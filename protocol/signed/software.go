@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
+	cryptorand "crypto/rand"
 	"fmt"
 	"io"
 
@@ -23,8 +24,12 @@ type SoftwareKey struct {
 	raw  []byte
 }
 
-// GenerateSoftwareKey makes a new key of algorithm alg from rand.
+// GenerateSoftwareKey makes a new key of algorithm alg from rand
+// (crypto/rand if nil).
 func GenerateSoftwareKey(alg pb.Algorithm, rand io.Reader) (*SoftwareKey, error) {
+	if rand == nil {
+		rand = cryptorand.Reader
+	}
 	seed := make([]byte, 32)
 	if _, err := io.ReadFull(rand, seed); err != nil {
 		return nil, fmt.Errorf("signed: generate key: %w", err)
