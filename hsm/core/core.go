@@ -28,6 +28,12 @@ type Config struct {
 	// Ceremony allows pairing devices directly, as in the key ceremony at
 	// the HSM's console. Without it, pairing is refused.
 	Ceremony bool
+	// AttestationRoots, when not empty, makes attestation a condition of
+	// pairing: a device is paired only if its Features.attestation chain
+	// certifies the identity key it proved in the handshake under one of
+	// these roots (see [signed.VerifyAttestation]). Nil pairs devices
+	// without attestation. Devices paired earlier are not re-checked.
+	AttestationRoots []signed.Root
 	// CredentialLifetime defaults to DefaultCredentialLifetime.
 	CredentialLifetime time.Duration
 	// Now and Rand default to time.Now and crypto/rand.

@@ -47,13 +47,34 @@ type DeviceRecord struct {
 	User        string       `json:"user"`
 	Role        Role         `json:"role"`
 	State       DeviceState  `json:"state"`
-	Model       string       `json:"model,omitempty"`
-	Emulator    bool         `json:"emulator,omitempty"`
-	PairedAt    time.Time    `json:"paired_at"`
-	RevokedAt   time.Time    `json:"revoked_at,omitzero"`
+	// Model and Emulator are what the device claimed in Features when it
+	// was paired: unverified.
+	Model    string `json:"model,omitempty"`
+	Emulator bool   `json:"emulator,omitempty"`
+	// Attestation is the attestation verified at pairing; nil when the
+	// core did not require attestation then.
+	Attestation *DeviceAttestation `json:"attestation,omitempty"`
+	PairedAt    time.Time          `json:"paired_at"`
+	RevokedAt   time.Time          `json:"revoked_at,omitzero"`
 	// Version is the storage version the record was read at; the store
 	// refuses an update made from a stale version.
 	Version uint64 `json:"-"`
+}
+
+// DeviceAttestation records which trusted root vouched for a device's
+// identity key when it was paired, and under what name.
+type DeviceAttestation struct {
+	// Root is the name of the root, as the operator configured it.
+	Root string `json:"root"`
+	// RootFingerprint is the fingerprint of the root key; unlike the name,
+	// it identifies the root.
+	RootFingerprint string `json:"root_fingerprint"`
+	// Development is true for the development root, under which anyone can
+	// issue certificates: such a device is attested by nobody.
+	Development bool `json:"development,omitempty"`
+	// Subject is the device certificate's subject name (for example the
+	// model), as the vendor certified it.
+	Subject string `json:"subject"`
 }
 
 // Fingerprint is the fingerprint of the device's identity key.

@@ -37,4 +37,18 @@
 // pairing). Direct pairing is allowed only in ceremony mode
 // ([Config.Ceremony]): the key ceremony at the HSM's console that pairs the
 // first admins.
+//
+// # Attestation
+//
+// With [Config.AttestationRoots] set, the core pairs only devices whose
+// vendor vouches for them: the attestation chain in the device's Features
+// must certify, under one of those roots, the identity key the device
+// proved in the handshake (firmware-spec/attestation.md). The chain travels
+// through the bridge like the rest of Features; because it is checked
+// against the proved key, a bridge can withhold it (and so prevent the
+// pairing) but cannot lend one device's chain to another. The verified
+// root and subject name are stored in the record
+// ([DeviceRecord.Attestation]). The emulator's chain ends at the
+// development root, which anyone can issue under: a core configured with
+// other roots refuses the emulator.
 package core

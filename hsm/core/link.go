@@ -99,7 +99,9 @@ type pairingRun struct {
 	challenge  []byte
 	device     *bool // the device user's decision, once known
 	operator   *bool // the operator's decision, once known
-	record     *DeviceRecord
+	// attestation is what the handshake verified, when roots are configured.
+	attestation *DeviceAttestation
+	record      *DeviceRecord
 }
 
 // Link is the core's end of one device attached through a bridge. Calls on
@@ -189,8 +191,9 @@ func (l *Link) StartPairing(ctx context.Context, user string, role Role) (Output
 }
 
 // startHandshake sends HandshakeInit. For a pairing run, the device must
-// prove the identity key whose id the bridge announced; otherwise it must
-// prove the key of its unrevoked pairing record.
+// prove the identity key whose id the bridge announced and, when
+// attestation roots are configured, present a chain for that proved key;
+// otherwise it must prove the key of its unrevoked pairing record.
 func (l *Link) startHandshake(run *pairingRun) (Output, error) {
 	accept := func(peer *signed.Credential) error {
 		id := signed.DeviceID(peer.IdentityKey)
@@ -205,7 +208,7 @@ func (l *Link) startHandshake(run *pairingRun) (Output, error) {
 			if !errors.Is(err, ErrDeviceNotFound) {
 				return err
 			}
-			return nil
+			return l.checkAttestation(run, id, peer)
 		}
 		if err != nil {
 			return err
@@ -234,6 +237,25 @@ func (l *Link) startHandshake(run *pairingRun) (Output, error) {
 	l.hs, l.state = hs, linkHandshake
 	var out Output
 	return out, l.plain(&out, &pb.HandshakeInit{Noise: msg})
+}
+
+// checkAttestation verifies the chain the device presented in its
+// Features against the identity key it proved (never the key it claimed:
+// the chain, like all of Features, came through the bridge) and records
+// the result for the pairing record.
+func (l *Link) checkAttestation(run *pairingRun, id string, peer *signed.Credential) error {
+	roots := l.core.cfg.AttestationRoots
+	if len(roots) == 0 {
+		return nil
+	}
+	a, err := signed.VerifyAttestation(l.claimed.GetAttestation(), peer.Algorithm, peer.IdentityKey, roots)
+	if err != nil {
+		return fmt.Errorf("device %s has no attestation from a trusted root: %w", id, err)
+	}
+	run.attestation = &DeviceAttestation{
+		Root: a.Root.Name, RootFingerprint: a.Root.Fingerprint(), Development: a.Root.IsDevelopment(), Subject: a.Subject,
+	}
+	return nil
 }
 
 // plain encodes an envelope sent outside the channel.
@@ -425,6 +447,7 @@ func (l *Link) maybeFinishPairing(ctx context.Context, out *Output) error {
 		State:       DevicePaired,
 		Model:       l.claimed.GetModel(),
 		Emulator:    l.claimed.GetEmulator(),
+		Attestation: p.attestation,
 		PairedAt:    l.core.cfg.Now().UTC(),
 	}
 	if err := l.core.cfg.Devices.CreateDevice(ctx, rec); err != nil {

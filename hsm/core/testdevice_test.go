@@ -77,8 +77,9 @@ type testDevice struct {
 	identity *signed.SoftwareKey
 	static   noise.DHKey
 	cred     *signed.Credential
-	pinned   []byte // HSM identity key, once paired
-	confirm  bool   // the user's answer to the pairing screen
+	pinned   []byte   // HSM identity key, once paired
+	confirm  bool     // the user's answer to the pairing screen
+	chain    [][]byte // attestation chain presented in Features, if any
 
 	hs        *channel.Handshake
 	sess      *channel.Session
@@ -104,7 +105,7 @@ func newTestDevice(t *testing.T) *testDevice {
 
 func (d *testDevice) features() *pb.Features {
 	return &pb.Features{DeviceId: signed.DeviceID(d.identity.PublicKey()), Model: "test",
-		IdentityAlgorithm: d.identity.Algorithm(), IdentityPublicKey: d.identity.PublicKey()}
+		IdentityAlgorithm: d.identity.Algorithm(), IdentityPublicKey: d.identity.PublicKey(), Attestation: d.chain}
 }
 
 func (d *testDevice) encode(m proto.Message) []byte {

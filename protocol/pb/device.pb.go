@@ -696,7 +696,14 @@ type Features struct {
 	// Free text label set by the owner.
 	Label string `protobuf:"bytes,9,opt,name=label,proto3" json:"label,omitempty"`
 	// True when this is the software emulator, never a real device.
-	Emulator      bool `protobuf:"varint,10,opt,name=emulator,proto3" json:"emulator,omitempty"`
+	Emulator bool `protobuf:"varint,10,opt,name=emulator,proto3" json:"emulator,omitempty"`
+	// Attestation chain for the identity key (firmware-spec/attestation.md):
+	// each entry one encoded attestation certificate, the device certificate
+	// first, the last one issued by the vendor's root. Empty when the device
+	// has none. A core that requires attestation checks it against the
+	// identity key the device proves in the secure channel, never against
+	// identity_public_key above.
+	Attestation   [][]byte `protobuf:"bytes,11,rep,name=attestation,proto3" json:"attestation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -799,6 +806,13 @@ func (x *Features) GetEmulator() bool {
 		return x.Emulator
 	}
 	return false
+}
+
+func (x *Features) GetAttestation() [][]byte {
+	if x != nil {
+		return x.Attestation
+	}
+	return nil
 }
 
 // Ping asks the device to echo a message. With button_protection the device
@@ -1607,7 +1621,7 @@ const file_device_proto_rawDesc = "" +
 	"\x0epairing_finish\x18- \x01(\v2$.opencustody.device.v1.PairingFinishH\x00R\rpairingFinish\x12P\n" +
 	"\x0fpairing_confirm\x18. \x01(\v2%.opencustody.device.v1.PairingConfirmH\x00R\x0epairingConfirmB\x05\n" +
 	"\x03msg\"\r\n" +
-	"\vGetFeatures\"\x97\x03\n" +
+	"\vGetFeatures\"\xb9\x03\n" +
 	"\bFeatures\x12\x16\n" +
 	"\x06vendor\x18\x01 \x01(\tR\x06vendor\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12)\n" +
@@ -1619,7 +1633,8 @@ const file_device_proto_rawDesc = "" +
 	"\x13identity_public_key\x18\b \x01(\fR\x11identityPublicKey\x12\x14\n" +
 	"\x05label\x18\t \x01(\tR\x05label\x12\x1a\n" +
 	"\bemulator\x18\n" +
-	" \x01(\bR\bemulator\"M\n" +
+	" \x01(\bR\bemulator\x12 \n" +
+	"\vattestation\x18\v \x03(\fR\vattestation\"M\n" +
 	"\x04Ping\x12\x18\n" +
 	"\amessage\x18\x01 \x01(\tR\amessage\x12+\n" +
 	"\x11button_protection\x18\x02 \x01(\bR\x10buttonProtection\"#\n" +

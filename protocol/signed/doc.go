@@ -20,4 +20,28 @@
 //     DER signature with low S over the digest.
 //
 // [Verify] accepts exactly these encodings and nothing looser.
+//
+// # Statements
+//
+//   - [Credential]: binds a secure channel's Noise static key to an
+//     identity key (firmware-spec/channel.md).
+//   - [AttestationCertificate]: an issuer key vouches for a subject key
+//     (firmware-spec/attestation.md).
+//
+// # Device attestation
+//
+// A device may present, in Features.attestation, a chain of attestation
+// certificates for its identity key: the device certificate first, issued
+// by its vendor's factory CA, then certificates of the issuing authorities,
+// the last one issued by a root the vendor publishes. [VerifyAttestation]
+// checks such a chain against the identity key a device proved and the
+// roots an operator trusts ([Root], read with [LoadRoots]), and says which
+// root vouched for the device and under what name. A chain proves only
+// that a trusted issuer certified the key; that the key proved itself is
+// the secure channel's business.
+//
+// The development CA ([DevelopmentRoot], [DevelopmentAttestation]) has
+// published private keys, so that the emulator can present a chain. Anyone
+// can issue under it: trusting it attests nothing, and a production hsmd
+// must never be configured with it ([Root.IsDevelopment] tells).
 package signed
