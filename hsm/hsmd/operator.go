@@ -67,6 +67,9 @@ func deviceMessage(r *core.DeviceRecord) *apipb.Device {
 	if r.State == core.DeviceRevoked {
 		d.State, d.RevokedAt = apipb.DeviceState_DEVICE_STATE_REVOKED, r.RevokedAt.Unix()
 	}
+	if a := r.Attestation; a != nil {
+		d.AttestationRoot, d.AttestationRootFingerprint, d.AttestationSubject = a.Root, a.RootFingerprint, a.Subject
+	}
 	return d
 }
 

@@ -878,10 +878,16 @@ type Device struct {
 	Emulator bool   `protobuf:"varint,9,opt,name=emulator,proto3" json:"emulator,omitempty"`
 	Model    string `protobuf:"bytes,10,opt,name=model,proto3" json:"model,omitempty"`
 	// Unix seconds.
-	PairedAt      int64 `protobuf:"varint,11,opt,name=paired_at,json=pairedAt,proto3" json:"paired_at,omitempty"`
-	RevokedAt     int64 `protobuf:"varint,12,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PairedAt  int64 `protobuf:"varint,11,opt,name=paired_at,json=pairedAt,proto3" json:"paired_at,omitempty"`
+	RevokedAt int64 `protobuf:"varint,12,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	// Who attested the device's identity key at pairing: the attestation
+	// root's name, its fingerprint, and the certified model. Empty when hsmd
+	// did not require attestation.
+	AttestationRoot            string `protobuf:"bytes,13,opt,name=attestation_root,json=attestationRoot,proto3" json:"attestation_root,omitempty"`
+	AttestationRootFingerprint string `protobuf:"bytes,14,opt,name=attestation_root_fingerprint,json=attestationRootFingerprint,proto3" json:"attestation_root_fingerprint,omitempty"`
+	AttestationSubject         string `protobuf:"bytes,15,opt,name=attestation_subject,json=attestationSubject,proto3" json:"attestation_subject,omitempty"`
+	unknownFields              protoimpl.UnknownFields
+	sizeCache                  protoimpl.SizeCache
 }
 
 func (x *Device) Reset() {
@@ -996,6 +1002,27 @@ func (x *Device) GetRevokedAt() int64 {
 		return x.RevokedAt
 	}
 	return 0
+}
+
+func (x *Device) GetAttestationRoot() string {
+	if x != nil {
+		return x.AttestationRoot
+	}
+	return ""
+}
+
+func (x *Device) GetAttestationRootFingerprint() string {
+	if x != nil {
+		return x.AttestationRootFingerprint
+	}
+	return ""
+}
+
+func (x *Device) GetAttestationSubject() string {
+	if x != nil {
+		return x.AttestationSubject
+	}
+	return ""
 }
 
 type PairClientMessage struct {
@@ -1505,7 +1532,7 @@ const file_api_proto_rawDesc = "" +
 	"\adevices\x18\x03 \x01(\x05R\adevices\"\x14\n" +
 	"\x12ListDevicesRequest\"K\n" +
 	"\x13ListDevicesResponse\x124\n" +
-	"\adevices\x18\x01 \x03(\v2\x1a.opencustody.api.v1.DeviceR\adevices\"\xf1\x02\n" +
+	"\adevices\x18\x01 \x03(\v2\x1a.opencustody.api.v1.DeviceR\adevices\"\x8f\x04\n" +
 	"\x06Device\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x125\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1f.opencustody.api.v1.DeviceStateR\x05state\x12 \n" +
@@ -1520,7 +1547,10 @@ const file_api_proto_rawDesc = "" +
 	" \x01(\tR\x05model\x12\x1b\n" +
 	"\tpaired_at\x18\v \x01(\x03R\bpairedAt\x12\x1d\n" +
 	"\n" +
-	"revoked_at\x18\f \x01(\x03R\trevokedAt\"\x91\x01\n" +
+	"revoked_at\x18\f \x01(\x03R\trevokedAt\x12)\n" +
+	"\x10attestation_root\x18\r \x01(\tR\x0fattestationRoot\x12@\n" +
+	"\x1cattestation_root_fingerprint\x18\x0e \x01(\tR\x1aattestationRootFingerprint\x12/\n" +
+	"\x13attestation_subject\x18\x0f \x01(\tR\x12attestationSubject\"\x91\x01\n" +
 	"\x11PairClientMessage\x125\n" +
 	"\x05start\x18\x01 \x01(\v2\x1d.opencustody.api.v1.PairStartH\x00R\x05start\x12>\n" +
 	"\bdecision\x18\x02 \x01(\v2 .opencustody.api.v1.PairDecisionH\x00R\bdecisionB\x05\n" +

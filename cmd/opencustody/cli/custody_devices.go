@@ -26,6 +26,14 @@ type deviceJSON struct {
 	Model       string `json:"model,omitempty"`
 	PairedAt    string `json:"paired_at,omitempty"`
 	RevokedAt   string `json:"revoked_at,omitempty"`
+	// AttestedBy names the attestation root and the certified model.
+	AttestedBy *attestationJSON `json:"attested_by,omitempty"`
+}
+
+type attestationJSON struct {
+	Root            string `json:"root"`
+	RootFingerprint string `json:"root_fingerprint"`
+	Subject         string `json:"subject"`
 }
 
 func newDeviceJSON(d *apipb.Device) *deviceJSON {
@@ -53,6 +61,9 @@ func newDeviceJSON(d *apipb.Device) *deviceJSON {
 	}
 	if d.GetRevokedAt() > 0 {
 		j.RevokedAt = time.Unix(d.GetRevokedAt(), 0).UTC().Format(time.RFC3339)
+	}
+	if d.GetAttestationRoot() != "" {
+		j.AttestedBy = &attestationJSON{d.GetAttestationRoot(), d.GetAttestationRootFingerprint(), d.GetAttestationSubject()}
 	}
 	return j
 }
@@ -92,9 +103,13 @@ func newDevicesListCommand(g *globals) *cobra.Command {
 				return nil
 			}
 			tw := tabwriter.NewWriter(g.streams.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSTATE\tUSER\tROLE\tCONNECTED\tCHANNEL\tFINGERPRINT")
+			fmt.Fprintln(tw, "ID\tSTATE\tUSER\tROLE\tCONNECTED\tCHANNEL\tATTESTED BY\tFINGERPRINT")
 			for _, d := range devs {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.State, dash(d.User), dash(d.Role), yesNo(d.Connected), yesNo(d.Channel), d.Fingerprint)
+				att := "-"
+				if d.AttestedBy != nil {
+					att = d.AttestedBy.Root
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.State, dash(d.User), dash(d.Role), yesNo(d.Connected), yesNo(d.Channel), att, d.Fingerprint)
 			}
 			return tw.Flush()
 		},

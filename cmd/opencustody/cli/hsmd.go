@@ -17,6 +17,7 @@ import (
 	"github.com/opencustodynet/opencustody/hsm/hsmd"
 	"github.com/opencustodynet/opencustody/hsm/records"
 	"github.com/opencustodynet/opencustody/protocol/apipb"
+	"github.com/opencustodynet/opencustody/protocol/signed"
 )
 
 func init() { commands = append(commands, newHSMDCommand) }
@@ -29,6 +30,7 @@ func newHSMDCommand(g *globals) *cobra.Command {
 		metrics  string
 		hosts    []string
 		ceremony bool
+		roots    []string
 	)
 	c := &cobra.Command{
 		Use:   "hsmd",
@@ -74,10 +76,24 @@ the HSM's console that pairs the first admins.`,
 				return err
 			}
 			defer db.Close()
+			var attRoots []signed.Root
+			for _, path := range roots {
+				rs, err := signed.LoadRoots(path)
+				if err != nil {
+					return withCode(ExitUsage, fmt.Errorf("--attestation-roots: %w", err))
+				}
+				for _, r := range rs {
+					if r.IsDevelopment() {
+						log.Warn("the development attestation root is trusted: anyone can issue device certificates under it; never do this in production", "file", path)
+					}
+				}
+				attRoots = append(attRoots, rs...)
+			}
 			cr, err := core.New(core.Config{
-				Identity: identity,
-				Devices:  hsmd.DeviceStore{Records: records.New(db, hsm.RecordAuthenticator{A: store, Key: tc.RecordKey})},
-				Ceremony: ceremony,
+				Identity:         identity,
+				Devices:          hsmd.DeviceStore{Records: records.New(db, hsm.RecordAuthenticator{A: store, Key: tc.RecordKey})},
+				Ceremony:         ceremony,
+				AttestationRoots: attRoots,
 			})
 			if err != nil {
 				return err
@@ -116,6 +132,7 @@ the HSM's console that pairs the first admins.`,
 	c.Flags().StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9420); off by default")
 	c.Flags().StringSliceVar(&hosts, "tls-host", nil, "extra host names or addresses for the TLS certificate")
 	c.Flags().BoolVar(&ceremony, "ceremony", false, "allow pairing devices directly (key ceremony at the HSM console)")
+	c.Flags().StringSliceVar(&roots, "attestation-roots", nil, "JSON file of device attestation roots (firmware-spec/attestation.md); when given, only devices attested under them can pair")
 	c.AddCommand(newHSMDStatusCommand(g))
 	return c
 }
