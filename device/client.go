@@ -219,6 +219,8 @@ func (c *Client) allocate(ctx context.Context, cid uint32) (framing.InitResponse
 	if _, err := io.ReadFull(c.opts.Rand, q.Nonce[:]); err != nil {
 		return framing.InitResponse{}, fmt.Errorf("device %s: nonce: %w", c.name, err)
 	}
+	busyUntil := time.Now().Add(c.silence)
+send:
 	if err := c.write(cid, framing.CmdInit, q.Marshal()); err != nil {
 		return framing.InitResponse{}, err
 	}
@@ -235,7 +237,15 @@ func (c *Client) allocate(ctx context.Context, cid uint32) (framing.InitResponse
 			continue
 		}
 		if m.Cmd == framing.CmdError && len(m.Data) == 1 {
-			return framing.InitResponse{}, &ReportError{Device: c.name, Code: framing.ErrorCode(m.Data[0])}
+			code := framing.ErrorCode(m.Data[0])
+			if code == framing.ErrCodeChannelBusy && time.Now().Before(busyUntil) {
+				// Another host's message is being received: retry.
+				if err := c.settle(ctx); err != nil {
+					return framing.InitResponse{}, err
+				}
+				goto send
+			}
+			return framing.InitResponse{}, &ReportError{Device: c.name, Code: code}
 		}
 		if m.Cmd != framing.CmdInit {
 			continue
@@ -273,11 +283,55 @@ func (c *Client) Call(ctx context.Context, msg proto.Message) (proto.Message, er
 		}
 		c.stale, c.reasm = false, framing.Reassembler{}
 	}
-	if err := c.write(c.cid, framing.CmdMsg, data); err != nil {
-		c.stale = true
-		return nil, err
+	busyUntil := time.Now().Add(c.silence)
+	for {
+		if err := c.write(c.cid, framing.CmdMsg, data); err != nil {
+			c.stale = true
+			return nil, err
+		}
+		answer, err := c.await(ctx)
+		var re *ReportError
+		if errors.As(err, &re) && re.Code == framing.ErrCodeChannelBusy && time.Now().Before(busyUntil) {
+			// The device is receiving another host's message and refused
+			// ours; retry once that is done.
+			if err := c.settle(ctx); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		return c.finish(answer, err)
 	}
-	answer, err := c.await(ctx)
+}
+
+// busyRetryDelay is how long a request refused with CHANNEL_BUSY waits
+// before it is sent again.
+const busyRetryDelay = 100 * time.Millisecond
+
+// settle waits busyRetryDelay, then discards the reports received so far:
+// the device's errors for the rest of a refused message.
+func (c *Client) settle(ctx context.Context) error {
+	t := time.NewTimer(busyRetryDelay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return fmt.Errorf("device %s: %w", c.name, context.Cause(ctx))
+	}
+	c.reasm = framing.Reassembler{}
+	for {
+		select {
+		case _, ok := <-c.reports:
+			if !ok {
+				return fmt.Errorf("device %s: connection lost: %w", c.name, c.readErr)
+			}
+		default:
+			return nil
+		}
+	}
+}
+
+// finish turns the outcome of a request into Call's result.
+func (c *Client) finish(answer proto.Message, err error) (proto.Message, error) {
 	if err != nil {
 		var fe *FailureError
 		var re *ReportError

@@ -245,10 +245,10 @@ func (h writerHost) Send(report []byte) {
 // io.EOF or a closed stream, the error otherwise. Close the stream to stop
 // it.
 func (d *Device) ServeReports(rw io.ReadWriter) error {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel() // runs before wg.Wait
 	wg.Go(func() { d.tickLoop(ctx) })
 	host := writerHost{rw, d.log}
 	buf := make([]byte, framing.ReportSize)
