@@ -6,7 +6,7 @@ status=0
 for pkg in $(go list ./...); do
   for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz' || true); do
     echo "fuzz: $pkg $target for $t"
-    if ! go test -run '^$' -fuzz "^${target}\$" -fuzztime "$t" "$pkg"; then
+    if ! go test -run '^$' -fuzz "^${target}\$" -fuzztime "$t" -fuzzminimizetime 5s "$pkg"; then
       echo "fuzz: $pkg $target FAILED" >&2
       status=1
     fi
