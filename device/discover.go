@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/karalabe/hid"
@@ -177,20 +178,26 @@ func ProbeUDP(ctx context.Context, addr string) error {
 	conn.SetReadDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Now()) })
 	defer stop()
+	noAnswer := func(err error) error {
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			return fmt.Errorf("device: no emulator answers at %s", addr)
+		case errors.Is(err, syscall.ECONNREFUSED):
+			return fmt.Errorf("device: no emulator answers at %s (nothing listens on the port)", addr)
+		}
+		return fmt.Errorf("device: no emulator answers at %s: %w", addr, err)
+	}
 	for range 2 {
 		if _, err := conn.Write([]byte(LivenessPing)); err != nil {
-			return fmt.Errorf("device: emulator at %s: %w", addr, err)
+			return noAnswer(err)
 		}
 	}
 	buf := make([]byte, 64)
 	for {
 		n, err := conn.Read(buf)
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				return fmt.Errorf("device: no emulator answers at %s", addr)
-			}
-			return fmt.Errorf("device: no emulator at %s: %w", addr, err)
+			return noAnswer(err)
 		}
 		if string(buf[:n]) == LivenessPong {
 			return nil

@@ -20,6 +20,7 @@ func init() { commands = append(commands, newDevicesCommand, newDeviceCommand) }
 
 func newDevicesCommand(g *globals) *cobra.Command {
 	var ports string
+	var wait time.Duration
 	c := &cobra.Command{
 		Use:   "devices",
 		Short: "List approval devices on USB and emulators on loopback",
@@ -27,18 +28,26 @@ func newDevicesCommand(g *globals) *cobra.Command {
 that answer the liveness ping on the given UDP ports of 127.0.0.1.
 
 --emulators takes ports and ranges: 21424,21426-21430 (default 21424, the
-emulator's default port).`,
+emulator's default port). --wait keeps looking until a device shows up or
+the time is over, for scripts that have just started an emulator.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			ps, err := parsePorts(ports)
 			if err != nil {
 				return withCode(ExitUsage, fmt.Errorf("--emulators: %v", err))
 			}
-			ctx, cancel := context.WithTimeout(c.Context(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(c.Context(), wait+10*time.Second)
 			defer cancel()
-			d, err := device.Discover(ctx, device.DiscoverRequest{EmulatorPorts: ps})
-			if err != nil {
-				return withCode(ExitUnavailable, err)
+			until := time.Now().Add(wait)
+			var d *device.Discovery
+			for {
+				if d, err = device.Discover(ctx, device.DiscoverRequest{EmulatorPorts: ps}); err != nil {
+					return withCode(ExitUnavailable, err)
+				}
+				if len(d.Devices) > 0 || !time.Now().Before(until) {
+					break
+				}
+				time.Sleep(200 * time.Millisecond)
 			}
 			if g.json {
 				return writeJSON(g.streams.Out, d)
@@ -64,6 +73,7 @@ emulator's default port).`,
 		},
 	}
 	c.Flags().StringVar(&ports, "emulators", strconv.Itoa(device.DefaultEmulatorPort), "UDP ports to probe for emulators: a list of ports and ranges, or \"none\"")
+	c.Flags().DurationVar(&wait, "wait", 0, "keep looking this long until at least one device answers")
 	addJSONFlag(c, g)
 	c.AddCommand(custodyDeviceCommands(g)...)
 	return c
