@@ -110,7 +110,92 @@ func newDeviceCommand(g *globals) *cobra.Command {
 		Use:   "device",
 		Short: "Talk to one approval device",
 	}
-	c.AddCommand(newDeviceInfoCommand(g))
+	c.AddCommand(newDeviceInfoCommand(g), newDevicePingCommand(g))
+	return c
+}
+
+// openDevice resolves id and allocates a channel on the device.
+func openDevice(ctx context.Context, id string, opts device.ClientOptions) (*device.Client, device.Info, error) {
+	info, err := device.Resolve(ctx, id)
+	if err != nil {
+		return nil, info, withCode(ExitUnavailable, err)
+	}
+	if info.Kind == device.KindEmulator {
+		if err := device.ProbeUDP(ctx, strings.TrimPrefix(info.Path, "udp://")); err != nil {
+			return nil, info, withCode(ExitUnavailable, fmt.Errorf("device %s: %w (is the emulator running?)", info.ID, err))
+		}
+	}
+	t, err := device.Open(info.Path)
+	if err != nil {
+		return nil, info, withCode(ExitUnavailable, err)
+	}
+	opts.Name = info.ID
+	cl, err := device.NewClient(ctx, t, opts)
+	if err != nil {
+		return nil, info, withCode(ExitUnavailable, err)
+	}
+	return cl, info, nil
+}
+
+// deviceError maps a request's error to an exit code: a user's refusal is
+// 4, a device that is gone is 3.
+func deviceError(err error) error {
+	var fe *device.FailureError
+	if errors.As(err, &fe) {
+		switch fe.Code {
+		case pb.FailureCode_FAILURE_ACTION_REJECTED, pb.FailureCode_FAILURE_ACTION_CANCELLED:
+			return withCode(ExitRefused, err)
+		}
+		return err
+	}
+	var re *device.ReportError
+	if errors.As(err, &re) {
+		return err
+	}
+	return withCode(ExitUnavailable, err)
+}
+
+func newDevicePingCommand(g *globals) *cobra.Command {
+	var confirm bool
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "ping ID [MESSAGE]",
+		Short: "Ping a device; with --confirm its user must confirm the message on the screen",
+		Long: `ping sends MESSAGE (default "ping") and prints the device's echo. With
+--confirm the device shows the message and waits for its user: confirm and the
+echo is printed, reject and ping exits 4.`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(c *cobra.Command, args []string) error {
+			msg := "ping"
+			if len(args) == 2 {
+				msg = args[1]
+			}
+			ctx, cancel := context.WithTimeout(c.Context(), timeout)
+			defer cancel()
+			cl, info, err := openDevice(ctx, args[0], device.ClientOptions{
+				OnButton: func(context.Context, *pb.ButtonRequest) error {
+					fmt.Fprintln(g.streams.Err, "confirm on the device…")
+					return nil
+				},
+			})
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			echo, err := cl.Ping(ctx, device.PingRequest{Message: msg, ButtonProtection: confirm})
+			if err != nil {
+				return deviceError(err)
+			}
+			if g.json {
+				return writeJSON(g.streams.Out, map[string]string{"id": info.ID, "message": echo})
+			}
+			fmt.Fprintln(g.streams.Out, echo)
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&confirm, "confirm", false, "ask the device's user to confirm")
+	c.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "give up after this long")
+	addJSONFlag(c, g)
 	return c
 }
 
@@ -154,31 +239,14 @@ or hid-XXXXXXXX for a USB device.`,
 		RunE: func(c *cobra.Command, args []string) error {
 			ctx, cancel := context.WithTimeout(c.Context(), timeout)
 			defer cancel()
-			info, err := device.Resolve(ctx, args[0])
+			cl, info, err := openDevice(ctx, args[0], device.ClientOptions{})
 			if err != nil {
-				return withCode(ExitUnavailable, err)
-			}
-			if info.Kind == device.KindEmulator {
-				if err := device.ProbeUDP(ctx, strings.TrimPrefix(info.Path, "udp://")); err != nil {
-					return withCode(ExitUnavailable, fmt.Errorf("device %s: %w (is the emulator running?)", info.ID, err))
-				}
-			}
-			t, err := device.Open(info.Path)
-			if err != nil {
-				return withCode(ExitUnavailable, err)
-			}
-			cl, err := device.NewClient(ctx, t, device.ClientOptions{Name: info.ID})
-			if err != nil {
-				return withCode(ExitUnavailable, err)
+				return err
 			}
 			defer cl.Close()
 			f, err := cl.Features(ctx)
 			if err != nil {
-				var fe *device.FailureError
-				if errors.As(err, &fe) {
-					return err
-				}
-				return withCode(ExitUnavailable, err)
+				return deviceError(err)
 			}
 			out := deviceInfoJSON{
 				ID: info.ID, Kind: info.Kind, Path: info.Path,
