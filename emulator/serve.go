@@ -37,8 +37,9 @@ const tickInterval = 100 * time.Millisecond
 type Options struct {
 	// StateDir holds the device's persistent state. Required.
 	StateDir string
-	// Host is the address to listen on (default 127.0.0.1). The emulator
-	// is for development: keep it on loopback.
+	// Host is the loopback address to listen on (default 127.0.0.1); other
+	// addresses are refused, since anyone who reaches the socket can drive
+	// the device.
 	Host string
 	// Port is the UDP port for reports; 0 picks a free port (see
 	// [Emulator.Addr]).
@@ -112,8 +113,9 @@ func Start(opts Options) (*Emulator, error) {
 		return nil, err
 	}
 	ip := net.ParseIP(opts.Host)
-	if ip == nil {
-		return nil, fmt.Errorf("emulator: host %q is not an IP address", opts.Host)
+	if ip == nil || !ip.IsLoopback() {
+		// Anyone who can reach the socket can drive the device.
+		return nil, fmt.Errorf("emulator: host %q is not a loopback address", opts.Host)
 	}
 	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: ip, Port: opts.Port})
 	if err != nil {
