@@ -267,7 +267,9 @@ send:
 // Call sends msg (a message the envelope carries, such as *pb.GetFeatures)
 // and returns the device's answer. On the way it answers ButtonRequests
 // (see [ClientOptions].OnButton) and follows keepalives. A Failure answer
-// is returned as a [*FailureError], a CmdError as a [*ReportError]. If ctx
+// is returned as a [*FailureError], a CmdError as a [*ReportError]. A
+// request the device refuses with CHANNEL_BUSY (it is receiving another
+// host's message) is sent again, for up to the silence timeout. If ctx
 // ends first, the request is cancelled on the device and ctx's error is
 // returned (wrapped).
 func (c *Client) Call(ctx context.Context, msg proto.Message) (proto.Message, error) {

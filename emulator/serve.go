@@ -106,7 +106,7 @@ func Start(opts Options) (*Emulator, error) {
 		return nil, err
 	}
 	if created {
-		log.Info("emulator: new device state", "dir", opts.StateDir, "algorithm", store.state.Algorithm, "device_id", store.Identity().DeviceID())
+		log.Info("emulator: new device state", "dir", opts.StateDir, "algorithm", store.Algorithm(), "device_id", store.Identity().DeviceID())
 	}
 	dev, err := New(Config{Store: store, Rand: rnd, Logger: log, KeepaliveInterval: opts.KeepaliveInterval})
 	if err != nil {

@@ -150,6 +150,13 @@ func (s *Store) load(b []byte) error {
 	return nil
 }
 
+// Algorithm returns the identity key's algorithm name.
+func (s *Store) Algorithm() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state.Algorithm
+}
+
 // Identity returns the device identity key.
 func (s *Store) Identity() *Identity { return s.identity }
 
