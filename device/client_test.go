@@ -327,7 +327,10 @@ func freeUDPPort(t *testing.T) int {
 func TestGarbageDatagrams(t *testing.T) {
 	e := startEmulator(t, "garbage")
 	ctx := testContext(t)
-	c := connect(t, e.Addr().String(), device.ClientOptions{})
+	// A long silence timeout is also a long retry budget for CHANNEL_BUSY,
+	// which the garbage causes until the device's reassembly timeout.
+	generous := device.ClientOptions{SilenceTimeout: 30 * time.Second}
+	c := connect(t, e.Addr().String(), generous)
 	conn, err := net.DialUDP("udp", nil, e.Addr())
 	if err != nil {
 		t.Fatal(err)
@@ -356,7 +359,7 @@ func TestGarbageDatagrams(t *testing.T) {
 	if err := device.ProbeUDP(ctx, e.Addr().String()); err != nil {
 		t.Fatalf("probe after garbage: %v", err)
 	}
-	c2 := connect(t, e.Addr().String(), device.ClientOptions{})
+	c2 := connect(t, e.Addr().String(), generous)
 	if _, err := c2.Features(ctx); err != nil {
 		t.Fatalf("features after garbage: %v", err)
 	}
