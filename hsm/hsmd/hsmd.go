@@ -64,10 +64,10 @@ type Config struct {
 
 // Server is a running hsmd.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	grpc    *grpc.Server
-	metrics *metrics
+	cfg      Config
+	log      *slog.Logger
+	grpc     *grpc.Server
+	metrics  *metrics
 	gatherer prometheus.Gatherer
 
 	certFingerprint string
