@@ -562,3 +562,36 @@ func TestPipeTransport(t *testing.T) {
 		t.Error("a 63-byte report was written")
 	}
 }
+
+// TestConcurrentHosts has several hosts, each with its own socket and
+// channel, send long messages to one emulator at once: the device takes one
+// message at a time, refuses the others with CHANNEL_BUSY, and the clients
+// retry until every request is answered on the right channel.
+func TestConcurrentHosts(t *testing.T) {
+	e := startEmulator(t, "concurrent")
+	ctx := testContext(t)
+	errs := make(chan error, 4)
+	for i := range 4 {
+		c := connect(t, e.Addr().String(), device.ClientOptions{SilenceTimeout: 30 * time.Second})
+		go func() {
+			for j := range 20 {
+				msg := fmt.Sprintf("host %d request %d %s", i, j, strings.Repeat("x", 300))
+				got, err := c.Ping(ctx, device.PingRequest{Message: msg})
+				if err != nil {
+					errs <- err
+					return
+				}
+				if got != msg {
+					errs <- fmt.Errorf("host %d got %q", i, got)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
