@@ -56,8 +56,8 @@ func (e *ReportError) Error() string {
 
 // ClientOptions configures a [Client].
 type ClientOptions struct {
-	// Name names the device in errors (default "device"), e.g. the id from
-	// [Discover].
+	// Name names the device in errors, e.g. the id from [Discover]
+	// (default: the transport's path).
 	Name string
 	// OnButton, if set, is called when the device asks for its user
 	// (ButtonRequest), before the client answers ButtonAck; a caller can
@@ -118,7 +118,10 @@ func NewClient(ctx context.Context, t Transport, opts ClientOptions) (*Client, e
 		stop:    make(chan struct{}),
 	}
 	if c.name == "" {
-		c.name = "device"
+		c.name = "(unnamed)"
+		if s, ok := t.(fmt.Stringer); ok {
+			c.name = s.String()
+		}
 	}
 	if c.silence <= 0 {
 		c.silence = DefaultSilenceTimeout

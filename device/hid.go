@@ -153,6 +153,8 @@ func (h *hidTransport) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+func (h *hidTransport) String() string { return h.path }
+
 func (h *hidTransport) Close() error {
 	if h.closed.Swap(true) {
 		return nil

@@ -103,6 +103,8 @@ func (p *pipeEnd) Write(b []byte) (int, error) {
 	}
 }
 
+func (p *pipeEnd) String() string { return "pipe" }
+
 func (p *pipeEnd) Close() error {
 	p.done.once.Do(func() { close(p.done.ch) })
 	return nil
@@ -173,6 +175,8 @@ func (u *udpTransport) Write(p []byte) (int, error) {
 }
 
 func (u *udpTransport) Close() error { return u.conn.Close() }
+
+func (u *udpTransport) String() string { return "udp://" + u.addr }
 
 // DefaultProbeTimeout is how long [ProbeUDP] waits for an answer when the
 // context has no deadline.
