@@ -8,6 +8,7 @@ GO ?= go
 STATICCHECK_VERSION   := v0.8.2
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
+BTCD_VERSION          := v0.24.2
 
 BIN := $(CURDIR)/.bin
 export PATH := $(BIN):$(PATH)
@@ -21,7 +22,7 @@ BENCHTIME ?= 1s
 all: build
 
 ## setup: install what the project needs on this machine if it is missing
-setup:
+setup: $(BIN)/btcd $(BIN)/btcctl
 	@bash scripts/setup.sh
 
 $(BIN)/staticcheck:
@@ -33,14 +34,18 @@ $(BIN)/protoc-gen-go:
 $(BIN)/protoc-gen-go-grpc:
 	GOBIN=$(BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 
+# btcd, the Bitcoin node that tests submit signed transactions to (hsm/bitcoin/btcdtest).
+$(BIN)/btcd $(BIN)/btcctl:
+	GOBIN=$(BIN) $(GO) install github.com/btcsuite/btcd@$(BTCD_VERSION) github.com/btcsuite/btcd/cmd/btcctl@$(BTCD_VERSION)
+
 ## build: build the opencustody binary into ./bin
 build:
 	$(GO) build -o bin/opencustody ./cmd/opencustody
 
 ## test: setup, then formatting, vet, staticcheck and every test under -race
-test: setup lint unit
+test: setup $(BIN)/btcd $(BIN)/btcctl lint unit
 
-unit:
+unit: $(BIN)/btcd $(BIN)/btcctl
 	$(GO) test -race -count=1 ./...
 
 ## lint: gofmt check, go vet and staticcheck
