@@ -228,7 +228,6 @@ func TestAnalyseFeeRate(t *testing.T) {
 		t.Fatalf("summary %+v", s)
 	}
 	// A fee of 1,000 sat/vB and more is marked high.
-	p.UnsignedTx.TxOut[0].Value = 100_000 - 110_000
 	p = newPacket(t, []coin{newCoin("a", 0, 200_000, f.keys[0].PkScript())},
 		[]*wire.TxOut{wire.NewTxOut(200_000-110_000, foreignScript("d"))})
 	s, err = bitcoin.Analyse(p, f.wallet)

@@ -163,21 +163,18 @@ func TestParseParserPitfalls(t *testing.T) {
 	f := newFixture(t, 3)
 	p := f.standard(t)
 	bin := serialize(t, p)
-	// withPair inserts a key-value pair at the start of input 1's map (or
-	// output 0's), just after the previous map's separator.
+	// mapStart returns the offset of a key-value pair in input 1's map (or
+	// output 0's), found by serializing the packet with a marker pair
+	// there; withPair inserts a pair at that offset.
 	mapStart := func(sec string) int {
-		// Re-serialize with a marker to find the map: the maps are in
-		// order, so count separators after the global map.
 		q := reparse(t, p)
-		var target int
 		switch sec {
 		case "input 1":
 			q.Inputs[1].Unknowns = append(q.Inputs[1].Unknowns, &psbt.Unknown{Key: []byte{0xfc, 0xee, 0xee}, Value: []byte{0xee}})
 		case "output 0":
 			q.Outputs[0].Unknowns = append(q.Outputs[0].Unknowns, &psbt.Unknown{Key: []byte{0xfc, 0xee, 0xee}, Value: []byte{0xee}})
 		}
-		marked := serialize(t, q)
-		target = bytes.Index(marked, []byte{0x03, 0xfc, 0xee, 0xee, 0x01, 0xee})
+		target := bytes.Index(serialize(t, q), []byte{0x03, 0xfc, 0xee, 0xee, 0x01, 0xee})
 		if target < 0 {
 			t.Fatal("marker not found")
 		}
