@@ -27,6 +27,9 @@
 //     identity key (firmware-spec/channel.md).
 //   - [AttestationCertificate]: an issuer key vouches for a subject key
 //     (firmware-spec/attestation.md).
+//   - [Prompt]: what the core asks one device's user to approve, signed by
+//     the HSM identity key; [Approval]: the device's signed answer over the
+//     prompt's digest, its nonce, the decision and the device's counter.
 //
 // # Device attestation
 //
