@@ -74,6 +74,9 @@ type Server struct {
 	bridgeToken     string
 	operatorToken   string
 
+	stopping chan struct{} // closed by Stop: relay streams end at once
+	stopOnce sync.Once
+
 	mu      sync.Mutex // guards bridges, devices
 	bridges map[*bridgeConn]struct{}
 	devices map[string]*deviceConn // by claimed device id
@@ -106,6 +109,7 @@ func New(cfg Config) (*Server, error) {
 		certFingerprint: apiclient.CertFingerprint(cert.Certificate[0]),
 		bridges:         map[*bridgeConn]struct{}{},
 		devices:         map[string]*deviceConn{},
+		stopping:        make(chan struct{}),
 	}
 	if s.bridgeToken, err = loadOrCreateToken(cfg.Dir, BridgeTokenFile); err != nil {
 		return nil, err
@@ -158,8 +162,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 }
 
 // Stop ends every stream and stops serving, waiting briefly for calls in
-// progress.
+// progress. Relay streams end at once: bridges reconnect on their own.
 func (s *Server) Stop() {
+	s.stopOnce.Do(func() { close(s.stopping) })
 	done := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(done) }()
 	select {

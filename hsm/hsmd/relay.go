@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -262,12 +263,14 @@ func (r *relayService) Connect(stream apipb.Relay_ConnectServer) error {
 				return err
 			}
 		case err := <-recvErr:
-			if status.Code(err) == codes.Canceled {
-				return nil
+			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+				return nil // the bridge closed its side, or went away
 			}
 			return err
 		case err := <-sendErr:
 			return err
+		case <-s.stopping:
+			return status.Error(codes.Unavailable, "hsmd: shutting down")
 		case <-ctx.Done():
 			return nil
 		}

@@ -17,9 +17,11 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 )
 
 // Options says how to reach hsmd.
@@ -86,9 +88,14 @@ func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]strin
 
 func (bearer) RequireTransportSecurity() bool { return true }
 
-// Dial connects to hsmd. The connection is lazy: errors reaching hsmd
-// surface on the first call.
-func Dial(o Options) (*grpc.ClientConn, error) {
+// Keepalive makes a client notice an hsmd that vanished without closing
+// the connection (a host gone, a half-open TCP connection); hsmd allows
+// pings this often.
+var Keepalive = keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}
+
+// Dial connects to hsmd with [Keepalive] and any extra options. The
+// connection is lazy: errors reaching hsmd surface on the first call.
+func Dial(o Options, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 	if o.Address == "" {
 		return nil, errors.New("apiclient: no hsmd address")
 	}
@@ -99,8 +106,10 @@ func Dial(o Options) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return grpc.NewClient(o.Address,
+	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(cfg)),
 		grpc.WithPerRPCCredentials(bearer(o.Token)),
-	)
+		grpc.WithKeepaliveParams(Keepalive),
+	}, extra...)
+	return grpc.NewClient(o.Address, opts...)
 }
