@@ -156,9 +156,9 @@ func emulatorInfo(host string, port int) Info {
 }
 
 // ProbeUDP checks that an emulator answers the liveness ping at addr
-// ("127.0.0.1:21424"): it sends [LivenessPing] (twice, as datagrams may be
-// lost) and waits for [LivenessPong] until ctx ends, or for
-// [DefaultProbeTimeout] if ctx has no deadline.
+// ("127.0.0.1:21424"): it sends [LivenessPing], repeated every 100 ms as
+// datagrams may be lost, until [LivenessPong] comes back or ctx ends
+// ([DefaultProbeTimeout] if ctx has no deadline).
 func ProbeUDP(ctx context.Context, addr string) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -175,9 +175,6 @@ func ProbeUDP(ctx context.Context, addr string) error {
 	}
 	defer conn.Close()
 	deadline, _ := ctx.Deadline()
-	conn.SetReadDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Now()) })
-	defer stop()
 	noAnswer := func(err error) error {
 		var ne net.Error
 		switch {
@@ -188,22 +185,36 @@ func ProbeUDP(ctx context.Context, addr string) error {
 		}
 		return fmt.Errorf("device: no emulator answers at %s: %w", addr, err)
 	}
-	for range 2 {
+	// Datagrams can be lost (a busy emulator's socket buffer overflows):
+	// the ping is repeated until an answer or the deadline.
+	buf := make([]byte, 64)
+	for {
 		if _, err := conn.Write([]byte(LivenessPing)); err != nil {
 			return noAnswer(err)
 		}
-	}
-	buf := make([]byte, 64)
-	for {
-		n, err := conn.Read(buf)
-		if err != nil {
-			return noAnswer(err)
+		next := time.Now().Add(probeRepeat)
+		if deadline.Before(next) {
+			next = deadline
 		}
-		if string(buf[:n]) == LivenessPong {
-			return nil
+		conn.SetReadDeadline(next)
+		for {
+			n, err := conn.Read(buf)
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil && time.Now().Before(deadline) {
+				break // send again
+			}
+			if err != nil {
+				return noAnswer(err)
+			}
+			if string(buf[:n]) == LivenessPong {
+				return nil
+			}
 		}
 	}
 }
+
+// probeRepeat is how often [ProbeUDP] repeats its ping.
+const probeRepeat = 100 * time.Millisecond
 
 // Open opens the transport for a path from [Info]: "udp://HOST:PORT" for an
 // emulator, a hidapi path for a USB device.
