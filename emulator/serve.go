@@ -121,6 +121,9 @@ func Start(opts Options) (*Emulator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("emulator: listen on udp port %d: %w", opts.Port, err)
 	}
+	// A larger receive buffer makes drops under bursts rarer; the kernel
+	// may cap it, which is fine.
+	_ = conn.SetReadBuffer(1 << 20)
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &Emulator{dev: dev, store: store, conn: conn, log: log, cancel: cancel}
 	if opts.DebugLink {
