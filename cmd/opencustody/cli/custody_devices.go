@@ -8,7 +8,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/opencustodynet/opencustody/hsm/hsmd"
 	"github.com/opencustodynet/opencustody/protocol/apipb"
 )
 
@@ -80,16 +79,13 @@ func newDevicesListCommand(g *globals) *cobra.Command {
 		Short: "List the devices hsmd knows: paired, revoked, and attached but unpaired",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			conn, err := g.dialHSMD(&f, hsmd.OperatorTokenFile)
+			var res *apipb.ListDevicesResponse
+			err := g.withOperator(c.Context(), &f, 30*time.Second, func(ctx context.Context, op apipb.OperatorClient) (err error) {
+				res, err = op.ListDevices(ctx, &apipb.ListDevicesRequest{})
+				return err
+			})
 			if err != nil {
 				return err
-			}
-			defer conn.Close()
-			ctx, cancel := context.WithTimeout(c.Context(), 30*time.Second)
-			defer cancel()
-			res, err := apipb.NewOperatorClient(conn).ListDevices(ctx, &apipb.ListDevicesRequest{})
-			if err != nil {
-				return rpcError(err)
 			}
 			devs := make([]*deviceJSON, 0, len(res.GetDevices()))
 			for _, d := range res.GetDevices() {
@@ -126,16 +122,13 @@ func newDevicesRevokeCommand(g *globals) *cobra.Command {
 		Short: "Revoke a paired device: its channel and approvals are refused from now on",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			conn, err := g.dialHSMD(&f, hsmd.OperatorTokenFile)
+			var res *apipb.RevokeDeviceResponse
+			err := g.withOperator(c.Context(), &f, 30*time.Second, func(ctx context.Context, op apipb.OperatorClient) (err error) {
+				res, err = op.RevokeDevice(ctx, &apipb.RevokeDeviceRequest{DeviceId: args[0]})
+				return err
+			})
 			if err != nil {
 				return err
-			}
-			defer conn.Close()
-			ctx, cancel := context.WithTimeout(c.Context(), 30*time.Second)
-			defer cancel()
-			res, err := apipb.NewOperatorClient(conn).RevokeDevice(ctx, &apipb.RevokeDeviceRequest{DeviceId: args[0]})
-			if err != nil {
-				return rpcError(err)
 			}
 			d := newDeviceJSON(res.GetDevice())
 			if g.json {

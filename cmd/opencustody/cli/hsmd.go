@@ -144,16 +144,13 @@ func newHSMDStatusCommand(g *globals) *cobra.Command {
 		Short: "Show hsmd's HSM fingerprint and the bridges connected to it",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			conn, err := g.dialHSMD(&f, hsmd.OperatorTokenFile)
+			var st *apipb.StatusResponse
+			err := g.withOperator(c.Context(), &f, 30*time.Second, func(ctx context.Context, op apipb.OperatorClient) (err error) {
+				st, err = op.Status(ctx, &apipb.StatusRequest{})
+				return err
+			})
 			if err != nil {
 				return err
-			}
-			defer conn.Close()
-			ctx, cancel := context.WithTimeout(c.Context(), 30*time.Second)
-			defer cancel()
-			st, err := apipb.NewOperatorClient(conn).Status(ctx, &apipb.StatusRequest{})
-			if err != nil {
-				return rpcError(err)
 			}
 			type bridgeJSON struct {
 				Name    string `json:"name"`

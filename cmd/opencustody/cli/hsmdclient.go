@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/opencustodynet/opencustody/hsm/hsmd"
 	"github.com/opencustodynet/opencustody/protocol/apiclient"
+	"github.com/opencustodynet/opencustody/protocol/apipb"
 )
 
 // hsmdFlags say how a client command reaches hsmd.
@@ -68,6 +71,19 @@ func (g *globals) dialHSMD(f *hsmdFlags, tokenName string) (*grpc.ClientConn, er
 		return nil, withCode(ExitUsage, err)
 	}
 	return conn, nil
+}
+
+// withOperator dials hsmd with the operator token, runs call with a
+// context bounded by timeout, and maps its error to the CLI's exit codes.
+func (g *globals) withOperator(ctx context.Context, f *hsmdFlags, timeout time.Duration, call func(context.Context, apipb.OperatorClient) error) error {
+	conn, err := g.dialHSMD(f, hsmd.OperatorTokenFile)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return rpcError(call(ctx, apipb.NewOperatorClient(conn)))
 }
 
 // rpcError turns a gRPC error into a CLI error with the right exit code.
