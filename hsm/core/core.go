@@ -10,6 +10,7 @@ import (
 
 	"github.com/flynn/noise"
 
+	"github.com/opencustodynet/opencustody/hsm"
 	"github.com/opencustodynet/opencustody/protocol"
 	"github.com/opencustodynet/opencustody/protocol/channel"
 	"github.com/opencustodynet/opencustody/protocol/signed"
@@ -18,13 +19,29 @@ import (
 // DefaultCredentialLifetime is how long a core channel credential is valid.
 const DefaultCredentialLifetime = 24 * time.Hour
 
+// DefaultPromptExpiry is how long approvers have to answer a request.
+const DefaultPromptExpiry = 30 * time.Minute
+
 // Config configures a [Core].
 type Config struct {
 	// Identity is the HSM identity key. It signs the core's channel
-	// credentials (and, later, prompts and records checkpoints).
+	// credentials and the prompts (and, later, records checkpoints).
 	Identity signed.Signer
 	// Devices holds the device records.
 	Devices DeviceStore
+	// Wallets and Requests hold the wallet and request records of the
+	// approval path. Without them, wallet and request calls fail with
+	// [ErrNoApprovalPath]; channels and pairing work.
+	Wallets  WalletStore
+	Requests RequestStore
+	// Custody signs transactions with the wallets' custody keys, and Keys
+	// makes a custody key for each new address: both are the HSM. Without
+	// Keys no address can be made; without Custody nothing is signed.
+	Custody hsm.Signer
+	Keys    hsm.KeyManager
+	// PromptExpiry is how long a request's prompts may be answered;
+	// zero means DefaultPromptExpiry.
+	PromptExpiry time.Duration
 	// Ceremony allows pairing devices directly, as in the key ceremony at
 	// the HSM's console. Without it, pairing is refused.
 	Ceremony bool
@@ -46,6 +63,13 @@ type Config struct {
 type Core struct {
 	cfg Config
 
+	// reqMu serialises every change to wallets, requests and device
+	// counters ([Core.CreateWallet], [Core.NewAddress], [Core.Submit],
+	// [Core.Answer], [Core.Tick], [Core.Revoke]), and is held across their
+	// HSM calls, so that a request is signed at most once and an answer
+	// counted once. Reads do not take it. Lock order: reqMu, then mu.
+	reqMu sync.Mutex
+
 	mu     sync.Mutex // guards static, cred
 	static noise.DHKey
 	cred   *signed.Credential
@@ -64,6 +88,9 @@ func New(cfg Config) (*Core, error) {
 	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
+	}
+	if cfg.PromptExpiry <= 0 {
+		cfg.PromptExpiry = DefaultPromptExpiry
 	}
 	return &Core{cfg: cfg}, nil
 }

@@ -56,6 +56,10 @@ type DeviceRecord struct {
 	Attestation *DeviceAttestation `json:"attestation,omitempty"`
 	PairedAt    time.Time          `json:"paired_at"`
 	RevokedAt   time.Time          `json:"revoked_at,omitzero"`
+	// Counter is the highest approval counter the core accepted from the
+	// device (firmware-spec/approval.md): an approval or rejection must
+	// carry a greater one.
+	Counter uint64 `json:"counter,omitempty"`
 	// Version is the storage version the record was read at; the store
 	// refuses an update made from a stale version.
 	Version uint64 `json:"-"`
@@ -102,8 +106,13 @@ type DeviceStore interface {
 func DeviceID(identityKey []byte) string { return signed.DeviceID(identityKey) }
 
 // Revoke marks a paired device revoked: from now on its channel and its
-// approvals are refused. Callers close any link open to it.
+// approvals are refused. Callers close any link open to it. Prompts issued
+// to it stay in their requests, but [Core.Answer] refuses its answers.
 func (c *Core) Revoke(ctx context.Context, id string) (*DeviceRecord, error) {
+	// Answers update the record's counter under reqMu: revoking under it
+	// too keeps the two from racing into a version conflict.
+	c.reqMu.Lock()
+	defer c.reqMu.Unlock()
 	rec, err := c.cfg.Devices.GetDevice(ctx, id)
 	if err != nil {
 		return nil, err

@@ -1,6 +1,6 @@
 // Package core is OpenCustody's trusted approval logic: the small part of
 // the custody service that decides which devices may talk to the HSM, binds
-// new devices to people, and (in later versions) what gets signed.
+// new devices to people, and what gets signed.
 //
 // # What "I/O-free" means here
 //
@@ -12,9 +12,13 @@
 //
 //   - [Config.Identity]: the HSM identity key, a [signed.Signer] whose
 //     private half never leaves the HSM;
-//   - [Config.Devices]: device records, authenticated by the HSM record key
-//     in the storage layer (package records), so a hostile database cannot
-//     add or re-enable a device unnoticed;
+//   - [Config.Devices], [Config.Wallets], [Config.Requests]: device, wallet
+//     and request records, authenticated by the HSM record key in the
+//     storage layer (package records), so a hostile database cannot add or
+//     re-enable a device, add an approver, lower a quorum or forge an
+//     approval unnoticed;
+//   - [Config.Custody] and [Config.Keys]: the HSM's custody keys, which
+//     sign transactions and are made for new addresses;
 //   - [Config.Now] and [Config.Rand].
 //
 // hsmd is the I/O shell around it. With a plain PKCS#11 HSM the core runs
@@ -51,4 +55,47 @@
 // ([DeviceRecord.Attestation]). The emulator's chain ends at the
 // development root, which anyone can issue under: a core configured with
 // other roots refuses the emulator.
+//
+// # Wallets
+//
+// A wallet ([WalletRecord]) is a set of custody keys on one Bitcoin
+// network, one key per address ([Core.NewAddress] makes each in the HSM),
+// and who approves its transfers: m of n users ([Core.CreateWallet]; every
+// approver must have a paired device). Quorums count users, not devices: a
+// user with several devices answers once.
+//
+// # Approving a transfer
+//
+// [Core.Submit] takes a PSBT from an untrusted submitter. Package bitcoin
+// checks that the wallet can sign it and derives its summary from the
+// transaction and the wallet alone; the core stores a pending request and
+// builds one prompt per paired device of the wallet's approvers: the
+// fields of [TransferFields] (wallet, request, each destination and
+// amount, change, fee, expiry: nothing the submitter wrote), the summary's
+// canonical encoding as payload, a fresh nonce, the device's id and the
+// request's expiry ([Config.PromptExpiry]), signed by the HSM identity key
+// (package signed defines the bytes; firmware-spec/approval.md is the
+// device's side).
+//
+// The daemon hands each prompt to the device's [Link] ([Link.SendPrompt]),
+// which sends it through the secure channel when the device is free and
+// reports the device's answer as an [ApprovalReceived] event. Prompts a
+// device has not answered are sent again when its channel comes up
+// ([Core.PendingPrompts]).
+//
+// [Core.Answer] decides. It accepts an answer only from the paired,
+// unrevoked device whose channel carried it and whose identity key signed
+// it, for the exact prompt (digest and nonce) the core issued to that
+// device, before the request's expiry, once per user, and with a counter
+// above the last one the device used (stored before anything else). A
+// rejection closes the request. When the approving users reach the
+// quorum, the HSM signs every input through [bitcoin.Sign], which signs
+// only a transaction whose summary is the approved one; the request ends
+// signed, with the finalized PSBT and the transaction, or failed. Answers
+// that close a request, or that make a user's other devices' prompts moot,
+// come back with the prompts to withdraw ([Link.WithdrawPrompt]).
+// [Core.Tick] stores expiries and finishes a signing a crash interrupted.
+//
+// Policy beyond m-of-n (amount tiers, allow-lists, velocity limits) is not
+// yet evaluated.
 package core

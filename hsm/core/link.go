@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
 
@@ -38,12 +39,34 @@ type PairingDone struct{ Device *DeviceRecord }
 // PairingFailed: the pairing ended without a pairing; Err says why.
 type PairingFailed struct{ Err error }
 
+// PromptShown: the device accepted a prompt and waits for its user.
+type PromptShown struct{ RequestID string }
+
+// ApprovalReceived: the device answered a prompt with a signed approval or
+// rejection. Nothing in it is verified yet, except that it came through
+// the channel of Answer.Device: pass it to [Core.Answer].
+type ApprovalReceived struct{ Answer Answer }
+
+// PromptFailed: the device answered a prompt with Failure: it refused the
+// prompt, or the core withdrew it (Withdrawn). The prompt's request is
+// unchanged; a prompt that was not withdrawn is sent again when the
+// channel next comes up.
+type PromptFailed struct {
+	RequestID string
+	Code      pb.FailureCode
+	Message   string
+	Withdrawn bool
+}
+
 func (ChannelUp) event()             {}
 func (ChannelDown) event()           {}
 func (PairingCode) event()           {}
 func (PairingDeviceDecision) event() {}
 func (PairingDone) event()           {}
 func (PairingFailed) event()         {}
+func (PromptShown) event()           {}
+func (ApprovalReceived) event()      {}
+func (PromptFailed) event()          {}
 
 // Output is what a link call produced: envelopes for the device, in order,
 // and events for the operator side.
@@ -69,6 +92,7 @@ var (
 	ErrUnexpected      = errors.New("core: unexpected message from device")
 	ErrPairingRejected = errors.New("core: pairing rejected")
 	ErrBusy            = errors.New("core: another operation is in progress on this device")
+	ErrNoChannel       = errors.New("core: no secure channel to the paired device")
 )
 
 type linkState int
@@ -90,6 +114,20 @@ const (
 	pairAwaitDecisions                  // ButtonAck sent; waiting for both people
 	pairAwaitFinishAck                  // record stored, PairingFinish sent
 )
+
+type promptStep int
+
+const (
+	promptAwaitButton promptStep = iota // PromptRequest sent
+	promptAwaitAnswer                   // ButtonAck sent; the device's user decides
+)
+
+// promptRun is the prompt the device has.
+type promptRun struct {
+	prompt    *signed.Prompt
+	step      promptStep
+	withdrawn bool // Cancel sent; the device's Failure is expected
+}
 
 type pairingRun struct {
 	user       string
@@ -118,6 +156,14 @@ type Link struct {
 	sess   *channel.Session
 	device *DeviceRecord // the paired record the device proved, when open
 	pair   *pairingRun
+	// pairingSession: the channel was opened to pair, so the device has
+	// not accepted the core as its pinned HSM in it.
+	pairingSession bool
+
+	// The device handles one request at a time: active is the prompt it
+	// has, queued the prompts waiting their turn.
+	active *promptRun
+	queued []*signed.Prompt
 }
 
 // Attach starts a link for a device whose plain Features a bridge relayed.
@@ -143,6 +189,10 @@ func (l *Link) Open(ctx context.Context) (Output, error) {
 	if l.state != linkIdle {
 		return Output{}, nil
 	}
+	return l.openPaired(ctx)
+}
+
+func (l *Link) openPaired(ctx context.Context) (Output, error) {
 	rec, err := l.core.cfg.Devices.GetDevice(ctx, l.ClaimedID())
 	if errors.Is(err, ErrDeviceNotFound) {
 		return Output{}, nil
@@ -234,7 +284,7 @@ func (l *Link) startHandshake(run *pairingRun) (Output, error) {
 	if err != nil {
 		return Output{}, err
 	}
-	l.hs, l.state = hs, linkHandshake
+	l.hs, l.state, l.pairingSession = hs, linkHandshake, run != nil
 	var out Output
 	return out, l.plain(&out, &pb.HandshakeInit{Noise: msg})
 }
@@ -378,11 +428,31 @@ func (l *Link) handleSecure(ctx context.Context, out *Output, m proto.Message) e
 		})
 		return l.seal(out, &pb.PairingConfirm{})
 	case *pb.ButtonRequest:
-		if p == nil || p.step != pairAwaitButton {
-			return fmt.Errorf("%w: ButtonRequest", ErrUnexpected)
+		if p != nil && p.step == pairAwaitButton {
+			p.step = pairAwaitDecisions
+			return l.seal(out, &pb.ButtonAck{})
 		}
-		p.step = pairAwaitDecisions
+		run := l.active
+		if p != nil || run == nil || run.step != promptAwaitButton || m.GetCode() != pb.ButtonRequestCode_BUTTON_REQUEST_APPROVAL {
+			return fmt.Errorf("%w: ButtonRequest %v", ErrUnexpected, m.GetCode())
+		}
+		if run.withdrawn {
+			// The device asked before it saw the Cancel; it answers
+			// the Cancel with Failure. Acknowledging now would make the
+			// device answer a second time.
+			return nil
+		}
+		run.step = promptAwaitAnswer
+		out.emit(PromptShown{RequestID: run.prompt.RequestID})
 		return l.seal(out, &pb.ButtonAck{})
+	case *pb.PromptAnswer:
+		run := l.active
+		if run == nil || run.step != promptAwaitAnswer {
+			return fmt.Errorf("%w: PromptAnswer", ErrUnexpected)
+		}
+		l.active = nil
+		out.emit(ApprovalReceived{Answer: Answer{RequestID: run.prompt.RequestID, Device: l.device.ID, Approval: m.GetApproval()}})
+		return l.nextPrompt(out)
 	case *pb.PairingDecision:
 		if p == nil || p.step != pairAwaitDecisions || p.device != nil {
 			return fmt.Errorf("%w: PairingDecision", ErrUnexpected)
@@ -397,8 +467,19 @@ func (l *Link) handleSecure(ctx context.Context, out *Output, m proto.Message) e
 		}
 		l.device, l.pair = p.record, nil
 		out.emit(PairingDone{Device: p.record})
-		return nil
+		// The device pinned the HSM key only now: open a new channel, in
+		// which it accepts the core as its pinned HSM (and so prompts).
+		l.sess.Close()
+		l.state, l.sess = linkIdle, nil
+		o, err := l.openPaired(ctx)
+		out.merge(&o)
+		return err
 	case *pb.Failure:
+		if run := l.active; p == nil && run != nil {
+			l.active = nil
+			out.emit(PromptFailed{RequestID: run.prompt.RequestID, Code: m.GetCode(), Message: m.GetMessage(), Withdrawn: run.withdrawn})
+			return l.nextPrompt(out)
+		}
 		return fmt.Errorf("device refused: %v: %s", m.GetCode(), m.GetMessage())
 	default:
 		return fmt.Errorf("%w: %T in the channel", ErrUnexpected, m)
@@ -480,6 +561,76 @@ func (l *Link) fail(out *Output, err error) {
 		l.sess.Close()
 	}
 	l.state, l.hs, l.sess, l.device = linkIdle, nil, nil, nil
+	l.active, l.queued = nil, nil
+}
+
+// SendPrompt queues a prompt for the device, and sends it once the device
+// is free (it handles one request at a time); the answer arrives as an
+// [ApprovalReceived] event. It needs a channel to the paired device opened
+// by [Link.Open] (or after its pairing). A prompt for another device is
+// refused; a prompt for a request the link already has queued or in
+// progress is ignored, so the caller may deliver a prompt again. A queued
+// prompt that expires before its turn is dropped.
+func (l *Link) SendPrompt(ctx context.Context, p *signed.Prompt) (Output, error) {
+	l.ctx = ctx
+	if l.state != linkOpen || l.device == nil || l.pairingSession {
+		return Output{}, fmt.Errorf("%w: device %s", ErrNoChannel, l.ClaimedID())
+	}
+	if p.DeviceID != l.device.ID {
+		return Output{}, fmt.Errorf("core: prompt of request %s is for device %s, not %s", p.RequestID, p.DeviceID, l.device.ID)
+	}
+	same := func(q *signed.Prompt) bool { return q.RequestID == p.RequestID }
+	if (l.active != nil && same(l.active.prompt)) || slices.ContainsFunc(l.queued, same) {
+		return Output{}, nil
+	}
+	l.queued = append(l.queued, p)
+	var out Output
+	if err := l.nextPrompt(&out); err != nil {
+		return l.failed(out, err)
+	}
+	return out, nil
+}
+
+// WithdrawPrompt withdraws the prompt of a request: dropped if queued, and
+// cancelled on the device if the device has it (the device then answers
+// Failure, reported as [PromptFailed] with Withdrawn set). An answer the
+// device sent before the cancel arrived is still reported.
+func (l *Link) WithdrawPrompt(ctx context.Context, requestID string) (Output, error) {
+	l.ctx = ctx
+	l.queued = slices.DeleteFunc(l.queued, func(q *signed.Prompt) bool { return q.RequestID == requestID })
+	var out Output
+	run := l.active
+	if run == nil || run.prompt.RequestID != requestID || run.withdrawn || l.state != linkOpen {
+		return out, nil
+	}
+	run.withdrawn = true
+	if err := l.seal(&out, &pb.Cancel{}); err != nil {
+		return l.failed(out, err)
+	}
+	return out, nil
+}
+
+// nextPrompt sends the next queued prompt if the device is free.
+func (l *Link) nextPrompt(out *Output) error {
+	now := l.core.cfg.Now()
+	for l.active == nil && len(l.queued) > 0 {
+		p := l.queued[0]
+		l.queued = l.queued[1:]
+		if now.After(p.NotAfter) {
+			continue
+		}
+		l.active = &promptRun{prompt: p}
+		return l.seal(out, &pb.PromptRequest{Prompt: p.Marshal()})
+	}
+	return nil
+}
+
+// failed closes the channel after err, keeping what out already holds.
+func (l *Link) failed(out Output, err error) (Output, error) {
+	var down Output
+	l.fail(&down, err)
+	out.merge(&down)
+	return out, fmt.Errorf("core: device %s: %w", l.ClaimedID(), err)
 }
 
 func pairingRole(r Role) pb.PairingRole {

@@ -77,15 +77,29 @@ type testDevice struct {
 	identity *signed.SoftwareKey
 	static   noise.DHKey
 	cred     *signed.Credential
-	pinned   []byte   // HSM identity key, once paired
-	confirm  bool     // the user's answer to the pairing screen
-	chain    [][]byte // attestation chain presented in Features, if any
+	pinned   []byte           // HSM identity key, once paired
+	confirm  bool             // the user's answer to the pairing screen
+	chain    [][]byte         // attestation chain presented in Features, if any
+	now      func() time.Time // the device's clock for credentials; nil: time.Now
 
 	hs        *channel.Handshake
 	sess      *channel.Session
 	secret    []byte
 	code      string
 	hsmFinger string
+
+	// Prompts. decision is what the user does with the next prompt (0:
+	// nothing yet; see press); counter is the device's approval counter.
+	// tamper changes an approval before it is signed, and signWith signs
+	// it instead of the identity key.
+	decision signed.Decision
+	counter  uint64
+	tamper   func(*signed.Approval)
+	signWith signed.Signer
+	showing  *signed.Prompt   // verified, shown, waiting for the user
+	shown    []*signed.Prompt // every prompt shown
+	refused  []error          // why prompts were refused
+	answers  [][]byte         // every approval sent
 }
 
 func newTestDevice(t *testing.T) *testDevice {
@@ -101,6 +115,54 @@ func newTestDevice(t *testing.T) *testDevice {
 		t.Fatal(err)
 	}
 	return &testDevice{t: t, identity: id, static: st, cred: cred, confirm: true}
+}
+
+func (d *testDevice) id() string { return signed.DeviceID(d.identity.PublicKey()) }
+
+// checkPrompt does what firmware-spec/approval.md asks of a device: the
+// prompt must parse, be signed by the HSM key pinned and proved in this
+// channel, and name this device.
+func (d *testDevice) checkPrompt(b []byte) (*signed.Prompt, error) {
+	p, err := signed.ParsePrompt(b)
+	if err != nil {
+		return nil, err
+	}
+	peer := d.sess.Peer()
+	if d.pinned == nil || !bytes.Equal(peer.IdentityKey, d.pinned) {
+		return nil, errors.New("prompt outside a channel to the pinned HSM")
+	}
+	if err := p.Verify(peer.Algorithm, peer.IdentityKey); err != nil {
+		return nil, err
+	}
+	if p.DeviceID != d.id() {
+		return nil, fmt.Errorf("prompt for device %s", p.DeviceID)
+	}
+	return p, nil
+}
+
+// press has the user decide on the prompt shown, and returns the device's
+// answer (nil if nothing is shown).
+func (d *testDevice) press(dec signed.Decision) []byte {
+	p := d.showing
+	if p == nil {
+		return nil
+	}
+	d.showing = nil
+	d.counter++ // and persisted, before the answer leaves
+	a := &signed.Approval{Nonce: p.Nonce, Decision: dec, Counter: d.counter, DeviceID: d.id()}
+	copy(a.PromptDigest[:], p.Digest())
+	if d.tamper != nil {
+		d.tamper(a)
+	}
+	var signer signed.Signer = d.identity
+	if d.signWith != nil {
+		signer = d.signWith
+	}
+	if err := a.Sign(signer); err != nil {
+		d.t.Fatal(err)
+	}
+	d.answers = append(d.answers, a.Marshal())
+	return d.sealed(&pb.PromptAnswer{Approval: a.Marshal()})
 }
 
 func (d *testDevice) features() *pb.Features {
@@ -133,7 +195,7 @@ func (d *testDevice) handle(raw []byte) []byte {
 	switch m := protocol.Unwrap(env).(type) {
 	case *pb.HandshakeInit:
 		d.hs, _ = channel.NewHandshake(channel.Config{Role: signed.RoleDevice, Static: d.static, Credential: d.cred,
-			ProtocolVersion: protocol.Version, Accept: func(c *signed.Credential) error {
+			ProtocolVersion: protocol.Version, Now: d.now, Accept: func(c *signed.Credential) error {
 				if d.pinned != nil && !bytes.Equal(c.IdentityKey, d.pinned) {
 					return errors.New("not the pinned HSM")
 				}
@@ -173,9 +235,25 @@ func (d *testDevice) handle(raw []byte) []byte {
 		case *pb.PairingConfirm:
 			return d.sealed(&pb.ButtonRequest{Code: pb.ButtonRequestCode_BUTTON_REQUEST_PAIRING})
 		case *pb.ButtonAck:
-			return nil // the user decides later (decide)
+			if d.showing != nil && d.decision != 0 {
+				return d.press(d.decision)
+			}
+			return nil // the user decides later (decide, press)
 		case *pb.Cancel:
+			if d.showing == nil && d.pinned != nil {
+				return nil // nothing pending: ignored, as device.md says
+			}
+			d.showing = nil
 			return d.sealed(&pb.Failure{Code: pb.FailureCode_FAILURE_ACTION_CANCELLED})
+		case *pb.PromptRequest:
+			p, err := d.checkPrompt(im.GetPrompt())
+			if err != nil {
+				d.refused = append(d.refused, err)
+				return d.sealed(&pb.Failure{Code: pb.FailureCode_FAILURE_DATA_ERROR, Message: err.Error()})
+			}
+			d.showing = p
+			d.shown = append(d.shown, p)
+			return d.sealed(&pb.ButtonRequest{Code: pb.ButtonRequestCode_BUTTON_REQUEST_APPROVAL})
 		case *pb.PairingFinish:
 			d.pinned = d.sess.Peer().IdentityKey
 			return d.sealed(&pb.Success{})

@@ -93,8 +93,10 @@ func (d *deviceConn) event(e core.Event) {
 	log := d.s.log.With("device", d.id, "bridge", d.bridge.name)
 	switch e := e.(type) {
 	case core.ChannelUp:
+		if !d.up { // after a pairing, the link opens a new channel over the pairing one
+			d.s.metrics.channels.Inc()
+		}
 		d.up, d.retry = true, 0
-		d.s.metrics.channels.Inc()
 		if e.Device != nil {
 			log.Info("secure channel established", "user", e.Device.User)
 		} else {

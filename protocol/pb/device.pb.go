@@ -181,6 +181,9 @@ const (
 	// The device shows the pairing code and the HSM fingerprint and waits
 	// for its user to compare them.
 	ButtonRequestCode_BUTTON_REQUEST_PAIRING ButtonRequestCode = 10
+	// The device shows a prompt of the core (PromptRequest) and waits for its
+	// user to approve or reject it.
+	ButtonRequestCode_BUTTON_REQUEST_APPROVAL ButtonRequestCode = 11
 )
 
 // Enum value maps for ButtonRequestCode.
@@ -189,11 +192,13 @@ var (
 		0:  "BUTTON_REQUEST_UNSPECIFIED",
 		1:  "BUTTON_REQUEST_CONFIRM_ACTION",
 		10: "BUTTON_REQUEST_PAIRING",
+		11: "BUTTON_REQUEST_APPROVAL",
 	}
 	ButtonRequestCode_value = map[string]int32{
 		"BUTTON_REQUEST_UNSPECIFIED":    0,
 		"BUTTON_REQUEST_CONFIRM_ACTION": 1,
 		"BUTTON_REQUEST_PAIRING":        10,
+		"BUTTON_REQUEST_APPROVAL":       11,
 	}
 )
 
@@ -301,6 +306,8 @@ type Envelope struct {
 	//	*Envelope_PairingDecision
 	//	*Envelope_PairingFinish
 	//	*Envelope_PairingConfirm
+	//	*Envelope_PromptRequest
+	//	*Envelope_PromptAnswer
 	Msg           isEnvelope_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -521,6 +528,24 @@ func (x *Envelope) GetPairingConfirm() *PairingConfirm {
 	return nil
 }
 
+func (x *Envelope) GetPromptRequest() *PromptRequest {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_PromptRequest); ok {
+			return x.PromptRequest
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetPromptAnswer() *PromptAnswer {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_PromptAnswer); ok {
+			return x.PromptAnswer
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Msg interface {
 	isEnvelope_Msg()
 }
@@ -603,6 +628,15 @@ type Envelope_PairingConfirm struct {
 	PairingConfirm *PairingConfirm `protobuf:"bytes,46,opt,name=pairing_confirm,json=pairingConfirm,proto3,oneof"`
 }
 
+type Envelope_PromptRequest struct {
+	// Approvals (firmware-spec/approval.md). Valid only inside a SecureMessage.
+	PromptRequest *PromptRequest `protobuf:"bytes,50,opt,name=prompt_request,json=promptRequest,proto3,oneof"`
+}
+
+type Envelope_PromptAnswer struct {
+	PromptAnswer *PromptAnswer `protobuf:"bytes,51,opt,name=prompt_answer,json=promptAnswer,proto3,oneof"`
+}
+
 func (*Envelope_GetFeatures) isEnvelope_Msg() {}
 
 func (*Envelope_Features_) isEnvelope_Msg() {}
@@ -640,6 +674,10 @@ func (*Envelope_PairingDecision) isEnvelope_Msg() {}
 func (*Envelope_PairingFinish) isEnvelope_Msg() {}
 
 func (*Envelope_PairingConfirm) isEnvelope_Msg() {}
+
+func (*Envelope_PromptRequest) isEnvelope_Msg() {}
+
+func (*Envelope_PromptAnswer) isEnvelope_Msg() {}
 
 // GetFeatures asks the device to describe itself. Answer: Features.
 type GetFeatures struct {
@@ -1592,11 +1630,114 @@ func (*PairingFinish) Descriptor() ([]byte, []int) {
 	return file_device_proto_rawDescGZIP(), []int{19}
 }
 
+// PromptRequest asks the device's user to approve or reject what the core
+// shows (firmware-spec/approval.md). The device verifies the prompt against
+// the HSM identity key it pinned and checks that it names this device; then
+// it answers ButtonRequest{BUTTON_REQUEST_APPROVAL}, shows the prompt after
+// the core's ButtonAck, and answers PromptAnswer once its user decided, or
+// Failure{FAILURE_ACTION_CANCELLED} if the core sent Cancel meanwhile. A
+// prompt it refuses is answered Failure{FAILURE_DATA_ERROR} without a
+// ButtonRequest.
+type PromptRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The prompt: its statement and the HSM identity key's signature, each
+	// with a 16-bit length (firmware-spec/approval.md §2).
+	Prompt        []byte `protobuf:"bytes,1,opt,name=prompt,proto3" json:"prompt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromptRequest) Reset() {
+	*x = PromptRequest{}
+	mi := &file_device_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromptRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromptRequest) ProtoMessage() {}
+
+func (x *PromptRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_device_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromptRequest.ProtoReflect.Descriptor instead.
+func (*PromptRequest) Descriptor() ([]byte, []int) {
+	return file_device_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *PromptRequest) GetPrompt() []byte {
+	if x != nil {
+		return x.Prompt
+	}
+	return nil
+}
+
+// PromptAnswer is the device's signed answer to a prompt: an approval or a
+// rejection, both signed by the device identity key
+// (firmware-spec/approval.md §3).
+type PromptAnswer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The approval statement and the device's signature, each with a 16-bit
+	// length.
+	Approval      []byte `protobuf:"bytes,1,opt,name=approval,proto3" json:"approval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromptAnswer) Reset() {
+	*x = PromptAnswer{}
+	mi := &file_device_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromptAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromptAnswer) ProtoMessage() {}
+
+func (x *PromptAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_device_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromptAnswer.ProtoReflect.Descriptor instead.
+func (*PromptAnswer) Descriptor() ([]byte, []int) {
+	return file_device_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *PromptAnswer) GetApproval() []byte {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
 var File_device_proto protoreflect.FileDescriptor
 
 const file_device_proto_rawDesc = "" +
 	"\n" +
-	"\fdevice.proto\x12\x15opencustody.device.v1\"\xb2\v\n" +
+	"\fdevice.proto\x12\x15opencustody.device.v1\"\xcd\f\n" +
 	"\bEnvelope\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12G\n" +
 	"\fget_features\x18\n" +
@@ -1619,7 +1760,9 @@ const file_device_proto_rawDesc = "" +
 	"\x0epairing_reveal\x18+ \x01(\v2$.opencustody.device.v1.PairingRevealH\x00R\rpairingReveal\x12S\n" +
 	"\x10pairing_decision\x18, \x01(\v2&.opencustody.device.v1.PairingDecisionH\x00R\x0fpairingDecision\x12M\n" +
 	"\x0epairing_finish\x18- \x01(\v2$.opencustody.device.v1.PairingFinishH\x00R\rpairingFinish\x12P\n" +
-	"\x0fpairing_confirm\x18. \x01(\v2%.opencustody.device.v1.PairingConfirmH\x00R\x0epairingConfirmB\x05\n" +
+	"\x0fpairing_confirm\x18. \x01(\v2%.opencustody.device.v1.PairingConfirmH\x00R\x0epairingConfirm\x12M\n" +
+	"\x0eprompt_request\x182 \x01(\v2$.opencustody.device.v1.PromptRequestH\x00R\rpromptRequest\x12J\n" +
+	"\rprompt_answer\x183 \x01(\v2#.opencustody.device.v1.PromptAnswerH\x00R\fpromptAnswerB\x05\n" +
 	"\x03msg\"\r\n" +
 	"\vGetFeatures\"\xb9\x03\n" +
 	"\bFeatures\x12\x16\n" +
@@ -1671,7 +1814,11 @@ const file_device_proto_rawDesc = "" +
 	"\x0ePairingConfirm\"/\n" +
 	"\x0fPairingDecision\x12\x1c\n" +
 	"\tconfirmed\x18\x01 \x01(\bR\tconfirmed\"\x0f\n" +
-	"\rPairingFinish*v\n" +
+	"\rPairingFinish\"'\n" +
+	"\rPromptRequest\x12\x16\n" +
+	"\x06prompt\x18\x01 \x01(\fR\x06prompt\"*\n" +
+	"\fPromptAnswer\x12\x1a\n" +
+	"\bapproval\x18\x01 \x01(\fR\bapproval*v\n" +
 	"\tAlgorithm\x12\x19\n" +
 	"\x15ALGORITHM_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11ALGORITHM_ED25519\x10\x01\x12\x18\n" +
@@ -1687,12 +1834,13 @@ const file_device_proto_rawDesc = "" +
 	"\fFAILURE_BUSY\x10\x06\x12\x19\n" +
 	"\x15FAILURE_PROCESS_ERROR\x10\a\x12\x13\n" +
 	"\x0fFAILURE_CHANNEL\x10\x14\x12\x16\n" +
-	"\x12FAILURE_NOT_PAIRED\x10\x15*r\n" +
+	"\x12FAILURE_NOT_PAIRED\x10\x15*\x8f\x01\n" +
 	"\x11ButtonRequestCode\x12\x1e\n" +
 	"\x1aBUTTON_REQUEST_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dBUTTON_REQUEST_CONFIRM_ACTION\x10\x01\x12\x1a\n" +
 	"\x16BUTTON_REQUEST_PAIRING\x10\n" +
-	"*^\n" +
+	"\x12\x1b\n" +
+	"\x17BUTTON_REQUEST_APPROVAL\x10\v*^\n" +
 	"\vPairingRole\x12\x1c\n" +
 	"\x18PAIRING_ROLE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15PAIRING_ROLE_APPROVER\x10\x01\x12\x16\n" +
@@ -1711,7 +1859,7 @@ func file_device_proto_rawDescGZIP() []byte {
 }
 
 var file_device_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_device_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_device_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_device_proto_goTypes = []any{
 	(Algorithm)(0),            // 0: opencustody.device.v1.Algorithm
 	(FailureCode)(0),          // 1: opencustody.device.v1.FailureCode
@@ -1737,6 +1885,8 @@ var file_device_proto_goTypes = []any{
 	(*PairingConfirm)(nil),    // 21: opencustody.device.v1.PairingConfirm
 	(*PairingDecision)(nil),   // 22: opencustody.device.v1.PairingDecision
 	(*PairingFinish)(nil),     // 23: opencustody.device.v1.PairingFinish
+	(*PromptRequest)(nil),     // 24: opencustody.device.v1.PromptRequest
+	(*PromptAnswer)(nil),      // 25: opencustody.device.v1.PromptAnswer
 }
 var file_device_proto_depIdxs = []int32{
 	5,  // 0: opencustody.device.v1.Envelope.get_features:type_name -> opencustody.device.v1.GetFeatures
@@ -1758,15 +1908,17 @@ var file_device_proto_depIdxs = []int32{
 	22, // 16: opencustody.device.v1.Envelope.pairing_decision:type_name -> opencustody.device.v1.PairingDecision
 	23, // 17: opencustody.device.v1.Envelope.pairing_finish:type_name -> opencustody.device.v1.PairingFinish
 	21, // 18: opencustody.device.v1.Envelope.pairing_confirm:type_name -> opencustody.device.v1.PairingConfirm
-	0,  // 19: opencustody.device.v1.Features.identity_algorithm:type_name -> opencustody.device.v1.Algorithm
-	1,  // 20: opencustody.device.v1.Failure.code:type_name -> opencustody.device.v1.FailureCode
-	2,  // 21: opencustody.device.v1.ButtonRequest.code:type_name -> opencustody.device.v1.ButtonRequestCode
-	3,  // 22: opencustody.device.v1.PairingRequest.role:type_name -> opencustody.device.v1.PairingRole
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	24, // 19: opencustody.device.v1.Envelope.prompt_request:type_name -> opencustody.device.v1.PromptRequest
+	25, // 20: opencustody.device.v1.Envelope.prompt_answer:type_name -> opencustody.device.v1.PromptAnswer
+	0,  // 21: opencustody.device.v1.Features.identity_algorithm:type_name -> opencustody.device.v1.Algorithm
+	1,  // 22: opencustody.device.v1.Failure.code:type_name -> opencustody.device.v1.FailureCode
+	2,  // 23: opencustody.device.v1.ButtonRequest.code:type_name -> opencustody.device.v1.ButtonRequestCode
+	3,  // 24: opencustody.device.v1.PairingRequest.role:type_name -> opencustody.device.v1.PairingRole
+	25, // [25:25] is the sub-list for method output_type
+	25, // [25:25] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_device_proto_init() }
@@ -1794,6 +1946,8 @@ func file_device_proto_init() {
 		(*Envelope_PairingDecision)(nil),
 		(*Envelope_PairingFinish)(nil),
 		(*Envelope_PairingConfirm)(nil),
+		(*Envelope_PromptRequest)(nil),
+		(*Envelope_PromptAnswer)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1801,7 +1955,7 @@ func file_device_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_device_proto_rawDesc), len(file_device_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

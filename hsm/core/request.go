@@ -1,0 +1,633 @@
+package core
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/opencustodynet/opencustody/hsm/bitcoin"
+	"github.com/opencustodynet/opencustody/protocol/signed"
+)
+
+// RequestState is the lifecycle of a request.
+type RequestState string
+
+const (
+	// RequestPending waits for its approvers.
+	RequestPending RequestState = "pending"
+	// RequestApproved met its quorum and is being signed.
+	RequestApproved RequestState = "approved"
+	// RequestSigned is signed: the transaction is final.
+	RequestSigned RequestState = "signed"
+	// RequestRejected was rejected by an approver.
+	RequestRejected RequestState = "rejected"
+	// RequestExpired was not approved in time.
+	RequestExpired RequestState = "expired"
+	// RequestFailed met its quorum but could not be signed; Error says why.
+	RequestFailed RequestState = "failed"
+)
+
+// Closed reports whether the request will not change any more.
+func (s RequestState) Closed() bool {
+	return s != RequestPending && s != RequestApproved
+}
+
+// RequestRecord is what the core stores about a request to sign a
+// transaction.
+type RequestRecord struct {
+	ID      string          `json:"id"`
+	Wallet  string          `json:"wallet"`
+	Network bitcoin.Network `json:"network"`
+	// WalletKeys is how many of the wallet's keys it had when the request
+	// was submitted: those keys analysed the transaction and sign it.
+	WalletKeys int `json:"wallet_keys"`
+	// Approvers and Quorum are the wallet's when the request was submitted.
+	Approvers []string `json:"approvers"`
+	Quorum    int      `json:"quorum"`
+	// PSBT is the packet as submitted; Summary the canonical encoding of
+	// its summary ([bitcoin.Summary.Canonical]), the payload of every
+	// prompt and the only thing Sign will sign.
+	PSBT       []byte       `json:"psbt"`
+	Summary    []byte       `json:"summary"`
+	TxID       string       `json:"txid"`
+	State      RequestState `json:"state"`
+	CreatedAt  time.Time    `json:"created_at"`
+	ExpiresAt  time.Time    `json:"expires_at"`
+	FinishedAt time.Time    `json:"finished_at,omitzero"`
+	// Prompts are the prompts issued, one per approver device.
+	Prompts []PromptRecord `json:"prompts"`
+	// Answers are the approvals and rejections accepted, in order.
+	Answers []AnswerRecord `json:"answers"`
+	// SignedPSBT (finalized) and SignedTx (ready to broadcast) once signed.
+	SignedPSBT []byte `json:"signed_psbt,omitempty"`
+	SignedTx   []byte `json:"signed_tx,omitempty"`
+	// Error says why a request failed.
+	Error string `json:"error,omitempty"`
+	// Version is the storage version the record was read at.
+	Version uint64 `json:"-"`
+}
+
+// PromptRecord is one prompt the core issued for a request.
+type PromptRecord struct {
+	DeviceID string `json:"device_id"`
+	User     string `json:"user"`
+	Nonce    []byte `json:"nonce"`
+	Digest   []byte `json:"digest"`
+	// Prompt is the signed prompt as encoded for the device
+	// ([signed.Prompt.Marshal]); it is sent again when the device
+	// reconnects.
+	Prompt   []byte    `json:"prompt"`
+	IssuedAt time.Time `json:"issued_at"`
+}
+
+// AnswerRecord is an approval or rejection the core accepted.
+type AnswerRecord struct {
+	DeviceID string          `json:"device_id"`
+	User     string          `json:"user"`
+	Decision signed.Decision `json:"decision"`
+	Counter  uint64          `json:"counter"`
+	// Approval is the device's signed answer as received.
+	Approval []byte    `json:"approval"`
+	At       time.Time `json:"at"`
+}
+
+// ParsedSummary decodes the request's summary.
+func (r *RequestRecord) ParsedSummary() (*bitcoin.Summary, error) {
+	return bitcoin.ParseSummary(r.Summary)
+}
+
+// ApprovedBy and RejectedBy list the users who approved or rejected, in
+// the order they answered.
+func (r *RequestRecord) ApprovedBy() []string { return r.usersWith(signed.Approve) }
+
+// RejectedBy: see [RequestRecord.ApprovedBy].
+func (r *RequestRecord) RejectedBy() []string { return r.usersWith(signed.Reject) }
+
+func (r *RequestRecord) usersWith(d signed.Decision) []string {
+	var out []string
+	for _, a := range r.Answers {
+		if a.Decision == d {
+			out = append(out, a.User)
+		}
+	}
+	return out
+}
+
+func (r *RequestRecord) prompt(deviceID string) *PromptRecord {
+	for i := range r.Prompts {
+		if r.Prompts[i].DeviceID == deviceID {
+			return &r.Prompts[i]
+		}
+	}
+	return nil
+}
+
+// answered reports whether the device, or its user on any device, has
+// answered.
+func (r *RequestRecord) answered(deviceID, user string) bool {
+	return slices.ContainsFunc(r.Answers, func(a AnswerRecord) bool { return a.DeviceID == deviceID || a.User == user })
+}
+
+func (r *RequestRecord) answeredByDevice(deviceID string) bool {
+	return slices.ContainsFunc(r.Answers, func(a AnswerRecord) bool { return a.DeviceID == deviceID })
+}
+
+// open lists the prompts still waiting for an answer: those whose device
+// and user have not answered.
+func (r *RequestRecord) open() []PromptRef {
+	var out []PromptRef
+	for _, p := range r.Prompts {
+		if !r.answered(p.DeviceID, p.User) {
+			out = append(out, PromptRef{RequestID: r.ID, DeviceID: p.DeviceID})
+		}
+	}
+	return out
+}
+
+// effective is the request as it stands at now: a pending request past
+// its expiry is expired, even before [Core.Tick] stored that.
+func (r *RequestRecord) effective(now time.Time) *RequestRecord {
+	if r.State == RequestPending && now.After(r.ExpiresAt) {
+		r.State, r.FinishedAt = RequestExpired, r.ExpiresAt
+	}
+	return r
+}
+
+// ErrRequestNotFound is returned by a [RequestStore] for an unknown id.
+var ErrRequestNotFound = errors.New("core: request not found")
+
+// RequestStore keeps request records. Implementations authenticate every
+// record with the HSM record key, as [DeviceStore] does: GetRequest and
+// ListRequests return an error, never a record, when authentication
+// fails. GetRequest returns an error wrapping [ErrRequestNotFound] for an
+// unknown id.
+type RequestStore interface {
+	GetRequest(ctx context.Context, id string) (*RequestRecord, error)
+	ListRequests(ctx context.Context) ([]*RequestRecord, error)
+	// CreateRequest stores a new record; it fails if the id exists.
+	CreateRequest(ctx context.Context, r *RequestRecord) error
+	// UpdateRequest replaces the record read at r.Version.
+	UpdateRequest(ctx context.Context, r *RequestRecord) error
+}
+
+// Errors of the approval path. Errors from [Core.Answer] wrap one of them
+// (or [ErrNotPaired], [ErrRevoked], [ErrRequestNotFound]) and name the
+// request and device.
+var (
+	// ErrTransactionRefused: the PSBT is not one the wallet can sign, or
+	// cannot be shown on a device.
+	ErrTransactionRefused = errors.New("core: transaction refused")
+	// ErrBadApproval: the answer does not parse, or its signature does not
+	// verify under the device's paired key.
+	ErrBadApproval = errors.New("core: approval is not validly signed by the device")
+	// ErrWrongDevice: the answer names another device than the one whose
+	// channel carried it.
+	ErrWrongDevice = errors.New("core: approval names another device than the one that sent it")
+	// ErrPromptMismatch: the answer is not for the prompt the core issued
+	// to that device for that request (another digest or nonce, or no
+	// prompt at all).
+	ErrPromptMismatch = errors.New("core: approval is not for the prompt issued to the device")
+	// ErrExpired: the request's prompts expired before the answer came.
+	ErrExpired = errors.New("core: request expired")
+	// ErrReplay: the answer's counter is not above the last one accepted
+	// from the device.
+	ErrReplay = errors.New("core: approval counter is not above the device's last one (replayed or stale)")
+	// ErrRequestClosed: the request is already signed, rejected, expired
+	// or failed.
+	ErrRequestClosed = errors.New("core: request is closed")
+	// ErrAlreadyAnswered: the device, or its user on another device,
+	// already answered the request. A user counts once.
+	ErrAlreadyAnswered = errors.New("core: already answered")
+)
+
+// PromptRef names one prompt: a request's prompt for a device.
+type PromptRef struct {
+	RequestID string
+	DeviceID  string
+}
+
+// SubmitRequest asks the core to have a transaction approved and signed.
+type SubmitRequest struct {
+	// Wallet is the name of the wallet whose keys sign.
+	Wallet string
+	// PSBT is the transaction, binary or base64 (BIP-174), as the
+	// submitter sent it: untrusted.
+	PSBT []byte
+}
+
+// Submitted is a stored request and the prompts to deliver, one per
+// approver device.
+type Submitted struct {
+	Request *RequestRecord
+	Prompts []*signed.Prompt
+}
+
+// requestIDSize is the size of a request id in bytes (hex in the id).
+const requestIDSize = 8
+
+// Submit checks that the wallet can sign the PSBT, derives its summary
+// (package bitcoin: from the transaction and the wallet alone), stores a
+// pending request, and returns it with the prompts to deliver: one per
+// paired, unrevoked device of each of the wallet's approvers, each bound
+// to its device, with a fresh nonce and the request's expiry, signed by
+// the HSM identity key. The prompts' fields are [TransferFields]; their
+// payload is the summary's canonical encoding.
+//
+// It refuses, with an error wrapping [ErrTransactionRefused], a PSBT that
+// does not parse or that [bitcoin.Analyse] refuses, and a transaction too
+// large for a prompt; and a wallet that has no address yet, or fewer
+// approvers with a paired device than its quorum.
+func (c *Core) Submit(ctx context.Context, req SubmitRequest) (*Submitted, error) {
+	if err := c.approvalPath(); err != nil {
+		return nil, err
+	}
+	c.reqMu.Lock()
+	defer c.reqMu.Unlock()
+	w, err := c.cfg.Wallets.GetWallet(ctx, req.Wallet)
+	if err != nil {
+		return nil, err
+	}
+	if len(w.Keys) == 0 {
+		return nil, fmt.Errorf("%w: wallet %s has no address yet, so no coins to spend", ErrTransactionRefused, w.Name)
+	}
+	bw, err := w.bitcoinWallet(len(w.Keys))
+	if err != nil {
+		return nil, err
+	}
+	packet, err := bitcoin.Parse(req.PSBT)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrTransactionRefused, err)
+	}
+	sum, err := bitcoin.Analyse(packet, bw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: wallet %s cannot sign it: %w", ErrTransactionRefused, w.Name, err)
+	}
+	canonical, err := sum.Canonical()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrTransactionRefused, err)
+	}
+	if len(canonical) > signed.MaxPromptPayload {
+		return nil, fmt.Errorf("%w: its summary (%d inputs, %d outputs) is %d bytes, more than a prompt carries (%d): split it into smaller transactions",
+			ErrTransactionRefused, len(sum.Inputs), len(sum.Outputs), len(canonical), signed.MaxPromptPayload)
+	}
+
+	devices, err := c.cfg.Devices.ListDevices(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var targets []*DeviceRecord
+	reachable := 0
+	for _, u := range w.Approvers {
+		ds := pairedDevicesOf(devices, u)
+		if len(ds) > 0 {
+			reachable++
+		}
+		targets = append(targets, ds...)
+	}
+	if reachable < w.Quorum {
+		return nil, fmt.Errorf("core: wallet %s: only %d of its approvers have a paired device, and its quorum is %d", w.Name, reachable, w.Quorum)
+	}
+
+	id := make([]byte, requestIDSize)
+	if _, err := io.ReadFull(c.cfg.Rand, id); err != nil {
+		return nil, fmt.Errorf("core: request id: %w", err)
+	}
+	now := c.cfg.Now().UTC().Truncate(time.Second)
+	r := &RequestRecord{
+		ID: hex.EncodeToString(id), Wallet: w.Name, Network: w.Network, WalletKeys: len(w.Keys),
+		Approvers: slices.Clone(w.Approvers), Quorum: w.Quorum,
+		PSBT: bytes.Clone(req.PSBT), Summary: canonical, TxID: sum.TxID.String(),
+		State: RequestPending, CreatedAt: now, ExpiresAt: now.Add(c.cfg.PromptExpiry),
+		Prompts: []PromptRecord{}, Answers: []AnswerRecord{},
+	}
+	fields := TransferFields(w.Name, r.ID, sum, r.ExpiresAt)
+	var prompts []*signed.Prompt
+	for _, d := range targets {
+		p := &signed.Prompt{
+			Kind: signed.PromptTransaction, RequestID: r.ID, DeviceID: d.ID, NotAfter: r.ExpiresAt,
+			Title: TransferTitle, Fields: fields, Payload: canonical,
+		}
+		if _, err := io.ReadFull(c.cfg.Rand, p.Nonce[:]); err != nil {
+			return nil, fmt.Errorf("core: prompt nonce: %w", err)
+		}
+		if err := p.Sign(c.cfg.Identity); err != nil {
+			if errors.Is(err, signed.ErrMalformedPrompt) {
+				return nil, fmt.Errorf("%w: it cannot be shown on a device (%d outputs): %w", ErrTransactionRefused, len(sum.Outputs), err)
+			}
+			return nil, fmt.Errorf("core: request %s: sign the prompt for device %s with the HSM identity key: %w", r.ID, d.ID, err)
+		}
+		enc := p.Marshal()
+		if err := checkFitsChannel(enc); err != nil {
+			return nil, fmt.Errorf("%w: its prompt does not fit a device message: %w", ErrTransactionRefused, err)
+		}
+		r.Prompts = append(r.Prompts, PromptRecord{
+			DeviceID: d.ID, User: d.User, Nonce: bytes.Clone(p.Nonce[:]), Digest: p.Digest(), Prompt: enc, IssuedAt: now,
+		})
+		prompts = append(prompts, p)
+	}
+	if err := c.cfg.Requests.CreateRequest(ctx, r); err != nil {
+		return nil, fmt.Errorf("core: store request %s: %w", r.ID, err)
+	}
+	return &Submitted{Request: r, Prompts: prompts}, nil
+}
+
+// Answer is a device's answer to a prompt, as a link received it.
+type Answer struct {
+	// RequestID is the request of the prompt the link sent.
+	RequestID string
+	// Device is the id of the device whose secure channel carried the
+	// answer: the identity the channel proved, not a claim.
+	Device string
+	// Approval is the encoded signed approval or rejection
+	// ([signed.Approval.Marshal]).
+	Approval []byte
+}
+
+// AnswerResult is what an accepted answer did.
+type AnswerResult struct {
+	// Request is the request after the answer (and, once the quorum is
+	// met, after signing: signed, or failed with its Error).
+	Request  *RequestRecord
+	User     string
+	Decision signed.Decision
+	// Withdraw lists prompts nobody needs to answer any more: all of them
+	// once the request is closed, or the user's prompts on other devices.
+	// The caller cancels them on the devices.
+	Withdraw []PromptRef
+}
+
+// Answer verifies a device's answer and applies it. It accepts the answer
+// only if all of these hold, in this order:
+//
+//  1. it parses, and names the device whose channel carried it;
+//  2. that device is paired and not revoked, and its paired identity key
+//     signed it;
+//  3. the request exists and issued a prompt to that device whose digest
+//     and nonce the answer carries;
+//  4. the request is pending and has not expired (an expired one is
+//     marked so);
+//  5. neither the device nor its user (on any device) answered before;
+//  6. its counter is above the last one accepted from the device; the new
+//     counter is stored before anything else.
+//
+// A rejection closes the request (rejected). An approval that brings the
+// distinct approving users to the quorum has the HSM sign the transaction
+// ([bitcoin.Sign], which signs only a transaction whose summary is the
+// approved one); the request ends signed, or failed if signing failed.
+// Each answer is counted at most once and a request is signed at most
+// once.
+func (c *Core) Answer(ctx context.Context, a Answer) (*AnswerResult, error) {
+	if err := c.approvalPath(); err != nil {
+		return nil, err
+	}
+	c.reqMu.Lock()
+	defer c.reqMu.Unlock()
+	fail := func(err error, format string, args ...any) error {
+		return fmt.Errorf("core: request %s: device %s: %w: %s", a.RequestID, a.Device, err, fmt.Sprintf(format, args...))
+	}
+	appr, err := signed.ParseApproval(a.Approval)
+	if err != nil {
+		return nil, fail(ErrBadApproval, "%v", err)
+	}
+	if appr.DeviceID != a.Device {
+		return nil, fail(ErrWrongDevice, "it names device %s", appr.DeviceID)
+	}
+	dev, err := c.cfg.Devices.GetDevice(ctx, appr.DeviceID)
+	if errors.Is(err, ErrDeviceNotFound) {
+		return nil, fail(ErrNotPaired, "no paired device has this id")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if dev.State != DevicePaired {
+		return nil, fail(ErrRevoked, "its answers are refused")
+	}
+	if err := appr.Verify(dev.Algorithm, dev.IdentityKey); err != nil {
+		return nil, fail(ErrBadApproval, "%v", err)
+	}
+	r, err := c.cfg.Requests.GetRequest(ctx, a.RequestID)
+	if err != nil {
+		return nil, err
+	}
+	p := r.prompt(dev.ID)
+	if p == nil {
+		return nil, fail(ErrPromptMismatch, "the request issued no prompt to this device")
+	}
+	if !bytes.Equal(p.Digest, appr.PromptDigest[:]) || !bytes.Equal(p.Nonce, appr.Nonce[:]) {
+		return nil, fail(ErrPromptMismatch, "the answer signs prompt %x, the core issued %x", appr.PromptDigest[:8], p.Digest[:8])
+	}
+	now := c.cfg.Now()
+	if r.State == RequestPending && now.After(r.ExpiresAt) {
+		withdraw, err := c.expire(ctx, r)
+		if err != nil {
+			return nil, err
+		}
+		return &AnswerResult{Request: r, Withdraw: withdraw}, fail(ErrExpired, "it expired at %s", r.ExpiresAt.Format(time.RFC3339))
+	}
+	if r.State != RequestPending {
+		return nil, fail(ErrRequestClosed, "it is %s", r.State)
+	}
+	if dev.User != p.User {
+		return nil, fail(ErrPromptMismatch, "the prompt was issued to user %s, the device now belongs to %s", p.User, dev.User)
+	}
+	if r.answered(dev.ID, dev.User) {
+		return nil, fail(ErrAlreadyAnswered, "user %s has answered", dev.User)
+	}
+	if appr.Counter <= dev.Counter {
+		return nil, fail(ErrReplay, "counter %d, last accepted %d", appr.Counter, dev.Counter)
+	}
+
+	// Accepted. The counter first: a crash after this loses the answer
+	// (the device answers again with a new counter), never lets one count
+	// twice.
+	dev.Counter = appr.Counter
+	if err := c.cfg.Devices.UpdateDevice(ctx, dev); err != nil {
+		return nil, fmt.Errorf("core: request %s: device %s: store its counter: %w", r.ID, dev.ID, err)
+	}
+	r.Answers = append(r.Answers, AnswerRecord{
+		DeviceID: dev.ID, User: dev.User, Decision: appr.Decision, Counter: appr.Counter,
+		Approval: bytes.Clone(a.Approval), At: now.UTC(),
+	})
+	res := &AnswerResult{Request: r, User: dev.User, Decision: appr.Decision}
+	switch {
+	case appr.Decision == signed.Reject:
+		r.State, r.FinishedAt = RequestRejected, now.UTC()
+	case len(r.ApprovedBy()) >= r.Quorum:
+		r.State = RequestApproved
+	}
+	// Withdraw what no device needs to answer any more: every outstanding
+	// prompt once the request is decided, else the user's other devices'.
+	for _, p := range r.Prompts {
+		if p.DeviceID == dev.ID || r.answeredByDevice(p.DeviceID) {
+			continue
+		}
+		if r.State != RequestPending || p.User == dev.User {
+			res.Withdraw = append(res.Withdraw, PromptRef{RequestID: r.ID, DeviceID: p.DeviceID})
+		}
+	}
+	if err := c.cfg.Requests.UpdateRequest(ctx, r); err != nil {
+		return nil, fmt.Errorf("core: request %s: store the answer of device %s: %w", r.ID, dev.ID, err)
+	}
+	if r.State == RequestApproved {
+		if err := c.sign(ctx, r); err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+// sign has the HSM sign an approved request and stores the outcome:
+// signed, or failed with the error. It returns an error only when the
+// outcome could not be stored.
+func (c *Core) sign(ctx context.Context, r *RequestRecord) error {
+	signedTx, err := c.signTransaction(ctx, r)
+	now := c.cfg.Now().UTC()
+	if err != nil {
+		r.State, r.FinishedAt, r.Error = RequestFailed, now, err.Error()
+	} else {
+		r.State, r.FinishedAt = RequestSigned, now
+		r.SignedPSBT, r.SignedTx = signedTx.psbt, signedTx.tx
+	}
+	if err := c.cfg.Requests.UpdateRequest(ctx, r); err != nil {
+		return fmt.Errorf("core: request %s: store the outcome of signing (%s): %w", r.ID, r.State, err)
+	}
+	return nil
+}
+
+type signedTransaction struct{ psbt, tx []byte }
+
+func (c *Core) signTransaction(ctx context.Context, r *RequestRecord) (*signedTransaction, error) {
+	if c.cfg.Custody == nil {
+		return nil, errors.New("core: no HSM signer configured for custody keys")
+	}
+	w, err := c.cfg.Wallets.GetWallet(ctx, r.Wallet)
+	if err != nil {
+		return nil, err
+	}
+	if w.Network != r.Network {
+		return nil, fmt.Errorf("core: wallet %s is on %s, the request on %s", w.Name, w.Network, r.Network)
+	}
+	bw, err := w.bitcoinWallet(r.WalletKeys)
+	if err != nil {
+		return nil, err
+	}
+	packet, err := bitcoin.Parse(r.PSBT)
+	if err != nil {
+		return nil, err
+	}
+	s, err := bitcoin.Sign(ctx, c.cfg.Custody, bitcoin.SignRequest{Packet: packet, Wallet: bw, Approved: r.Summary})
+	if err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	if err := s.Packet.Serialize(&b); err != nil {
+		return nil, fmt.Errorf("core: serialize the signed PSBT: %w", err)
+	}
+	tx, err := s.Bytes()
+	if err != nil {
+		return nil, err
+	}
+	return &signedTransaction{psbt: b.Bytes(), tx: tx}, nil
+}
+
+// expire marks a pending request expired and returns its open prompts.
+func (c *Core) expire(ctx context.Context, r *RequestRecord) ([]PromptRef, error) {
+	withdraw := r.open()
+	r.State, r.FinishedAt = RequestExpired, r.ExpiresAt
+	if err := c.cfg.Requests.UpdateRequest(ctx, r); err != nil {
+		return nil, fmt.Errorf("core: request %s: store its expiry: %w", r.ID, err)
+	}
+	return withdraw, nil
+}
+
+// Tick stores the expiry of pending requests past their expiry, and signs
+// requests left approved but unsigned (by a crash between the two
+// writes). It returns the prompts to withdraw from devices. The daemon
+// calls it now and then; reads already show an overdue request as
+// expired.
+func (c *Core) Tick(ctx context.Context) ([]PromptRef, error) {
+	if err := c.approvalPath(); err != nil {
+		return nil, err
+	}
+	c.reqMu.Lock()
+	defer c.reqMu.Unlock()
+	rs, err := c.cfg.Requests.ListRequests(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := c.cfg.Now()
+	var withdraw []PromptRef
+	var errs []error
+	for _, r := range rs {
+		switch {
+		case r.State == RequestPending && now.After(r.ExpiresAt):
+			w, err := c.expire(ctx, r)
+			withdraw = append(withdraw, w...)
+			errs = append(errs, err)
+		case r.State == RequestApproved:
+			errs = append(errs, c.sign(ctx, r))
+		}
+	}
+	return withdraw, errors.Join(errs...)
+}
+
+// Request returns a request as it stands now.
+func (c *Core) Request(ctx context.Context, id string) (*RequestRecord, error) {
+	if err := c.approvalPath(); err != nil {
+		return nil, err
+	}
+	r, err := c.cfg.Requests.GetRequest(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return r.effective(c.cfg.Now()), nil
+}
+
+// Requests lists the requests as they stand now, oldest first.
+func (c *Core) Requests(ctx context.Context) ([]*RequestRecord, error) {
+	if err := c.approvalPath(); err != nil {
+		return nil, err
+	}
+	rs, err := c.cfg.Requests.ListRequests(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := c.cfg.Now()
+	for _, r := range rs {
+		r.effective(now)
+	}
+	slices.SortStableFunc(rs, func(a, b *RequestRecord) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	return rs, nil
+}
+
+// PendingPrompts returns the prompts a device has yet to answer, oldest
+// request first: those of pending, unexpired requests that neither the
+// device nor its user answered. The daemon sends them when the device's
+// channel comes up.
+func (c *Core) PendingPrompts(ctx context.Context, deviceID string) ([]*signed.Prompt, error) {
+	rs, err := c.Requests(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []*signed.Prompt
+	for _, r := range rs {
+		if r.State != RequestPending {
+			continue
+		}
+		p := r.prompt(deviceID)
+		if p == nil || r.answered(p.DeviceID, p.User) {
+			continue
+		}
+		sp, err := signed.ParsePrompt(p.Prompt)
+		if err != nil {
+			return nil, fmt.Errorf("core: request %s: stored prompt for device %s: %w", r.ID, deviceID, err)
+		}
+		out = append(out, sp)
+	}
+	return out, nil
+}
