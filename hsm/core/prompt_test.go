@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/btcutil/psbt"
@@ -170,5 +174,61 @@ func TestLargestPromptFitsTheScreen(t *testing.T) {
 			t.Logf("%s: %d outputs, summary %d bytes, %d fields, %d pages, prompt %d bytes",
 				name, (len(p.Fields)-7)/2, len(largest.Request.Summary), len(p.Fields), len(pages), len(p.Marshal()))
 		})
+	}
+}
+
+// The transfer prompts of firmware-spec/vectors/approval.json show what
+// the core builds: the vectors' fields are TransferFields of their payload,
+// which is hsm/bitcoin's summary vector.
+func TestPromptVectorsShowWhatTheCoreBuilds(t *testing.T) {
+	raw, err := os.ReadFile("../../firmware-spec/vectors/approval.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file struct {
+		Prompts []struct {
+			Name      string         `json:"name"`
+			RequestID string         `json:"request_id"`
+			NotAfter  int64          `json:"not_after"`
+			Title     string         `json:"title"`
+			Fields    []signed.Field `json:"fields"`
+			Payload   string         `json:"payload"`
+			Encoded   string         `json:"encoded"`
+		} `json:"prompts"`
+	}
+	if err := json.Unmarshal(raw, &file); err != nil {
+		t.Fatal(err)
+	}
+	summary, err := os.ReadFile("../bitcoin/testdata/summary_v1.hex")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(file.Prompts) == 0 {
+		t.Fatal("no prompt vectors")
+	}
+	for _, v := range file.Prompts {
+		if v.Payload != strings.TrimSpace(string(summary)) {
+			t.Fatalf("%s: payload is not hsm/bitcoin's summary vector", v.Name)
+		}
+		payload, _ := hex.DecodeString(v.Payload)
+		sum, err := bitcoin.ParseSummary(payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := TransferFields("treasury", v.RequestID, sum, time.Unix(v.NotAfter, 0))
+		if fmt.Sprint(v.Fields) != fmt.Sprint(want) || v.Title != TransferTitle {
+			t.Fatalf("%s: fields\n got %v\nwant %v", v.Name, v.Fields, want)
+		}
+		enc, _ := hex.DecodeString(v.Encoded)
+		p, err := signed.ParsePrompt(enc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := emulator.Layout(document(p)); err != nil {
+			t.Fatalf("%s: %v", v.Name, err)
+		}
+		if err := checkFitsChannel(enc); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
