@@ -142,6 +142,7 @@ func screenJSON(v View) debuglink.Screen {
 		Pages:   v.Page.Count,
 		Buttons: bs,
 		Text:    v.Text,
+		Fields:  v.Fields,
 	}
 }
 

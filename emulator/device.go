@@ -17,6 +17,7 @@ import (
 	"github.com/opencustodynet/opencustody/protocol"
 	"github.com/opencustodynet/opencustody/protocol/framing"
 	"github.com/opencustodynet/opencustody/protocol/pb"
+	"github.com/opencustodynet/opencustody/protocol/signed"
 )
 
 var cryptoRand io.Reader = rand.Reader
@@ -29,6 +30,10 @@ const (
 	fwMajor         = 0
 	fwMinor         = 1
 	fwPatch         = 0
+	// AttestationSubject is the subject name of the emulator's device
+	// certificate, issued under the development attestation root
+	// (firmware-spec/attestation.md §5).
+	AttestationSubject = Vendor + " " + Model
 )
 
 // MaxChannels is how many channels the device keeps allocated; allocating
@@ -89,18 +94,36 @@ const (
 	opWaitUser
 )
 
+// opResult is how an operation ended.
+type opResult int
+
+const (
+	opConfirmed opResult = iota // the user confirmed
+	opRejected                  // the user rejected
+	opAbandoned                 // cancelled, or dropped by the protocol
+)
+
 // operation is a request waiting for the host's ButtonAck or the user.
 type operation struct {
-	cid      uint32
-	state    opState
-	pages    []Page
-	page     int
-	reply    proto.Message // sent on confirm
-	lastSent time.Time     // of the last report on cid, for keepalives
+	cid    uint32
+	state  opState
+	title  string // for logs
+	pages  []Page
+	page   int
+	fields map[string]string // the values the screen shows, for the debug link
+	// secure is the channel the request came through, nil for a plain
+	// request; answers go back the same way.
+	secure  *secureChannel
+	confirm proto.Message // the answer when the user confirms
+	reject  proto.Message // the answer when the user rejects
+	// end, if set, learns how the operation ended, before its answer is
+	// sent.
+	end      func(opResult)
+	lastSent time.Time // of the last report on cid, for keepalives
 }
 
-// channel is an allocated channel.
-type channel struct {
+// hostChannel is an allocated framing channel.
+type hostChannel struct {
 	host Host
 }
 
@@ -124,9 +147,10 @@ type Device struct {
 	// reports leave in decision order. Lock order: mu, then the Store's.
 	mu       sync.Mutex
 	reasm    framing.Reassembler
-	channels map[uint32]*channel
+	channels map[uint32]*hostChannel
 	order    []uint32 // allocation order of channels, oldest first
 	op       *operation
+	sc       *secureChannel // the secure channel, at most one (nil: none)
 	rules    []Rule
 	view     View
 	changed  chan struct{} // closed and replaced when view changes
@@ -143,7 +167,7 @@ func New(cfg Config) (*Device, error) {
 		now:       cfg.Now,
 		log:       cfg.Logger,
 		keepalive: cfg.KeepaliveInterval,
-		channels:  map[uint32]*channel{},
+		channels:  map[uint32]*hostChannel{},
 		changed:   make(chan struct{}),
 	}
 	if d.rand == nil {
@@ -159,6 +183,10 @@ func New(cfg Config) (*Device, error) {
 		d.keepalive = DefaultKeepaliveInterval
 	}
 	id := cfg.Store.Identity()
+	chain, err := signed.DevelopmentAttestation(id.Algorithm, id.PublicKey(), AttestationSubject)
+	if err != nil {
+		return nil, fmt.Errorf("emulator: attestation: %w", err)
+	}
 	d.features = &pb.Features{
 		Vendor:             Vendor,
 		Model:              Model,
@@ -170,6 +198,7 @@ func New(cfg Config) (*Device, error) {
 		IdentityPublicKey:  id.PublicKey(),
 		Label:              cfg.Store.Label(),
 		Emulator:           true,
+		Attestation:        chain,
 	}
 	d.mu.Lock()
 	d.showHome()
@@ -299,7 +328,7 @@ func (d *Device) handleInit(host Host, msg *framing.Message) {
 			d.abortOp()
 		}
 	}
-	d.channels[cid] = &channel{host: host}
+	d.channels[cid] = &hostChannel{host: host}
 	d.order = append(d.order, cid)
 	d.log.Debug("device: channel allocated", "cid", fmt.Sprintf("%08x", cid))
 	resp.CID = cid
@@ -326,73 +355,154 @@ func (d *Device) newCID() (uint32, error) {
 func (d *Device) handleEnvelope(cid uint32, data []byte) {
 	env, err := protocol.DecodeEnvelope(data)
 	if err != nil {
-		code := pb.FailureCode_FAILURE_DATA_ERROR
-		text := "malformed envelope"
-		switch {
-		case errors.Is(err, protocol.ErrUnsupportedVersion):
-			code, text = pb.FailureCode_FAILURE_UNSUPPORTED_VERSION, fmt.Sprintf("unsupported protocol version; this device speaks %d", protocol.Version)
-		case errors.Is(err, protocol.ErrEmptyEnvelope):
-			text = "envelope carries no message this version knows"
-		}
-		d.log.Debug("device: bad envelope", "cid", cid, "err", err)
-		if d.op != nil && d.op.cid == cid {
-			d.abortOp()
-		}
-		d.sendFailure(cid, code, text)
+		d.refuseEnvelope(cid, nil, err)
 		return
 	}
 	m := protocol.Unwrap(env)
+	sm, ok := m.(*pb.SecureMessage)
+	if !ok {
+		d.handleMessage(cid, nil, m)
+		return
+	}
+	if op := d.op; op != nil && op.cid != cid {
+		// Another channel's request holds the user. The message is not
+		// opened, so the channel's peer learns it was refused.
+		d.sendFailure(cid, pb.FailureCode_FAILURE_BUSY, "device is busy with another request")
+		return
+	}
+	sc := d.sc
+	if sc == nil || sc.sess == nil {
+		if d.op != nil {
+			d.abortOp()
+		}
+		d.sendFailure(cid, pb.FailureCode_FAILURE_CHANNEL, "no secure channel; the core must run a handshake")
+		return
+	}
+	pt, err := sc.sess.Open(sm.GetCiphertext())
+	if err != nil {
+		d.log.Warn("device: secure message failed authentication; channel closed", "cid", fmt.Sprintf("%08x", cid))
+		d.closeChannel()
+		d.sendFailure(cid, pb.FailureCode_FAILURE_CHANNEL, "secure message failed authentication; the channel is closed")
+		return
+	}
+	inner, err := protocol.DecodeEnvelope(pt)
+	if err != nil {
+		d.refuseEnvelope(cid, sc, err)
+		return
+	}
+	d.handleMessage(cid, sc, protocol.Unwrap(inner))
+}
+
+// refuseEnvelope answers an envelope that failed to decode (framing.md §7),
+// abandoning the request pending on cid.
+func (d *Device) refuseEnvelope(cid uint32, sc *secureChannel, err error) {
+	code := pb.FailureCode_FAILURE_DATA_ERROR
+	text := "malformed envelope"
+	switch {
+	case errors.Is(err, protocol.ErrUnsupportedVersion):
+		code, text = pb.FailureCode_FAILURE_UNSUPPORTED_VERSION, fmt.Sprintf("unsupported protocol version; this device speaks %d", protocol.Version)
+	case errors.Is(err, protocol.ErrEmptyEnvelope):
+		text = "envelope carries no message this version knows"
+	}
+	d.log.Debug("device: bad envelope", "cid", cid, "secure", sc != nil, "err", err)
+	if d.op != nil && d.op.cid == cid {
+		d.abortOp()
+	}
+	d.answer(cid, sc, &pb.Failure{Code: code, Message: text})
+}
+
+// handleMessage acts on one message received on cid, in plain (sc nil) or
+// through the secure channel sc; answers go back the same way.
+func (d *Device) handleMessage(cid uint32, sc *secureChannel, m proto.Message) {
 	if op := d.op; op != nil {
 		if op.cid != cid {
 			// Another channel has an operation waiting for the user.
 			switch m.(type) {
 			case *pb.GetFeatures:
-				d.send(cid, d.features)
+				d.answer(cid, sc, d.features)
 			case *pb.Cancel:
 			default:
-				d.sendFailure(cid, pb.FailureCode_FAILURE_BUSY, "device is busy with another request")
+				d.answer(cid, sc, &pb.Failure{Code: pb.FailureCode_FAILURE_BUSY, Message: "device is busy with another request"})
 			}
 			return
 		}
-		switch m.(type) {
+		switch m := m.(type) {
 		case *pb.Cancel:
 			d.cancelOp(pb.FailureCode_FAILURE_ACTION_CANCELLED, "cancelled by the host")
+			return
 		case *pb.ButtonAck:
-			if op.state != opWaitAck {
-				d.abortOp()
-				d.sendFailure(cid, pb.FailureCode_FAILURE_UNEXPECTED_MESSAGE, "unexpected ButtonAck")
+			if op.state == opWaitAck && op.secure == sc {
+				op.state = opWaitUser
+				op.lastSent = d.now()
+				d.showPrompt()
+				d.applyRules()
 				return
 			}
-			op.state = opWaitUser
-			op.lastSent = d.now()
-			d.showPrompt()
-			d.applyRules()
-		default:
-			d.abortOp()
-			d.sendFailure(cid, pb.FailureCode_FAILURE_UNEXPECTED_MESSAGE, fmt.Sprintf("unexpected %s while waiting for the user", messageName(m)))
+		case *pb.HandshakeInit:
+			if sc == nil {
+				// A new handshake discards the channel, and with it
+				// the request that waits on this framing channel.
+				d.abortOp()
+				d.startHandshake(cid, m)
+				return
+			}
 		}
+		d.abortOp()
+		d.answer(cid, sc, &pb.Failure{Code: pb.FailureCode_FAILURE_UNEXPECTED_MESSAGE, Message: fmt.Sprintf("unexpected %s while waiting for the user", messageName(m))})
+		return
+	}
+	if sc != nil && !sc.pinned && !pairingMessage(m) {
+		d.answer(cid, sc, &pb.Failure{Code: pb.FailureCode_FAILURE_NOT_PAIRED, Message: fmt.Sprintf("%s refused: this channel is for pairing only", messageName(m))})
 		return
 	}
 	switch m := m.(type) {
 	case *pb.GetFeatures:
-		d.send(cid, d.features)
+		d.answer(cid, sc, d.features)
 	case *pb.Ping:
 		if !m.ButtonProtection {
-			d.send(cid, &pb.Success{Message: m.Message})
+			d.answer(cid, sc, &pb.Success{Message: m.Message})
 			return
 		}
 		pages, err := Layout(Document{Title: "Confirm ping", Body: m.Message})
 		if err != nil {
-			d.sendFailure(cid, pb.FailureCode_FAILURE_DATA_ERROR, "ping message cannot be shown: "+strings.TrimPrefix(err.Error(), "emulator: "))
+			d.answer(cid, sc, &pb.Failure{Code: pb.FailureCode_FAILURE_DATA_ERROR, Message: "ping message cannot be shown: " + strings.TrimPrefix(err.Error(), "emulator: ")})
 			return
 		}
-		d.op = &operation{cid: cid, state: opWaitAck, pages: pages, reply: &pb.Success{Message: m.Message}}
+		d.op = &operation{cid: cid, state: opWaitAck, title: "ping", pages: pages, secure: sc,
+			confirm: &pb.Success{Message: m.Message},
+			reject:  &pb.Failure{Code: pb.FailureCode_FAILURE_ACTION_REJECTED, Message: "rejected on the device"}}
 		d.log.Info("device: waiting for the user", "cid", fmt.Sprintf("%08x", cid), "request", "ping")
-		d.send(cid, &pb.ButtonRequest{Code: pb.ButtonRequestCode_BUTTON_REQUEST_CONFIRM_ACTION})
+		d.answer(cid, sc, &pb.ButtonRequest{Code: pb.ButtonRequestCode_BUTTON_REQUEST_CONFIRM_ACTION})
 	case *pb.Cancel:
-		// Nothing in progress: ignored.
+		// Nothing waits for the user: ignored, but a pairing that
+		// waits for PairingFinish ends (the operator rejected).
+		if sc != nil && sc.pair != nil {
+			d.endPairing(sc, "cancelled by the core")
+		}
+	case *pb.HandshakeInit:
+		if sc != nil {
+			d.answer(cid, sc, &pb.Failure{Code: pb.FailureCode_FAILURE_UNEXPECTED_MESSAGE, Message: "HandshakeInit inside the channel"})
+			return
+		}
+		d.startHandshake(cid, m)
+	case *pb.HandshakeFinish:
+		if sc != nil {
+			d.answer(cid, sc, &pb.Failure{Code: pb.FailureCode_FAILURE_UNEXPECTED_MESSAGE, Message: "HandshakeFinish inside the channel"})
+			return
+		}
+		d.finishHandshake(cid, m)
+	case *pb.PairingRequest, *pb.PairingChallenge, *pb.PairingConfirm, *pb.PairingFinish:
+		if sc == nil {
+			d.sendFailure(cid, pb.FailureCode_FAILURE_NOT_PAIRED, fmt.Sprintf("%s is valid only inside the secure channel", messageName(m)))
+			return
+		}
+		d.handlePairing(cid, sc, m)
 	default:
-		d.sendFailure(cid, pb.FailureCode_FAILURE_UNEXPECTED_MESSAGE, fmt.Sprintf("unexpected %s", messageName(m)))
+		if sc != nil && sc.pair != nil {
+			// A ButtonAck with no ButtonRequest, say: out of order.
+			d.endPairing(sc, "message out of order")
+		}
+		d.answer(cid, sc, &pb.Failure{Code: pb.FailureCode_FAILURE_UNEXPECTED_MESSAGE, Message: fmt.Sprintf("unexpected %s", messageName(m))})
 	}
 }
 
@@ -421,15 +531,25 @@ func (d *Device) press(b Button) error {
 		op.page--
 		d.showPrompt()
 	case ButtonConfirm:
-		d.log.Info("device: user confirmed", "cid", fmt.Sprintf("%08x", op.cid))
-		d.op = nil
-		d.showHome()
-		d.send(op.cid, op.reply)
+		d.log.Info("device: user confirmed", "cid", fmt.Sprintf("%08x", op.cid), "request", op.title)
+		d.finishOp(opConfirmed, op.confirm)
 	case ButtonReject:
-		d.log.Info("device: user rejected", "cid", fmt.Sprintf("%08x", op.cid))
-		d.cancelOp(pb.FailureCode_FAILURE_ACTION_REJECTED, "rejected on the device")
+		d.log.Info("device: user rejected", "cid", fmt.Sprintf("%08x", op.cid), "request", op.title)
+		d.finishOp(opRejected, op.reject)
 	}
 	return nil
+}
+
+// finishOp ends the pending operation with result and sends answer on its
+// channel, the way its request came.
+func (d *Device) finishOp(result opResult, answer proto.Message) {
+	op := d.op
+	d.op = nil
+	if op.end != nil {
+		op.end(result)
+	}
+	d.showHome()
+	d.answer(op.cid, op.secure, answer)
 }
 
 func hasButton(bs []Button, b Button) bool {
@@ -480,19 +600,46 @@ func (d *Device) applyRules() {
 
 // cancelOp ends the pending operation with a Failure to its channel.
 func (d *Device) cancelOp(code pb.FailureCode, text string) {
-	cid := d.op.cid
-	d.abortOp()
-	d.sendFailure(cid, code, text)
+	d.finishOp(opAbandoned, &pb.Failure{Code: code, Message: text})
 }
 
 // abortOp drops the pending operation without answering it.
 func (d *Device) abortOp() {
+	op := d.op
 	d.op = nil
+	if op.end != nil {
+		op.end(opAbandoned)
+	}
 	d.showHome()
 }
 
 func (d *Device) sendFailure(cid uint32, code pb.FailureCode, text string) {
 	d.send(cid, &pb.Failure{Code: code, Message: text})
+}
+
+// answer sends m on cid: sealed in the secure channel sc, or in plain if
+// sc is nil. A channel closed meanwhile swallows the answer: its peer
+// must run a new handshake anyway.
+func (d *Device) answer(cid uint32, sc *secureChannel, m proto.Message) {
+	if sc == nil {
+		d.send(cid, m)
+		return
+	}
+	inner, err := protocol.EncodeEnvelope(m)
+	if err != nil {
+		d.log.Error("device: encode answer", "err", err)
+		return
+	}
+	if sc != d.sc || sc.sess == nil {
+		d.log.Debug("device: answer for a closed secure channel dropped", "cid", cid)
+		return
+	}
+	ct, err := sc.sess.Seal(inner)
+	if err != nil {
+		d.log.Debug("device: seal answer", "err", err)
+		return
+	}
+	d.send(cid, &pb.SecureMessage{Ciphertext: ct})
 }
 
 // send encodes m in an envelope and sends it on cid as CmdMsg.
@@ -535,19 +682,29 @@ func (d *Device) View() (View, <-chan struct{}) {
 	return v, d.changed
 }
 
-func (d *Device) setView(kind string, pages []Page, page int, buttons []Button) {
-	d.view = View{Seq: d.view.Seq + 1, Kind: kind, Page: pages[page], Buttons: buttons, Text: documentText(pages)}
+func (d *Device) setView(kind string, pages []Page, page int, buttons []Button, fields map[string]string) {
+	d.view = View{Seq: d.view.Seq + 1, Kind: kind, Page: pages[page], Buttons: buttons, Text: documentText(pages), Fields: fields}
 	close(d.changed)
 	d.changed = make(chan struct{})
 }
 
+// showHome shows the home screen: the label, the device id and, once
+// paired, the HSM and the user it is paired for.
 func (d *Device) showHome() {
 	label := printable(d.store.Label())
-	pages, err := Layout(Document{Title: "OpenCustody", Body: label + "\n\nID " + d.store.Identity().DeviceID() + "\nReady"})
+	id := d.store.Identity().DeviceID()
+	fields := map[string]string{FieldDeviceID: id}
+	body := label + "\n\nID " + id + "\nReady"
+	if p := d.store.Pin(); p != nil {
+		fp, role := p.Fingerprint(), roleName(p.Role)
+		body = label + "\nID " + id + "\nPaired with HSM\n" + fp + "\nas " + printable(p.User) + " (" + role + ")"
+		fields[FieldHSMFingerprint], fields[FieldUser], fields[FieldRole] = fp, p.User, role
+	}
+	pages, err := Layout(Document{Title: "OpenCustody", Body: body})
 	if err != nil {
 		pages, _ = Layout(Document{Title: "OpenCustody"})
 	}
-	d.setView("home", pages, 0, nil)
+	d.setView(KindHome, pages, 0, nil, fields)
 }
 
 func (d *Device) showPrompt() {
@@ -563,7 +720,7 @@ func (d *Device) showPrompt() {
 	if op.page == len(op.pages)-1 {
 		bs = append(bs, ButtonConfirm)
 	}
-	d.setView("prompt", op.pages, op.page, bs)
+	d.setView(KindPrompt, op.pages, op.page, bs, op.fields)
 }
 
 // printable replaces what the screen cannot show with '?'.

@@ -20,9 +20,10 @@
 //
 // # Pieces
 //
-//   - [Store]: the persistent state (identity key, monotonic counter, label),
-//     written atomically so that a crash at any moment leaves the old state
-//     or the new one.
+//   - [Store]: the persistent state (identity key, monotonic counter, label,
+//     channel key and device credential, the pinned HSM and the freshness
+//     mark of its credentials), written atomically so that a crash at any
+//     moment leaves the old state or the new one.
 //   - [Device]: the device logic — framing, channels, messages, screen and
 //     buttons — without I/O: reports in through [Device.HandleReport],
 //     answers out through a [Host], buttons through [Device.Press], time
@@ -36,15 +37,46 @@
 //     [github.com/opencustodynet/opencustody/emulator/debuglink] is its
 //     client.
 //
+// # Secure channel and pairing
+//
+// The device speaks the device side of firmware-spec/channel.md. At first
+// boot the [Store] makes an X25519 channel key and a device credential
+// (role device, valid from 0 to [signed.Forever]) signed by the identity
+// key. A core opens the channel with HandshakeInit and HandshakeFinish;
+// the device accepts it as a full channel only if the core's credential is
+// signed by the HSM identity key it pinned ([Store.Pin]) and is fresh:
+// a device has no clock, so it refuses a credential that expired before
+// the newest one it accepted from that HSM was issued ([Store.Newest]). An
+// unpaired device accepts any core whose credential verifies, but only
+// for a pairing session; a paired device refuses every other HSM. The
+// device holds one channel; a new HandshakeInit discards it, and a
+// SecureMessage that fails to decrypt closes it (FAILURE_CHANNEL).
+//
+// Pairing runs inside a pairing session: commitment, challenge, reveal,
+// then the pairing screen ("Pair with HSM": the HSM fingerprint the device
+// computed from the core's key, the user and role, and the code as
+// "123 456"). Once the user confirmed and the core sent PairingFinish, the
+// device pins the HSM key with the user and role, writes its state, and
+// only then answers Success. The home screen then shows "Paired with HSM",
+// the fingerprint and the user. The debug link serves the values a screen
+// shows as [View].Fields ([FieldCode], [FieldHSMFingerprint], ...), so
+// that tests read the pairing code without parsing the screen.
+//
+// Features carries an attestation chain under the development root
+// (signed.DevelopmentAttestation with subject [AttestationSubject]),
+// deterministic for a given identity key.
+//
 // # Determinism
 //
 // Randomness comes from [Options].Rand (and [Config].Rand); with
-// [SeededRand] a fresh state directory always gets the same identity key and
-// the device hands out the same channel ids, which is how
-// firmware-spec/vectors/device_*.json are made. Time comes from [Config].Now.
+// [SeededRand] a fresh state directory always gets the same identity and
+// channel keys and the device hands out the same channel ids, ephemeral
+// keys and pairing secrets, which is how firmware-spec/vectors/device_*.json
+// are made. Time comes from [Config].Now.
 //
 // # Logging
 //
-// Logs go to [Options].Logger. Screen contents, message payloads and keys are
-// never logged above debug level.
+// Logs go to [Options].Logger. Screen contents (user names, codes,
+// fingerprints), message payloads and keys are never logged above debug
+// level.
 package emulator

@@ -1,12 +1,19 @@
 package emulator
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/hex"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/opencustodynet/opencustody/protocol"
 	"github.com/opencustodynet/opencustody/protocol/framing"
+	"github.com/opencustodynet/opencustody/protocol/pb"
 )
 
 // fuzzActions maps an action byte to what happens after a report.
@@ -110,4 +117,174 @@ func FuzzDeviceReports(f *testing.F) {
 			t.Fatalf("bad view %+v", v)
 		}
 	})
+}
+
+// FuzzChannelMessages opens a secure channel between a fresh, unpaired
+// device and a core, then lets the fuzzer choose the envelopes the core
+// sends through it (sealed, tampered or in plain) and what the user and
+// the relay do between them. It checks that the device never panics,
+// that every report it sends is well formed, that every SecureMessage it
+// sends opens under the core's session in order and carries a valid
+// envelope, and that it pins the core only after its user confirmed the
+// pairing screen. Seeds are pairings, complete and cut short.
+func FuzzChannelMessages(f *testing.F) {
+	template, _, err := OpenStore(StoreRequest{Dir: f.TempDir(), Algorithm: AlgEd25519, Rand: SeededRand("fuzz channel")})
+	if err != nil {
+		f.Fatal(err)
+	}
+	state, err := os.ReadFile(template.path())
+	if err != nil {
+		f.Fatal(err)
+	}
+	hsm := newCoreKey(f, "hsm", issuedAt, expiresAt)
+
+	pack := func(ms ...proto.Message) []byte {
+		var b []byte
+		for _, m := range ms {
+			e := encode(f, m)
+			b = binary.BigEndian.AppendUint16(b, uint16(len(e)))
+			b = append(b, e...)
+		}
+		return b
+	}
+	request := &pb.PairingRequest{User: "alice", Role: pb.PairingRole_PAIRING_ROLE_ADMIN}
+	challenge := &pb.PairingChallenge{Challenge: bytes.Repeat([]byte{7}, 32)}
+	pairing := []proto.Message{request, challenge, &pb.PairingConfirm{}, &pb.ButtonAck{}, &pb.PairingFinish{}, &pb.GetFeatures{}}
+	f.Add(pack(pairing...), []byte{0, 0, 0, fuzzConfirm, 0, 0})
+	f.Add(pack(pairing...), []byte{0, 0, 0, fuzzReject, 0, 0})
+	f.Add(pack(pairing...), []byte{0, 0, 0, fuzzCancelCmd, 0, 0})
+	f.Add(pack(pairing...), []byte{0, fuzzTamper, 0, 0, 0, 0})
+	f.Add(pack(pairing...), []byte{0, 0, fuzzPlain, 0, 0, 0})
+	f.Add(pack(request, &pb.Cancel{}, challenge, &pb.Ping{Message: "x", ButtonProtection: true}, &pb.ButtonAck{}), []byte{0, 0, 0, 0, fuzzConfirm})
+	f.Add(pack(&pb.HandshakeInit{Noise: make([]byte, 32)}, request), []byte{fuzzPlain, 0})
+
+	f.Fuzz(func(t *testing.T, data, actions []byte) {
+		dir := memoryDir(t)
+		if err := os.WriteFile(filepath.Join(dir, StateFile), state, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		store, _, err := OpenStore(StoreRequest{Dir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := &harness{t: t, host: &recorder{}, now: time.Unix(1700000000, 0)}
+		if h.d, err = New(Config{Store: store, Rand: SeededRand("fuzz device"), Now: h.clock}); err != nil {
+			t.Fatal(err)
+		}
+		h.allocate()
+		c := newTestCore(t, hsm, "fuzz")
+		openChannel(t, h, c)
+
+		var sent []proto.Message // what the device sent, opened
+		check := func(reports [][]byte) {
+			for _, m := range messages(t, reports) {
+				if m.Cmd != framing.CmdMsg {
+					continue
+				}
+				env, err := protocol.DecodeEnvelope(m.Data)
+				if err != nil {
+					t.Fatalf("device sent a bad envelope: %v", err)
+				}
+				msg := protocol.Unwrap(env)
+				if sm, ok := msg.(*pb.SecureMessage); ok {
+					pt, err := c.sess.Open(sm.GetCiphertext())
+					if err != nil {
+						t.Fatalf("device sent a SecureMessage the core cannot open: %v", err)
+					}
+					inner, err := protocol.DecodeEnvelope(pt)
+					if err != nil {
+						t.Fatalf("device sealed a bad envelope: %v", err)
+					}
+					msg = protocol.Unwrap(inner)
+				}
+				sent = append(sent, msg)
+			}
+		}
+		for i := 0; len(data) >= 2; i++ {
+			n := min(int(binary.BigEndian.Uint16(data)), len(data)-2, protocol.MaxEnvelopeSize-64)
+			inner := data[2 : 2+n]
+			data = data[2+n:]
+			var a byte
+			if i < len(actions) {
+				a = actions[i]
+			}
+			var env []byte
+			switch a {
+			case fuzzPlain:
+				env = inner
+			case fuzzTamper:
+				ct, _ := c.sess.Seal(inner)
+				if len(ct) > 0 {
+					ct[len(ct)-1] ^= 1
+				}
+				env = encode(t, &pb.SecureMessage{Ciphertext: ct})
+			default:
+				ct, err := c.sess.Seal(inner)
+				if err != nil {
+					t.Fatal(err)
+				}
+				env = encode(t, &pb.SecureMessage{Ciphertext: ct})
+			}
+			reports, err := framing.Fragment(h.cid, framing.CmdMsg, env)
+			if err != nil {
+				continue
+			}
+			for _, r := range reports {
+				h.d.HandleReport(h.host, r)
+			}
+			switch a {
+			case fuzzConfirm, fuzzReject, fuzzNext, fuzzPrev:
+				for _, b := range []Button{ButtonConfirm, ButtonReject, ButtonNext, ButtonPrev}[a-fuzzConfirm : a-fuzzConfirm+1] {
+					h.d.Press(b)
+				}
+			case fuzzCancelCmd:
+				rs, _ := framing.Fragment(h.cid, framing.CmdCancel, nil)
+				h.d.HandleReport(h.host, rs[0])
+			case fuzzTick:
+				h.advance(time.Second)
+				h.d.Tick()
+			}
+			check(h.host.take())
+		}
+		if pin := store.Pin(); pin != nil {
+			confirmed := false
+			for _, m := range sent {
+				if d, ok := m.(*pb.PairingDecision); ok && d.GetConfirmed() {
+					confirmed = true
+				}
+			}
+			if !confirmed || !bytes.Equal(pin.PublicKey, hsm.id.PublicKey()) {
+				t.Fatalf("device pinned %x without its user confirming the pairing of this core", pin.PublicKey)
+			}
+		}
+		v, _ := h.d.View()
+		if v.Page.Index < 0 || v.Page.Index >= v.Page.Count || len(v.Page.Lines) != BodyRows {
+			t.Fatalf("bad view %+v", v)
+		}
+	})
+}
+
+// Actions of FuzzChannelMessages, after each envelope.
+const (
+	fuzzNothing   byte = iota
+	fuzzPlain          // send the envelope in plain instead of sealed
+	fuzzTamper         // seal it, then flip a bit
+	fuzzConfirm        // press confirm after it
+	fuzzReject         // press reject
+	fuzzNext           // press next
+	fuzzPrev           // press prev
+	fuzzCancelCmd      // send the CANCEL command after it
+	fuzzTick           // let a second pass
+)
+
+// memoryDir returns a temporary directory in memory (/dev/shm) where there
+// is one, so that the state's fsyncs do not slow fuzzing down; otherwise
+// an ordinary one.
+func memoryDir(t *testing.T) string {
+	dir, err := os.MkdirTemp("/dev/shm", "opencustody-fuzz-")
+	if err != nil {
+		return t.TempDir()
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }

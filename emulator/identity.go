@@ -1,17 +1,13 @@
 package emulator
 
 import (
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 
 	"github.com/btcsuite/btcd/btcec/v2"
 
 	"github.com/opencustodynet/opencustody/protocol/pb"
+	"github.com/opencustodynet/opencustody/protocol/signed"
 )
 
 // Algorithm names as used by --algorithm and in the state file.
@@ -48,12 +44,12 @@ func algorithmName(a pb.Algorithm) string {
 }
 
 // Identity is the device identity key: the long-term key that names the
-// device and, in later protocol features, signs its approvals.
+// device, signs its channel credential and, in later protocol features,
+// its approvals. The emulator keeps it in its state file; a real device
+// keeps it in a secure element.
 type Identity struct {
 	Algorithm pb.Algorithm
-	// private is the 32-byte private scalar (ECDSA) or seed (Ed25519).
-	private []byte
-	public  []byte
+	key       *signed.SoftwareKey
 }
 
 // newIdentity derives an identity key of algorithm alg from 32-byte
@@ -75,48 +71,36 @@ func newIdentity(alg pb.Algorithm, rand io.Reader) (*Identity, error) {
 	return nil, fmt.Errorf("emulator: no valid %s key from the random source", algorithmName(alg))
 }
 
-// identityFromPrivate rebuilds an identity from its stored private bytes.
+// identityFromPrivate rebuilds an identity from its stored private bytes
+// (the Ed25519 seed or the ECDSA scalar). A scalar outside [1, n-1] is
+// refused rather than reduced, so that one stored value names one key.
 func identityFromPrivate(alg pb.Algorithm, priv []byte) (*Identity, error) {
-	id := &Identity{Algorithm: alg, private: append([]byte(nil), priv...)}
-	switch alg {
-	case pb.Algorithm_ALGORITHM_ED25519:
-		if len(priv) != ed25519.SeedSize {
-			return nil, fmt.Errorf("emulator: ed25519 seed is %d bytes, want %d", len(priv), ed25519.SeedSize)
-		}
-		id.public = ed25519.NewKeyFromSeed(priv).Public().(ed25519.PublicKey)
-	case pb.Algorithm_ALGORITHM_ECDSA_P256:
-		k, err := ecdsa.ParseRawPrivateKey(elliptic.P256(), priv)
-		if err != nil {
-			return nil, fmt.Errorf("emulator: p256 private key: %w", err)
-		}
-		u, err := k.PublicKey.Bytes() // 0x04 || X || Y
-		if err != nil {
-			return nil, fmt.Errorf("emulator: p256 public key: %w", err)
-		}
-		id.public = append([]byte{0x02 | u[64]&1}, u[1:33]...)
-	case pb.Algorithm_ALGORITHM_ECDSA_SECP256K1:
-		if len(priv) != 32 {
-			return nil, fmt.Errorf("emulator: secp256k1 private key is %d bytes, want 32", len(priv))
-		}
+	if alg == pb.Algorithm_ALGORITHM_ECDSA_SECP256K1 && len(priv) == 32 {
 		var s btcec.ModNScalar
 		if overflow := s.SetByteSlice(priv); overflow || s.IsZero() {
 			return nil, fmt.Errorf("emulator: secp256k1 private key out of range")
 		}
-		k, _ := btcec.PrivKeyFromBytes(priv)
-		id.public = k.PubKey().SerializeCompressed()
-	default:
-		return nil, fmt.Errorf("emulator: unsupported identity algorithm %v", alg)
 	}
-	return id, nil
+	k, err := signed.SoftwareKeyFromBytes(alg, priv)
+	if err != nil {
+		return nil, fmt.Errorf("emulator: identity key: %w", err)
+	}
+	return &Identity{Algorithm: alg, key: k}, nil
 }
 
 // PublicKey returns the public key in the protocol's encoding: 32 bytes for
 // Ed25519, the 33-byte compressed SEC1 point for ECDSA.
-func (id *Identity) PublicKey() []byte { return append([]byte(nil), id.public...) }
+func (id *Identity) PublicKey() []byte { return id.key.PublicKey() }
 
 // DeviceID is the stable device id: the first 8 bytes of SHA-256 of the
-// public key, in hex.
-func (id *Identity) DeviceID() string {
-	h := sha256.Sum256(id.public)
-	return hex.EncodeToString(h[:8])
-}
+// public key, in hex ([signed.DeviceID]).
+func (id *Identity) DeviceID() string { return signed.DeviceID(id.key.PublicKey()) }
+
+// Fingerprint is the identity key's fingerprint ([signed.Fingerprint]).
+func (id *Identity) Fingerprint() string { return signed.Fingerprint(id.Algorithm, id.key.PublicKey()) }
+
+// signer returns the key as a [signed.Signer].
+func (id *Identity) signer() signed.Signer { return id.key }
+
+// private returns the 32-byte private encoding for the state file.
+func (id *Identity) private() []byte { return id.key.Bytes() }

@@ -170,7 +170,7 @@ func splitWords(s string) []string {
 type View struct {
 	// Seq increases every time the screen changes.
 	Seq uint64
-	// Kind is "home" for the idle screen and "prompt" while the device
+	// Kind is [KindHome] for the idle screen and [KindPrompt] while the device
 	// waits for the user.
 	Kind string
 	Page Page
@@ -179,7 +179,37 @@ type View struct {
 	// Text is the whole document's text, every page, one line per line,
 	// pages separated by an empty line; automation rules match it.
 	Text string
+	// Fields are the values the screen shows, by name ([FieldCode] and
+	// the other Field constants), for tests that read them through the
+	// debug link rather than parse Text. Nil when the screen shows none.
+	// Do not modify.
+	Fields map[string]string
 }
+
+// Kinds of screen ([View].Kind).
+const (
+	// KindHome is the idle screen.
+	KindHome = "home"
+	// KindPrompt is a request waiting for the user: a protected ping, or
+	// the pairing screen.
+	KindPrompt = "prompt"
+)
+
+// Names of [View].Fields.
+const (
+	// FieldDeviceID is the device id (home screen).
+	FieldDeviceID = "device_id"
+	// FieldHSMFingerprint is the fingerprint of the HSM identity key: the
+	// pinned one on the home screen, the one the device is asked to pin
+	// on the pairing screen.
+	FieldHSMFingerprint = "hsm_fingerprint"
+	// FieldUser and FieldRole are the user and role the device is, or is
+	// to be, paired for.
+	FieldUser = "user"
+	FieldRole = "role"
+	// FieldCode is the pairing code as shown, "123 456" (pairing screen).
+	FieldCode = "code"
+)
 
 // Footer returns the footer row drawn under the body: a reject mark, the
 // page number with prev/next marks, and a confirm mark when confirming is

@@ -1,6 +1,7 @@
 package emulator
 
 import (
+	"bytes"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,14 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
+
+	"github.com/flynn/noise"
+	"golang.org/x/crypto/curve25519"
+
+	"github.com/opencustodynet/opencustody/protocol/channel"
+	"github.com/opencustodynet/opencustody/protocol/pb"
+	"github.com/opencustodynet/opencustody/protocol/signed"
 )
 
 // StateFile is the name of the state file inside a state directory.
@@ -18,9 +27,9 @@ const StateFile = "state.json"
 // stateFormat is the version of the state file's layout.
 const stateFormat = 1
 
-// stateJSON is the state file's layout. Later protocol features (pinned HSM
-// keys, pairings) add their fields here; a field is added with the feature
-// that fills it.
+// stateJSON is the state file's layout. Fields added after the first
+// release are optional, so that an older state file still loads (and gets
+// them filled in).
 type stateJSON struct {
 	// Format is [stateFormat].
 	Format int `json:"format"`
@@ -35,6 +44,79 @@ type stateJSON struct {
 	Counter uint64 `json:"counter"`
 	// Label is the owner's name for the device.
 	Label string `json:"label"`
+	// ChannelPrivateKey is the private X25519 key of the device's Noise
+	// static key, hex (firmware-spec/channel.md §2).
+	ChannelPrivateKey string `json:"channel_private_key,omitempty"`
+	// Credential is the device channel credential that binds the channel
+	// key to the identity key, made once (channel.md §3), hex.
+	Credential string `json:"credential,omitempty"`
+	// Pin is the HSM the device paired with; absent before pairing.
+	Pin *pinJSON `json:"pin,omitempty"`
+	// Newest is the greatest not_before, in Unix seconds, of a core
+	// credential accepted from the pinned HSM (channel.md §3.3).
+	Newest uint64 `json:"newest,omitempty"`
+}
+
+// pinJSON is a [Pin] in the state file.
+type pinJSON struct {
+	Algorithm string `json:"algorithm"`
+	PublicKey string `json:"public_key"`
+	User      string `json:"user"`
+	Role      string `json:"role"`
+}
+
+// Pin is the custody core a device is paired with: the HSM identity key it
+// accepts channels from, and the user and role it was paired for.
+type Pin struct {
+	Algorithm pb.Algorithm
+	PublicKey []byte
+	User      string
+	Role      pb.PairingRole
+}
+
+// Fingerprint is the HSM identity key's fingerprint, as the pairing screen
+// showed it.
+func (p *Pin) Fingerprint() string { return signed.Fingerprint(p.Algorithm, p.PublicKey) }
+
+// roleName is how a pairing role is shown and stored.
+func roleName(r pb.PairingRole) string {
+	switch r {
+	case pb.PairingRole_PAIRING_ROLE_ADMIN:
+		return "admin"
+	case pb.PairingRole_PAIRING_ROLE_APPROVER:
+		return "approver"
+	}
+	return ""
+}
+
+func parseRoleName(s string) (pb.PairingRole, bool) {
+	switch s {
+	case "admin":
+		return pb.PairingRole_PAIRING_ROLE_ADMIN, true
+	case "approver":
+		return pb.PairingRole_PAIRING_ROLE_APPROVER, true
+	}
+	return pb.PairingRole_PAIRING_ROLE_UNSPECIFIED, false
+}
+
+func (p *Pin) toJSON() *pinJSON {
+	return &pinJSON{Algorithm: p.Algorithm.String(), PublicKey: hex.EncodeToString(p.PublicKey), User: p.User, Role: roleName(p.Role)}
+}
+
+func (j *pinJSON) pin() (*Pin, error) {
+	alg, ok := pb.Algorithm_value[j.Algorithm]
+	if !ok {
+		return nil, fmt.Errorf("pin: unknown algorithm %q", j.Algorithm)
+	}
+	key, err := hex.DecodeString(j.PublicKey)
+	if err != nil || len(key) == 0 {
+		return nil, errors.New("pin: public key is not hex")
+	}
+	role, ok := parseRoleName(j.Role)
+	if !ok {
+		return nil, fmt.Errorf("pin: unknown role %q", j.Role)
+	}
+	return &Pin{Algorithm: pb.Algorithm(alg), PublicKey: key, User: j.User, Role: role}, nil
 }
 
 // StoreRequest says how to open or create a state directory.
@@ -51,7 +133,10 @@ type StoreRequest struct {
 	Rand io.Reader
 }
 
-// Store is a device's persistent state in a directory. Every change is
+// Store is a device's persistent state in a directory: the identity key,
+// the counter, the label, the channel key and device credential, and once
+// paired the pinned HSM ([Store.Pin]) and the freshness mark of its
+// credentials ([Store.Newest]). Every change is
 // written atomically: a temporary file in the same directory is written and
 // fsynced, renamed over the state file, and the directory is fsynced, so a
 // crash at any moment leaves either the old or the new state, never a mix.
@@ -61,9 +146,12 @@ type StoreRequest struct {
 type Store struct {
 	dir string
 
-	mu       sync.Mutex // guards state; held across writes so changes are ordered
+	mu       sync.Mutex // guards state and pin; held across writes so changes are ordered
 	state    stateJSON
-	identity *Identity // immutable
+	pin      *Pin               // parsed state.Pin
+	identity *Identity          // immutable
+	static   noise.DHKey        // immutable: the channel key
+	cred     *signed.Credential // immutable: the device credential
 }
 
 // OpenStore loads the state in req.Dir, or creates it with a new identity
@@ -93,6 +181,20 @@ func OpenStore(req StoreRequest) (s *Store, created bool, err error) {
 		if alg != "" && alg != s.state.Algorithm {
 			return nil, false, fmt.Errorf("emulator: state in %s holds a %s identity key, not %s (use another --state directory)", req.Dir, s.state.Algorithm, alg)
 		}
+		if s.cred == nil {
+			// A state from before the secure channel: add the channel
+			// key now, once.
+			rand := req.Rand
+			if rand == nil {
+				rand = cryptoRand
+			}
+			if err := s.makeChannelKey(rand); err != nil {
+				return nil, false, err
+			}
+			if err := s.write(s.state); err != nil {
+				return nil, false, err
+			}
+		}
 		return s, false, nil
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, false, fmt.Errorf("emulator: read state: %w", err)
@@ -117,11 +219,33 @@ func OpenStore(req StoreRequest) (s *Store, created bool, err error) {
 		label = "OpenCustody emulator"
 	}
 	s.identity = id
-	s.state = stateJSON{Format: stateFormat, Algorithm: alg, IdentityPrivateKey: hex.EncodeToString(id.private), Label: label}
+	s.state = stateJSON{Format: stateFormat, Algorithm: alg, IdentityPrivateKey: hex.EncodeToString(id.private()), Label: label}
+	if err := s.makeChannelKey(rand); err != nil {
+		return nil, false, err
+	}
 	if err := s.write(s.state); err != nil {
 		return nil, false, err
 	}
 	return s, true, nil
+}
+
+// makeChannelKey makes the device's channel key and its credential, once:
+// the credential never expires (not_before 0, not_after forever), since a
+// device has no clock to renew it by.
+func (s *Store) makeChannelKey(rand io.Reader) error {
+	st, err := channel.GenerateStatic(rand)
+	if err != nil {
+		return fmt.Errorf("emulator: channel key: %w", err)
+	}
+	cred := &signed.Credential{Role: signed.RoleDevice, NotBefore: time.Unix(0, 0), NotAfter: signed.Forever}
+	copy(cred.StaticKey[:], st.Public)
+	if err := cred.Sign(s.identity.signer()); err != nil {
+		return fmt.Errorf("emulator: device credential: %w", err)
+	}
+	s.static, s.cred = st, cred
+	s.state.ChannelPrivateKey = hex.EncodeToString(st.Private)
+	s.state.Credential = hex.EncodeToString(cred.Marshal())
+	return nil
 }
 
 func (s *Store) path() string { return filepath.Join(s.dir, StateFile) }
@@ -147,6 +271,43 @@ func (s *Store) load(b []byte) error {
 		return fmt.Errorf("emulator: state file %s: %w", s.path(), err)
 	}
 	s.state, s.identity = st, id
+	if st.ChannelPrivateKey != "" || st.Credential != "" {
+		if err := s.loadChannelKey(); err != nil {
+			return fmt.Errorf("emulator: state file %s: %w", s.path(), err)
+		}
+	}
+	if st.Pin != nil {
+		if s.pin, err = st.Pin.pin(); err != nil {
+			return fmt.Errorf("emulator: state file %s: %w", s.path(), err)
+		}
+	}
+	return nil
+}
+
+// loadChannelKey rebuilds the channel key and checks that the stored
+// credential binds it to the identity key.
+func (s *Store) loadChannelKey() error {
+	priv, err := hex.DecodeString(s.state.ChannelPrivateKey)
+	if err != nil || len(priv) != 32 {
+		return errors.New("channel key is not 32 bytes of hex")
+	}
+	pub, err := curve25519.X25519(priv, curve25519.Basepoint)
+	if err != nil {
+		return fmt.Errorf("channel key: %w", err)
+	}
+	raw, err := hex.DecodeString(s.state.Credential)
+	if err != nil {
+		return errors.New("credential is not hex")
+	}
+	cred, err := signed.ParseCredential(raw)
+	if err != nil {
+		return err
+	}
+	if cred.Role != signed.RoleDevice || !bytes.Equal(cred.StaticKey[:], pub) || cred.Algorithm != s.identity.Algorithm ||
+		!bytes.Equal(cred.IdentityKey, s.identity.PublicKey()) || cred.VerifySignature() != nil {
+		return errors.New("credential does not bind the channel key to the identity key")
+	}
+	s.static, s.cred = noise.DHKey{Private: priv, Public: pub}, cred
 	return nil
 }
 
@@ -159,6 +320,80 @@ func (s *Store) Algorithm() string {
 
 // Identity returns the device identity key.
 func (s *Store) Identity() *Identity { return s.identity }
+
+// ChannelKey returns the device's Noise static key.
+func (s *Store) ChannelKey() noise.DHKey {
+	return noise.DHKey{Private: bytes.Clone(s.static.Private), Public: bytes.Clone(s.static.Public)}
+}
+
+// Credential returns the device channel credential.
+func (s *Store) Credential() *signed.Credential {
+	c := *s.cred
+	c.IdentityKey, c.Signature = bytes.Clone(c.IdentityKey), bytes.Clone(c.Signature)
+	return &c
+}
+
+// Pin returns the HSM the device is paired with, or nil.
+func (s *Store) Pin() *Pin {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pin == nil {
+		return nil
+	}
+	p := *s.pin
+	p.PublicKey = bytes.Clone(p.PublicKey)
+	return &p
+}
+
+// Newest returns the greatest not_before of a core credential accepted
+// from the pinned HSM (firmware-spec/channel.md §3.3).
+func (s *Store) Newest() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return time.Unix(int64(s.state.Newest), 0)
+}
+
+// SetPin pins the HSM identity key of p and raises Newest to newest,
+// returning once both are on disk. On error nothing changed.
+func (s *Store) SetPin(p *Pin, newest time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.state
+	st.Pin = p.toJSON()
+	st.Newest = max(st.Newest, unixSeconds(newest))
+	if err := s.write(st); err != nil {
+		return err
+	}
+	pc := *p
+	pc.PublicKey = bytes.Clone(p.PublicKey)
+	s.state, s.pin = st, &pc
+	return nil
+}
+
+// RaiseNewest raises Newest to t if t is later, returning once it is on
+// disk. On error Newest is unchanged.
+func (s *Store) RaiseNewest(t time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	u := unixSeconds(t)
+	if u <= s.state.Newest {
+		return nil
+	}
+	st := s.state
+	st.Newest = u
+	if err := s.write(st); err != nil {
+		return err
+	}
+	s.state = st
+	return nil
+}
+
+func unixSeconds(t time.Time) uint64 {
+	if t.Unix() < 0 {
+		return 0
+	}
+	return uint64(t.Unix())
+}
 
 // Label returns the owner's label.
 func (s *Store) Label() string {

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -58,6 +59,8 @@ type step struct {
 type envelopeHex struct {
 	Hex     string          `json:"hex"`
 	Message json.RawMessage `json:"message,omitempty"`
+	// Inner is what a SecureMessage carries, for reading.
+	Inner json.RawMessage `json:"inner,omitempty"`
 }
 
 type vectorScreen struct {
@@ -74,6 +77,7 @@ var conventions = []string{
 	"A step is one of: host, an envelope the host sends as one MSG on channel `channel` (default 0); command: \"cancel\", a CANCEL command on that channel; press, the user pressing a button on the device.",
 	"device lists, in order, the envelopes the device sends as MSG in answer to the step (KEEPALIVE reports are not listed). hex is normative; message is the envelope in the proto3 JSON mapping with device.proto field names, for reading only.",
 	"screen, when present, is what the device shows after the step: kind (home or prompt), title, the body lines of the current page, page (from 1) of pages, and the buttons that act on it.",
+	"In device_channel.json the host is a custody core (firmware-spec/channel.md). Its identity keys are Ed25519 keys whose seed is SHA-256(\"OpenCustody test core \" || name), with name \"hsm\" or \"another hsm\"; its credentials are valid from not_before 1800000000 to not_after 1800086400 unless a step's comment says otherwise. The device is an Ed25519 emulator, so that its credential, and hence every byte it sends, is deterministic; its ephemeral keys and pairing secrets come from the same seeded stream as its keys and channel ids. inner, on a SecureMessage, is the envelope it carries in the same JSON mapping, for reading only. A firmware cannot reproduce these bytes (its keys differ); it can replay the emulator's side with its own keys and compare the messages and screens.",
 }
 
 // Definitions of the transcripts. Encodings are produced with
@@ -84,6 +88,67 @@ type defStep struct {
 	command string
 	press   Button
 	channel int
+	// core, in channel transcripts, makes the host envelope from the
+	// core's state and the device's earlier answers; inner is what a
+	// SecureMessage carries.
+	core func(g *vectorGen) (host []byte, inner proto.Message)
+}
+
+// vectorGen is the core's side while a channel transcript is generated.
+type vectorGen struct {
+	t     *testing.T
+	core  *testCore
+	inits int             // handshakes so far, to vary the core's ephemeral keys
+	last  []proto.Message // the device's answers to the previous step
+}
+
+// Core steps of channel transcripts.
+func coreInit(name string, notBefore, notAfter int64) defStep {
+	return defStep{core: func(g *vectorGen) ([]byte, proto.Message) {
+		g.inits++
+		g.core = newTestCore(g.t, newCoreKey(g.t, name, notBefore, notAfter), fmt.Sprintf("vectors %s %d", name, g.inits))
+		return g.core.init(), nil
+	}}
+}
+
+func coreFinish() defStep {
+	return defStep{core: func(g *vectorGen) ([]byte, proto.Message) {
+		if len(g.last) != 1 {
+			g.t.Fatalf("device answered %v to HandshakeInit", g.last)
+		}
+		return g.core.finish(g.last[0]), nil
+	}}
+}
+
+func sealed(m proto.Message) defStep {
+	return defStep{core: func(g *vectorGen) ([]byte, proto.Message) { return g.core.seal(m), m }}
+}
+
+func sealedFlipped(m proto.Message) defStep {
+	return defStep{core: func(g *vectorGen) ([]byte, proto.Message) {
+		e, _ := protocol.DecodeEnvelope(g.core.seal(m))
+		ct := append([]byte(nil), e.GetSecure().GetCiphertext()...)
+		ct[0] ^= 0x80
+		return encode(g.t, &pb.SecureMessage{Ciphertext: ct}), m
+	}}
+}
+
+var (
+	vecRequest   = &pb.PairingRequest{User: "alice", Role: pb.PairingRole_PAIRING_ROLE_ADMIN}
+	vecChallenge = &pb.PairingChallenge{Challenge: bytes.Repeat([]byte{0x33}, 32)}
+)
+
+// pairingSteps open a pairing session with the core "hsm" and run the
+// pairing up to the pairing screen.
+func pairingSteps() []defStep {
+	return []defStep{
+		coreInit("hsm", issuedAt, expiresAt),
+		coreFinish(),
+		sealed(vecRequest),
+		sealed(vecChallenge),
+		sealed(&pb.PairingConfirm{}),
+		sealed(&pb.ButtonAck{}),
+	}
 }
 
 type defTranscript struct {
@@ -164,6 +229,50 @@ var vectorDefs = map[string][]defTranscript{
 			{msg: &pb.Ping{Message: "caf\u00e9", ButtonProtection: true}},
 		}},
 	},
+}
+
+func init() {
+	vectorDefs["device_channel.json"] = []defTranscript{
+		{name: "handshake_and_pairing", alg: AlgEd25519, comment: "An unpaired device: handshake (a pairing session, which refuses GetFeatures), pairing confirmed on the device, PairingFinish. The pairing session still carries pairing messages only; the next handshake, with the pinned HSM, gives a channel that carries everything.", steps: append(append(
+			[]defStep{coreInit("hsm", issuedAt, expiresAt), coreFinish(), sealed(&pb.GetFeatures{})},
+			pairingSteps()[2:]...),
+			defStep{press: ButtonConfirm},
+			sealed(&pb.PairingFinish{}),
+			sealed(&pb.Ping{Message: "inside"}),
+			coreInit("hsm", issuedAt, expiresAt), coreFinish(),
+			sealed(&pb.Ping{Message: "inside"}),
+		)},
+		{name: "pairing_rejected", alg: AlgEd25519, comment: "The user rejects the pairing screen; PairingFinish is then out of order and nothing is pinned.", steps: append(pairingSteps(),
+			defStep{press: ButtonReject},
+			sealed(&pb.PairingFinish{}),
+		)},
+		{name: "pairing_cancelled", alg: AlgEd25519, comment: "The core cancels while the pairing screen is shown (its operator rejected the code).", steps: append(pairingSteps(),
+			sealed(&pb.Cancel{}),
+		)},
+		{name: "pairing_out_of_order", alg: AlgEd25519, comment: "A pairing message out of order ends the pairing; it must start over.", steps: []defStep{
+			coreInit("hsm", issuedAt, expiresAt), coreFinish(),
+			sealed(vecRequest),
+			sealed(&pb.PairingConfirm{}),
+			sealed(vecChallenge),
+		}},
+		{name: "paired_device_refuses_other_cores", alg: AlgEd25519, comment: "Once paired, the device accepts a newer credential of the pinned HSM (valid from 1800864000 to 1800950400), refuses another HSM (whose credential is as new), and refuses the pinned HSM's first credential, which expired (not_after 1800086400) before the newest one it saw was issued (not_before 1800864000).", steps: append(pairingSteps(),
+			defStep{press: ButtonConfirm},
+			sealed(&pb.PairingFinish{}),
+			coreInit("hsm", issuedAt+10*day, issuedAt+11*day), coreFinish(),
+			sealed(&pb.GetFeatures{}),
+			coreInit("another hsm", issuedAt+10*day, issuedAt+11*day), coreFinish(),
+			coreInit("hsm", issuedAt, expiresAt), coreFinish(),
+		)},
+		{name: "channel_failures", alg: AlgEd25519, comment: "Channel messages in plain, a SecureMessage without a channel, and a SecureMessage whose ciphertext was altered, which closes the channel.", steps: []defStep{
+			{msg: vecRequest},
+			{msg: &pb.SecureMessage{Ciphertext: make([]byte, 32)}},
+			{msg: &pb.HandshakeFinish{Noise: make([]byte, 48)}},
+			coreInit("hsm", issuedAt, expiresAt), coreFinish(),
+			sealedFlipped(vecRequest),
+			sealed(vecRequest),
+		}},
+	}
+	vectorDescriptions["device_channel.json"] = "OpenCustody device vectors, protocol version 1: the secure channel and pairing (firmware-spec/channel.md). See firmware-spec/device.md."
 }
 
 var vectorDescriptions = map[string]string{
@@ -247,23 +356,42 @@ func generateVectors(t *testing.T, file string) vectorFile {
 	for _, d := range vectorDefs[file] {
 		tr := transcript{Name: d.name, Comment: d.comment, Device: vectorDevice{Seed: "opencustody device vectors", Algorithm: d.alg}}
 		r := newVectorRun(t, tr.Device)
+		g := &vectorGen{t: t}
 		for _, s := range d.steps {
 			st := step{Channel: s.channel, Command: s.command, Press: string(s.press)}
 			host := s.raw
+			var inner proto.Message
 			if s.msg != nil {
 				var err error
 				if host, err = protocol.EncodeEnvelope(s.msg); err != nil {
 					t.Fatal(err)
 				}
 			}
+			if s.core != nil {
+				host, inner = s.core(g)
+			}
 			if host != nil {
 				e := envelopeJSON(t, host)
+				if inner != nil {
+					e.Inner = envelopeJSON(t, encode(t, inner)).Message
+				}
 				st.Host = &e
 			}
 			out, scr := r.do(host, s.command, s.press, s.channel)
 			st.Device = []envelopeHex{}
+			g.last = nil
 			for _, o := range out {
-				st.Device = append(st.Device, envelopeJSON(t, o))
+				e := envelopeJSON(t, o)
+				env, err := protocol.DecodeEnvelope(o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				m := protocol.Unwrap(env)
+				if _, ok := m.(*pb.SecureMessage); ok && g.core != nil && g.core.sess != nil {
+					e.Inner = envelopeJSON(t, encode(t, g.core.open(m))).Message
+				}
+				g.last = append(g.last, m)
+				st.Device = append(st.Device, e)
 			}
 			st.Screen = &scr
 			tr.Steps = append(tr.Steps, st)

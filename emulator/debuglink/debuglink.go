@@ -80,6 +80,11 @@ type Screen struct {
 	Buttons []string `json:"buttons"`
 	// Text is the whole document, every page (what rules match).
 	Text string `json:"text"`
+	// Fields are the values the screen shows, by name, so that tests need
+	// not parse Text: on the home screen "device_id" and, once paired,
+	// "hsm_fingerprint", "user" and "role"; on the pairing screen
+	// "hsm_fingerprint", "user", "role" and "code" (as shown, "123 456").
+	Fields map[string]string `json:"fields,omitempty"`
 }
 
 // Has reports whether button acts on the screen.
