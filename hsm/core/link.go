@@ -260,6 +260,11 @@ func (l *Link) startHandshake(run *pairingRun) (Output, error) {
 			}
 			return l.checkAttestation(run, id, peer)
 		}
+		if id != l.ClaimedID() {
+			// Another paired device than the one announced: a relay
+			// must not get it a channel under a name not its own.
+			return fmt.Errorf("device proved identity %s, but was announced as %s", id, l.ClaimedID())
+		}
 		if err != nil {
 			return err
 		}
