@@ -531,8 +531,8 @@ func TestWalletCreation(t *testing.T) {
 		"approver twice":    {Name: "w", Network: 5, Approvers: []string{"alice", "alice"}, Quorum: 1},
 		"unpaired approver": {Name: "w", Network: 5, Approvers: []string{"alice", "dave"}, Quorum: 1},
 	} {
-		if _, err := w.core.CreateWallet(ctx, req); err == nil {
-			t.Errorf("%s: created", name)
+		if _, err := w.core.CreateWallet(ctx, req); !errors.Is(err, ErrInvalidWallet) {
+			t.Errorf("%s: %v, want ErrInvalidWallet", name, err)
 		}
 	}
 	if _, err := w.core.CreateWallet(ctx, CreateWalletRequest{Name: "treasury", Network: 5, Approvers: []string{"alice"}, Quorum: 1}); !errors.Is(err, ErrWalletExists) {
@@ -575,5 +575,34 @@ func TestNoApprovalPath(t *testing.T) {
 	}
 	if _, err := c.Wallets(ctx); !errors.Is(err, ErrNoApprovalPath) {
 		t.Fatal(err)
+	}
+}
+
+// A signing cut short (the daemon stopping) leaves the request approved;
+// the next Tick signs it, once.
+func TestInterruptedSigningResumes(t *testing.T) {
+	w := newWorld(t)
+	sub := w.submit(w.transfer("i"))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := w.answer(sub.Request.ID, "alice", w.approval("alice", w.promptFor(sub, "alice"), signed.Approve, 1, nil)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := w.core.Answer(ctx, Answer{RequestID: sub.Request.ID, Device: w.dev["bob"].id(),
+		Approval: w.approval("bob", w.promptFor(sub, "bob"), signed.Approve, 1, nil)})
+	if err == nil || !strings.Contains(err.Error(), "stays approved") {
+		t.Fatalf("interrupted signing: %v", err)
+	}
+	if r := w.request(sub.Request.ID); r.State != RequestApproved {
+		t.Fatalf("state %s after an interrupted signing", r.State)
+	}
+	if _, err := w.core.Tick(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if r := w.request(sub.Request.ID); r.State != RequestSigned || r.SignedTx == nil {
+		t.Fatalf("state %s after Tick", r.State)
+	}
+	if w.custody.signatures() != 2 {
+		t.Fatalf("%d signatures", w.custody.signatures())
 	}
 }

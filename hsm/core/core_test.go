@@ -285,3 +285,31 @@ func TestCredentialIsSignedByHSMAndReused(t *testing.T) {
 		t.Fatal("credential re-made while still fresh")
 	}
 }
+
+// The device's answer to a Cancel, sealed under the old channel, can
+// arrive after the core started the next handshake: it is dropped, and
+// the new pairing goes on.
+func TestStaleSecureMessageDuringHandshakeIsDropped(t *testing.T) {
+	c, _ := newTestCore(t, true)
+	d := newTestDevice(t)
+	l, _ := pairUntilCode(t, c, d)
+	out, err := l.OperatorDecision(context.Background(), false)
+	if !errors.Is(err, ErrPairingRejected) || len(out.ToDevice) != 1 {
+		t.Fatalf("operator reject: %v, %d messages", err, len(out.ToDevice))
+	}
+	stale := d.handle(out.ToDevice[0]) // Failure{FAILURE_ACTION_CANCELLED}, sealed
+	out, err = l.StartPairing(context.Background(), "alice", RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o, err := l.Handle(context.Background(), stale); err != nil || len(o.ToDevice) != 0 || len(o.Events) != 0 {
+		t.Fatalf("stale message during the handshake: %v, %v", err, o)
+	}
+	events, err := pump(t, l, d, out, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := find[PairingCode](events); !ok {
+		t.Fatalf("second pairing did not reach the code: %v", events)
+	}
+}

@@ -382,6 +382,12 @@ func (l *Link) handle(ctx context.Context, raw []byte) (Output, error) {
 	case *pb.Failure:
 		return out, fmt.Errorf("device refused: %v: %s", m.GetCode(), m.GetMessage())
 	case *pb.SecureMessage:
+		if l.state == linkHandshake || l.state == linkFinishing {
+			// Sealed under the previous channel before the device saw
+			// this handshake (its answer to a Cancel, say): unreadable
+			// now, and dropped rather than failing the new channel.
+			return out, nil
+		}
 		if l.state != linkOpen {
 			return out, fmt.Errorf("%w: SecureMessage before the channel is open", ErrUnexpected)
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/opencustodynet/opencustody/hsm/bitcoin"
@@ -297,12 +298,15 @@ func (c *Core) Submit(ctx context.Context, req SubmitRequest) (*Submitted, error
 	if _, err := io.ReadFull(c.cfg.Rand, id); err != nil {
 		return nil, fmt.Errorf("core: request id: %w", err)
 	}
-	now := c.cfg.Now().UTC().Truncate(time.Second)
+	// Prompts carry whole seconds; the creation time keeps its precision,
+	// which orders requests.
+	now := c.cfg.Now().UTC()
+	expires := now.Truncate(time.Second).Add(c.cfg.PromptExpiry)
 	r := &RequestRecord{
 		ID: hex.EncodeToString(id), Wallet: w.Name, Network: w.Network, WalletKeys: len(w.Keys),
 		Approvers: slices.Clone(w.Approvers), Quorum: w.Quorum,
 		PSBT: bytes.Clone(req.PSBT), Summary: canonical, TxID: sum.TxID.String(),
-		State: RequestPending, CreatedAt: now, ExpiresAt: now.Add(c.cfg.PromptExpiry),
+		State: RequestPending, CreatedAt: now, ExpiresAt: expires,
 		Prompts: []PromptRecord{}, Answers: []AnswerRecord{},
 	}
 	fields := TransferFields(w.Name, r.ID, sum, r.ExpiresAt)
@@ -482,10 +486,16 @@ func (c *Core) Answer(ctx context.Context, a Answer) (*AnswerResult, error) {
 }
 
 // sign has the HSM sign an approved request and stores the outcome:
-// signed, or failed with the error. It returns an error only when the
-// outcome could not be stored.
+// signed, or failed with the error. It returns an error when the outcome
+// could not be stored, or when ctx ended the signing (the request then
+// stays approved, for [Core.Tick]).
 func (c *Core) sign(ctx context.Context, r *RequestRecord) error {
 	signedTx, err := c.signTransaction(ctx, r)
+	if err != nil && ctx.Err() != nil {
+		// Interrupted, not refused: the request stays approved and the
+		// next Tick signs it.
+		return fmt.Errorf("core: request %s: signing interrupted; it stays approved: %w", r.ID, err)
+	}
 	now := c.cfg.Now().UTC()
 	if err != nil {
 		r.State, r.FinishedAt, r.Error = RequestFailed, now, err.Error()
@@ -601,7 +611,12 @@ func (c *Core) Requests(ctx context.Context) ([]*RequestRecord, error) {
 	for _, r := range rs {
 		r.effective(now)
 	}
-	slices.SortStableFunc(rs, func(a, b *RequestRecord) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	slices.SortStableFunc(rs, func(a, b *RequestRecord) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
 	return rs, nil
 }
 

@@ -77,6 +77,9 @@ var (
 	// ErrWalletExists is returned by [WalletStore.CreateWallet] for a name
 	// in use.
 	ErrWalletExists = errors.New("core: wallet already exists")
+	// ErrInvalidWallet: a wallet's name, network, approvers or quorum is
+	// not acceptable.
+	ErrInvalidWallet = errors.New("core: invalid wallet")
 )
 
 // WalletStore keeps wallet records. Implementations authenticate every
@@ -101,7 +104,7 @@ const MaxWalletName = 32
 // letter or digit.
 func CheckWalletName(name string) error {
 	if name == "" || len(name) > MaxWalletName {
-		return fmt.Errorf("core: wallet name %q: want 1 to %d characters", name, MaxWalletName)
+		return fmt.Errorf("%w: wallet name %q: want 1 to %d characters", ErrInvalidWallet, name, MaxWalletName)
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
@@ -109,7 +112,7 @@ func CheckWalletName(name string) error {
 		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
 		case i > 0 && (c == '.' || c == '_' || c == '-'):
 		default:
-			return fmt.Errorf("core: wallet name %q: use letters, digits, '.', '_' and '-', starting with a letter or digit", name)
+			return fmt.Errorf("%w: wallet name %q: use letters, digits, '.', '_' and '-', starting with a letter or digit", ErrInvalidWallet, name)
 		}
 	}
 	return nil
@@ -143,13 +146,13 @@ func (c *Core) CreateWallet(ctx context.Context, req CreateWalletRequest) (*Wall
 		return nil, err
 	}
 	if req.Network.Params() == nil {
-		return nil, fmt.Errorf("core: wallet %s: unknown network %d", req.Name, uint8(req.Network))
+		return nil, fmt.Errorf("%w: wallet %s: unknown network %d", ErrInvalidWallet, req.Name, uint8(req.Network))
 	}
 	if len(req.Approvers) == 0 {
-		return nil, fmt.Errorf("core: wallet %s needs at least one approver", req.Name)
+		return nil, fmt.Errorf("%w: wallet %s needs at least one approver", ErrInvalidWallet, req.Name)
 	}
 	if req.Quorum < 1 || req.Quorum > len(req.Approvers) {
-		return nil, fmt.Errorf("core: wallet %s: quorum %d is not between 1 and the %d approvers", req.Name, req.Quorum, len(req.Approvers))
+		return nil, fmt.Errorf("%w: wallet %s: quorum %d is not between 1 and the %d approvers", ErrInvalidWallet, req.Name, req.Quorum, len(req.Approvers))
 	}
 	c.reqMu.Lock()
 	defer c.reqMu.Unlock()
@@ -159,10 +162,10 @@ func (c *Core) CreateWallet(ctx context.Context, req CreateWalletRequest) (*Wall
 	}
 	for i, u := range req.Approvers {
 		if slices.Contains(req.Approvers[:i], u) {
-			return nil, fmt.Errorf("core: wallet %s: approver %q is listed twice", req.Name, u)
+			return nil, fmt.Errorf("%w: wallet %s: approver %q is listed twice", ErrInvalidWallet, req.Name, u)
 		}
 		if len(pairedDevicesOf(devices, u)) == 0 {
-			return nil, fmt.Errorf("core: wallet %s: approver %q has no paired device (pair one with 'opencustody pair', then create the wallet)", req.Name, u)
+			return nil, fmt.Errorf("%w: wallet %s: approver %q has no paired device (pair one with 'opencustody pair', then create the wallet)", ErrInvalidWallet, req.Name, u)
 		}
 	}
 	w := &WalletRecord{

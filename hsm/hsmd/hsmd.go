@@ -12,6 +12,19 @@
 // for the core's links (one call at a time per link), retries channels
 // that failed, and turns core events into operator answers, logs and
 // metrics.
+//
+// # The approval path
+//
+// The Custody API creates wallets and addresses and takes requests
+// (core.Core.Submit). hsmd hands each prompt to the link of its device,
+// now if the device's channel is up, otherwise when it comes up
+// (core.Core.PendingPrompts); a device busy with something else gets the
+// prompt again a little later. Each answer a link receives goes to
+// core.Core.Answer, which verifies it and signs once the quorum is met;
+// the prompts the answer made moot are withdrawn from their devices. A
+// ticker (Config.TickInterval) has the core store expiries and finish
+// signings a crash interrupted. hsmd verifies nothing itself: the core
+// does.
 package hsmd
 
 import (
@@ -58,8 +71,12 @@ type Config struct {
 	// PairingTimeout bounds a pairing; zero means 5 minutes.
 	PairingTimeout time.Duration
 	// RetryDelay is the first delay before re-opening a failed channel;
-	// it doubles up to a minute. Zero means one second.
+	// it doubles up to a minute. Zero means one second. A device that was
+	// busy gets its prompt again after RetryDelay.
 	RetryDelay time.Duration
+	// TickInterval is how often the core stores expired requests and
+	// finishes interrupted signings; zero means 30 seconds.
+	TickInterval time.Duration
 }
 
 // Server is a running hsmd.
@@ -76,6 +93,14 @@ type Server struct {
 
 	stopping chan struct{} // closed by Stop: relay streams end at once
 	stopOnce sync.Once
+
+	// Background work (answers, prompt deliveries, the ticker) runs under
+	// bgCtx, which Stop cancels before waiting for it.
+	bgCtx     context.Context
+	bgCancel  context.CancelFunc
+	bgMu      sync.Mutex // guards bgStopped and the Add side of bgWork
+	bgWork    sync.WaitGroup
+	bgStopped bool
 
 	mu      sync.Mutex // guards bridges, devices
 	bridges map[*bridgeConn]struct{}
@@ -97,6 +122,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.RetryDelay <= 0 {
 		cfg.RetryDelay = time.Second
 	}
+	if cfg.TickInterval <= 0 {
+		cfg.TickInterval = 30 * time.Second
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("hsmd: %w", err)
 	}
@@ -111,6 +139,7 @@ func New(cfg Config) (*Server, error) {
 		devices:         map[string]*deviceConn{},
 		stopping:        make(chan struct{}),
 	}
+	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	if s.bridgeToken, err = loadOrCreateToken(cfg.Dir, BridgeTokenFile); err != nil {
 		return nil, err
 	}
@@ -128,6 +157,7 @@ func New(cfg Config) (*Server, error) {
 	auth := &authorizer{tokens: map[string]string{
 		apipb.Relay_ServiceDesc.ServiceName:    s.bridgeToken,
 		apipb.Operator_ServiceDesc.ServiceName: s.operatorToken,
+		apipb.Custody_ServiceDesc.ServiceName:  s.operatorToken,
 	}}
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewServerTLSFromCert(&cert)),
@@ -138,6 +168,7 @@ func New(cfg Config) (*Server, error) {
 	)
 	apipb.RegisterRelayServer(s.grpc, &relayService{s: s})
 	apipb.RegisterOperatorServer(s.grpc, &operatorService{s: s})
+	apipb.RegisterCustodyServer(s.grpc, &custodyService{s: s})
 	return s, nil
 }
 
@@ -154,6 +185,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	stop := context.AfterFunc(ctx, s.Stop)
 	defer stop()
 	s.log.Info("hsmd listening", "address", l.Addr().String(), "cert", s.certFingerprint, "hsm", s.cfg.Core.HSMFingerprint(), "ceremony", s.cfg.Core.Ceremony())
+	s.background(s.tickLoop)
 	err := s.grpc.Serve(l)
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
@@ -172,6 +204,26 @@ func (s *Server) Stop() {
 	case <-time.After(5 * time.Second):
 		s.grpc.Stop()
 	}
+	s.bgMu.Lock()
+	s.bgStopped = true
+	s.bgMu.Unlock()
+	s.bgCancel()
+	s.bgWork.Wait()
+}
+
+// background runs f in a goroutine that Stop cancels and waits for; after
+// Stop it does nothing.
+func (s *Server) background(f func(ctx context.Context)) {
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if s.bgStopped {
+		return
+	}
+	s.bgWork.Add(1)
+	go func() {
+		defer s.bgWork.Done()
+		f(s.bgCtx)
+	}()
 }
 
 // MetricsHandler serves the Prometheus metrics.

@@ -38,9 +38,17 @@ type env struct {
 	dataDir  string
 	identity *hsm.IdentitySigner
 	devices  hsmd.DeviceStore
+	store    *hsm.PKCS11Store
 }
 
 func start(t *testing.T, ceremony bool) *env {
+	t.Helper()
+	return startWith(t, ceremony, false)
+}
+
+// startWith starts hsmd; approvals enables the approval path (wallet and
+// request records, custody keys in the token).
+func startWith(t *testing.T, ceremony, approvals bool) *env {
 	t.Helper()
 	ctx := t.Context()
 	tok := softhsmtest.NewTestToken(t)
@@ -64,8 +72,13 @@ func start(t *testing.T, ceremony bool) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	ds := hsmd.DeviceStore{Records: records.New(db, hsm.RecordAuthenticator{A: store, Key: "records"})}
-	cr, err := core.New(core.Config{Identity: id, Devices: ds, Ceremony: ceremony})
+	rs := records.New(db, hsm.RecordAuthenticator{A: store, Key: "records"})
+	ds := hsmd.DeviceStore{Records: rs}
+	cfg := core.Config{Identity: id, Devices: ds, Ceremony: ceremony}
+	if approvals {
+		cfg.Wallets, cfg.Requests, cfg.Custody, cfg.Keys = hsmd.WalletStore{Records: rs}, hsmd.RequestStore{Records: rs}, store, store
+	}
+	cr, err := core.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +98,7 @@ func start(t *testing.T, ceremony bool) *env {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return &env{srv: srv, core: cr, addr: l.Addr().String(), dataDir: dir, identity: id, devices: ds}
+	return &env{srv: srv, core: cr, addr: l.Addr().String(), dataDir: dir, identity: id, devices: ds, store: store}
 }
 
 func (e *env) dial(t *testing.T, tokenFile string) *grpc.ClientConn {

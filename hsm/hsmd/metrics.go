@@ -9,6 +9,8 @@ type metrics struct {
 	frames       *prometheus.CounterVec
 	channelFails prometheus.Counter
 	pairings     *prometheus.CounterVec
+	requests     *prometheus.CounterVec
+	answers      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -21,7 +23,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		channelFails: prometheus.NewCounter(prometheus.CounterOpts{Name: "opencustody_hsmd_channel_failures_total", Help: "Secure channels that failed closed."}),
 		pairings: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opencustody_hsmd_pairings_total", Help: "Pairings by result."},
 			[]string{"result"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opencustody_hsmd_requests_total", Help: "Requests submitted, and requests closed by outcome."},
+			[]string{"event"}),
+		answers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opencustody_hsmd_answers_total", Help: "Device answers to prompts: accepted approvals and rejections, and refused answers."},
+			[]string{"result"}),
 	}
-	reg.MustRegister(m.bridges, m.devices, m.channels, m.frames, m.channelFails, m.pairings)
+	reg.MustRegister(m.bridges, m.devices, m.channels, m.frames, m.channelFails, m.pairings, m.requests, m.answers)
 	return m
 }

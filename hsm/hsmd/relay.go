@@ -16,6 +16,7 @@ import (
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/protocol"
 	"github.com/opencustodynet/opencustody/protocol/apipb"
+	"github.com/opencustodynet/opencustody/protocol/pb"
 )
 
 // Limits on what one bridge may make hsmd hold.
@@ -99,6 +100,8 @@ func (d *deviceConn) event(e core.Event) {
 		d.up, d.retry = true, 0
 		if e.Device != nil {
 			log.Info("secure channel established", "user", e.Device.User)
+			id := e.Device.ID
+			d.s.background(func(ctx context.Context) { d.s.sendPending(ctx, d, id) })
 		} else {
 			log.Info("secure channel established for pairing")
 		}
@@ -120,6 +123,29 @@ func (d *deviceConn) event(e core.Event) {
 	case core.PairingFailed:
 		d.s.metrics.pairings.WithLabelValues("failed").Inc()
 		log.Warn("pairing failed", "err", e.Err)
+	case core.PromptShown:
+		log.Info("device shows a prompt", "request", e.RequestID)
+	case core.ApprovalReceived:
+		a := e.Answer
+		d.s.background(func(ctx context.Context) { d.s.answer(ctx, a) })
+	case core.PromptFailed:
+		if e.Withdrawn {
+			log.Info("prompt withdrawn from the device", "request", e.RequestID)
+			break
+		}
+		log.Warn("device did not take a prompt", "request", e.RequestID, "code", e.Code.String(), "message", e.Message)
+		if e.Code == pb.FailureCode_FAILURE_BUSY && d.link != nil {
+			if up, rec := d.link.Secure(); up && rec != nil {
+				id, delay := rec.ID, d.s.cfg.RetryDelay
+				d.s.background(func(ctx context.Context) {
+					select {
+					case <-time.After(delay):
+						d.s.sendPending(ctx, d, id)
+					case <-ctx.Done():
+					}
+				})
+			}
+		}
 	}
 	if d.watcher != nil {
 		select {

@@ -6,7 +6,8 @@
 //     that matters inside those envelopes is Noise ciphertext the bridge
 //     cannot read or forge.
 //   - Operator: what operators and integrators call (status, devices,
-//     pairing, revocation).
+//     pairing, revocation), and Custody (wallets, addresses, requests to
+//     sign transactions), with the same operator token.
 //
 // Field numbers are part of the API: never reuse or renumber them.
 
@@ -137,6 +138,73 @@ func (x Role) Number() protoreflect.EnumNumber {
 // Deprecated: Use Role.Descriptor instead.
 func (Role) EnumDescriptor() ([]byte, []int) {
 	return file_api_proto_rawDescGZIP(), []int{1}
+}
+
+type RequestState int32
+
+const (
+	RequestState_REQUEST_STATE_UNSPECIFIED RequestState = 0
+	// Waiting for approvers.
+	RequestState_REQUEST_STATE_PENDING RequestState = 1
+	// Quorum met; being signed.
+	RequestState_REQUEST_STATE_APPROVED RequestState = 2
+	// Signed: the transaction is final.
+	RequestState_REQUEST_STATE_SIGNED RequestState = 3
+	// An approver rejected it.
+	RequestState_REQUEST_STATE_REJECTED RequestState = 4
+	// Not approved in time.
+	RequestState_REQUEST_STATE_EXPIRED RequestState = 5
+	// Approved, but signing failed (see error).
+	RequestState_REQUEST_STATE_FAILED RequestState = 6
+)
+
+// Enum value maps for RequestState.
+var (
+	RequestState_name = map[int32]string{
+		0: "REQUEST_STATE_UNSPECIFIED",
+		1: "REQUEST_STATE_PENDING",
+		2: "REQUEST_STATE_APPROVED",
+		3: "REQUEST_STATE_SIGNED",
+		4: "REQUEST_STATE_REJECTED",
+		5: "REQUEST_STATE_EXPIRED",
+		6: "REQUEST_STATE_FAILED",
+	}
+	RequestState_value = map[string]int32{
+		"REQUEST_STATE_UNSPECIFIED": 0,
+		"REQUEST_STATE_PENDING":     1,
+		"REQUEST_STATE_APPROVED":    2,
+		"REQUEST_STATE_SIGNED":      3,
+		"REQUEST_STATE_REJECTED":    4,
+		"REQUEST_STATE_EXPIRED":     5,
+		"REQUEST_STATE_FAILED":      6,
+	}
+)
+
+func (x RequestState) Enum() *RequestState {
+	p := new(RequestState)
+	*p = x
+	return p
+}
+
+func (x RequestState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RequestState) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_proto_enumTypes[2].Descriptor()
+}
+
+func (RequestState) Type() protoreflect.EnumType {
+	return &file_api_proto_enumTypes[2]
+}
+
+func (x RequestState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RequestState.Descriptor instead.
+func (RequestState) EnumDescriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{2}
 }
 
 type BridgeMessage struct {
@@ -1488,6 +1556,1169 @@ func (x *RevokeDeviceResponse) GetDevice() *Device {
 	return nil
 }
 
+type Wallet struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// "mainnet", "testnet3", "signet", "regtest" or "simnet".
+	Network   string           `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"`
+	Approvers []string         `protobuf:"bytes,3,rep,name=approvers,proto3" json:"approvers,omitempty"`
+	Quorum    uint32           `protobuf:"varint,4,opt,name=quorum,proto3" json:"quorum,omitempty"`
+	Addresses []*WalletAddress `protobuf:"bytes,5,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// Unix seconds.
+	CreatedAt     int64 `protobuf:"varint,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Wallet) Reset() {
+	*x = Wallet{}
+	mi := &file_api_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Wallet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Wallet) ProtoMessage() {}
+
+func (x *Wallet) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Wallet.ProtoReflect.Descriptor instead.
+func (*Wallet) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Wallet) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Wallet) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *Wallet) GetApprovers() []string {
+	if x != nil {
+		return x.Approvers
+	}
+	return nil
+}
+
+func (x *Wallet) GetQuorum() uint32 {
+	if x != nil {
+		return x.Quorum
+	}
+	return 0
+}
+
+func (x *Wallet) GetAddresses() []*WalletAddress {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *Wallet) GetCreatedAt() int64 {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return 0
+}
+
+type WalletAddress struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Index   uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// The custody key: its compressed secp256k1 public key, and its
+	// reference in the HSM (a pkcs11: URI).
+	PublicKey     []byte `protobuf:"bytes,3,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	KeyRef        string `protobuf:"bytes,4,opt,name=key_ref,json=keyRef,proto3" json:"key_ref,omitempty"`
+	CreatedAt     int64  `protobuf:"varint,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WalletAddress) Reset() {
+	*x = WalletAddress{}
+	mi := &file_api_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WalletAddress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WalletAddress) ProtoMessage() {}
+
+func (x *WalletAddress) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WalletAddress.ProtoReflect.Descriptor instead.
+func (*WalletAddress) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *WalletAddress) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *WalletAddress) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *WalletAddress) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *WalletAddress) GetKeyRef() string {
+	if x != nil {
+		return x.KeyRef
+	}
+	return ""
+}
+
+func (x *WalletAddress) GetCreatedAt() int64 {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return 0
+}
+
+type CreateWalletRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Network       string                 `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"`
+	Approvers     []string               `protobuf:"bytes,3,rep,name=approvers,proto3" json:"approvers,omitempty"`
+	Quorum        uint32                 `protobuf:"varint,4,opt,name=quorum,proto3" json:"quorum,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateWalletRequest) Reset() {
+	*x = CreateWalletRequest{}
+	mi := &file_api_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateWalletRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateWalletRequest) ProtoMessage() {}
+
+func (x *CreateWalletRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateWalletRequest.ProtoReflect.Descriptor instead.
+func (*CreateWalletRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *CreateWalletRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateWalletRequest) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *CreateWalletRequest) GetApprovers() []string {
+	if x != nil {
+		return x.Approvers
+	}
+	return nil
+}
+
+func (x *CreateWalletRequest) GetQuorum() uint32 {
+	if x != nil {
+		return x.Quorum
+	}
+	return 0
+}
+
+type NewAddressRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Wallet        string                 `protobuf:"bytes,1,opt,name=wallet,proto3" json:"wallet,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NewAddressRequest) Reset() {
+	*x = NewAddressRequest{}
+	mi := &file_api_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NewAddressRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NewAddressRequest) ProtoMessage() {}
+
+func (x *NewAddressRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NewAddressRequest.ProtoReflect.Descriptor instead.
+func (*NewAddressRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *NewAddressRequest) GetWallet() string {
+	if x != nil {
+		return x.Wallet
+	}
+	return ""
+}
+
+type NewAddressResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Wallet        string                 `protobuf:"bytes,1,opt,name=wallet,proto3" json:"wallet,omitempty"`
+	Address       *WalletAddress         `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NewAddressResponse) Reset() {
+	*x = NewAddressResponse{}
+	mi := &file_api_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NewAddressResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NewAddressResponse) ProtoMessage() {}
+
+func (x *NewAddressResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NewAddressResponse.ProtoReflect.Descriptor instead.
+func (*NewAddressResponse) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *NewAddressResponse) GetWallet() string {
+	if x != nil {
+		return x.Wallet
+	}
+	return ""
+}
+
+func (x *NewAddressResponse) GetAddress() *WalletAddress {
+	if x != nil {
+		return x.Address
+	}
+	return nil
+}
+
+type GetWalletRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetWalletRequest) Reset() {
+	*x = GetWalletRequest{}
+	mi := &file_api_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetWalletRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetWalletRequest) ProtoMessage() {}
+
+func (x *GetWalletRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetWalletRequest.ProtoReflect.Descriptor instead.
+func (*GetWalletRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *GetWalletRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ListWalletsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWalletsRequest) Reset() {
+	*x = ListWalletsRequest{}
+	mi := &file_api_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWalletsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWalletsRequest) ProtoMessage() {}
+
+func (x *ListWalletsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWalletsRequest.ProtoReflect.Descriptor instead.
+func (*ListWalletsRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{27}
+}
+
+type ListWalletsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Wallets       []*Wallet              `protobuf:"bytes,1,rep,name=wallets,proto3" json:"wallets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWalletsResponse) Reset() {
+	*x = ListWalletsResponse{}
+	mi := &file_api_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWalletsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWalletsResponse) ProtoMessage() {}
+
+func (x *ListWalletsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWalletsResponse.ProtoReflect.Descriptor instead.
+func (*ListWalletsResponse) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListWalletsResponse) GetWallets() []*Wallet {
+	if x != nil {
+		return x.Wallets
+	}
+	return nil
+}
+
+type SubmitRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Wallet string                 `protobuf:"bytes,1,opt,name=wallet,proto3" json:"wallet,omitempty"`
+	// The PSBT (BIP-174), binary or base64.
+	Psbt          []byte `protobuf:"bytes,2,opt,name=psbt,proto3" json:"psbt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitRequest) Reset() {
+	*x = SubmitRequest{}
+	mi := &file_api_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitRequest) ProtoMessage() {}
+
+func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
+func (*SubmitRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *SubmitRequest) GetWallet() string {
+	if x != nil {
+		return x.Wallet
+	}
+	return ""
+}
+
+func (x *SubmitRequest) GetPsbt() []byte {
+	if x != nil {
+		return x.Psbt
+	}
+	return nil
+}
+
+type Request struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Id        string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Wallet    string                 `protobuf:"bytes,2,opt,name=wallet,proto3" json:"wallet,omitempty"`
+	State     RequestState           `protobuf:"varint,3,opt,name=state,proto3,enum=opencustody.api.v1.RequestState" json:"state,omitempty"`
+	Quorum    uint32                 `protobuf:"varint,4,opt,name=quorum,proto3" json:"quorum,omitempty"`
+	Approvers []string               `protobuf:"bytes,5,rep,name=approvers,proto3" json:"approvers,omitempty"`
+	// Users who approved, and who rejected, in the order they answered.
+	ApprovedBy []string         `protobuf:"bytes,6,rep,name=approved_by,json=approvedBy,proto3" json:"approved_by,omitempty"`
+	RejectedBy []string         `protobuf:"bytes,7,rep,name=rejected_by,json=rejectedBy,proto3" json:"rejected_by,omitempty"`
+	Answers    []*RequestAnswer `protobuf:"bytes,8,rep,name=answers,proto3" json:"answers,omitempty"`
+	Prompts    []*RequestPrompt `protobuf:"bytes,9,rep,name=prompts,proto3" json:"prompts,omitempty"`
+	Summary    *TransferSummary `protobuf:"bytes,10,opt,name=summary,proto3" json:"summary,omitempty"`
+	// Unix seconds.
+	CreatedAt  int64 `protobuf:"varint,11,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	ExpiresAt  int64 `protobuf:"varint,12,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	FinishedAt int64 `protobuf:"varint,13,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	// Once signed (GetRequest only): the finalized PSBT (binary) and the
+	// transaction, serialized for the network.
+	SignedPsbt []byte `protobuf:"bytes,14,opt,name=signed_psbt,json=signedPsbt,proto3" json:"signed_psbt,omitempty"`
+	SignedTx   []byte `protobuf:"bytes,15,opt,name=signed_tx,json=signedTx,proto3" json:"signed_tx,omitempty"`
+	// Why signing failed.
+	Error string `protobuf:"bytes,16,opt,name=error,proto3" json:"error,omitempty"`
+	// The summary's canonical encoding: the payload of every prompt, and
+	// the only transaction the HSM will sign for this request.
+	SummaryCanonical []byte `protobuf:"bytes,17,opt,name=summary_canonical,json=summaryCanonical,proto3" json:"summary_canonical,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *Request) Reset() {
+	*x = Request{}
+	mi := &file_api_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Request) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Request) ProtoMessage() {}
+
+func (x *Request) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Request.ProtoReflect.Descriptor instead.
+func (*Request) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *Request) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Request) GetWallet() string {
+	if x != nil {
+		return x.Wallet
+	}
+	return ""
+}
+
+func (x *Request) GetState() RequestState {
+	if x != nil {
+		return x.State
+	}
+	return RequestState_REQUEST_STATE_UNSPECIFIED
+}
+
+func (x *Request) GetQuorum() uint32 {
+	if x != nil {
+		return x.Quorum
+	}
+	return 0
+}
+
+func (x *Request) GetApprovers() []string {
+	if x != nil {
+		return x.Approvers
+	}
+	return nil
+}
+
+func (x *Request) GetApprovedBy() []string {
+	if x != nil {
+		return x.ApprovedBy
+	}
+	return nil
+}
+
+func (x *Request) GetRejectedBy() []string {
+	if x != nil {
+		return x.RejectedBy
+	}
+	return nil
+}
+
+func (x *Request) GetAnswers() []*RequestAnswer {
+	if x != nil {
+		return x.Answers
+	}
+	return nil
+}
+
+func (x *Request) GetPrompts() []*RequestPrompt {
+	if x != nil {
+		return x.Prompts
+	}
+	return nil
+}
+
+func (x *Request) GetSummary() *TransferSummary {
+	if x != nil {
+		return x.Summary
+	}
+	return nil
+}
+
+func (x *Request) GetCreatedAt() int64 {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return 0
+}
+
+func (x *Request) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+func (x *Request) GetFinishedAt() int64 {
+	if x != nil {
+		return x.FinishedAt
+	}
+	return 0
+}
+
+func (x *Request) GetSignedPsbt() []byte {
+	if x != nil {
+		return x.SignedPsbt
+	}
+	return nil
+}
+
+func (x *Request) GetSignedTx() []byte {
+	if x != nil {
+		return x.SignedTx
+	}
+	return nil
+}
+
+func (x *Request) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *Request) GetSummaryCanonical() []byte {
+	if x != nil {
+		return x.SummaryCanonical
+	}
+	return nil
+}
+
+// RequestPrompt is a prompt issued to one approver device.
+type RequestPrompt struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	User     string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	// Whether the device or its user answered.
+	Answered      bool `protobuf:"varint,3,opt,name=answered,proto3" json:"answered,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestPrompt) Reset() {
+	*x = RequestPrompt{}
+	mi := &file_api_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestPrompt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestPrompt) ProtoMessage() {}
+
+func (x *RequestPrompt) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestPrompt.ProtoReflect.Descriptor instead.
+func (*RequestPrompt) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RequestPrompt) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *RequestPrompt) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *RequestPrompt) GetAnswered() bool {
+	if x != nil {
+		return x.Answered
+	}
+	return false
+}
+
+// RequestAnswer is an approval or rejection the core verified and counted.
+type RequestAnswer struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	User     string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	Approved bool                   `protobuf:"varint,3,opt,name=approved,proto3" json:"approved,omitempty"`
+	// The device's counter in the signed answer.
+	Counter       uint64 `protobuf:"varint,4,opt,name=counter,proto3" json:"counter,omitempty"`
+	At            int64  `protobuf:"varint,5,opt,name=at,proto3" json:"at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestAnswer) Reset() {
+	*x = RequestAnswer{}
+	mi := &file_api_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestAnswer) ProtoMessage() {}
+
+func (x *RequestAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestAnswer.ProtoReflect.Descriptor instead.
+func (*RequestAnswer) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *RequestAnswer) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *RequestAnswer) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *RequestAnswer) GetApproved() bool {
+	if x != nil {
+		return x.Approved
+	}
+	return false
+}
+
+func (x *RequestAnswer) GetCounter() uint64 {
+	if x != nil {
+		return x.Counter
+	}
+	return 0
+}
+
+func (x *RequestAnswer) GetAt() int64 {
+	if x != nil {
+		return x.At
+	}
+	return 0
+}
+
+// TransferSummary is what the core derived from the transaction: what the
+// approvers' devices show.
+type TransferSummary struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Txid    string                 `protobuf:"bytes,1,opt,name=txid,proto3" json:"txid,omitempty"`
+	Network string                 `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"`
+	Outputs []*TransferOutput      `protobuf:"bytes,3,rep,name=outputs,proto3" json:"outputs,omitempty"`
+	Inputs  uint32                 `protobuf:"varint,4,opt,name=inputs,proto3" json:"inputs,omitempty"`
+	// Satoshis.
+	InputTotal  int64 `protobuf:"varint,5,opt,name=input_total,json=inputTotal,proto3" json:"input_total,omitempty"`
+	SentTotal   int64 `protobuf:"varint,6,opt,name=sent_total,json=sentTotal,proto3" json:"sent_total,omitempty"`
+	ChangeTotal int64 `protobuf:"varint,7,opt,name=change_total,json=changeTotal,proto3" json:"change_total,omitempty"`
+	Fee         int64 `protobuf:"varint,8,opt,name=fee,proto3" json:"fee,omitempty"`
+	// Virtual size (an upper bound), and the fee rate in satoshis per
+	// 1,000 vbytes (a lower bound).
+	Vsize            int64  `protobuf:"varint,9,opt,name=vsize,proto3" json:"vsize,omitempty"`
+	FeeRateSatPerKvb int64  `protobuf:"varint,10,opt,name=fee_rate_sat_per_kvb,json=feeRateSatPerKvb,proto3" json:"fee_rate_sat_per_kvb,omitempty"`
+	LockTime         uint32 `protobuf:"varint,11,opt,name=lock_time,json=lockTime,proto3" json:"lock_time,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *TransferSummary) Reset() {
+	*x = TransferSummary{}
+	mi := &file_api_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferSummary) ProtoMessage() {}
+
+func (x *TransferSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferSummary.ProtoReflect.Descriptor instead.
+func (*TransferSummary) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *TransferSummary) GetTxid() string {
+	if x != nil {
+		return x.Txid
+	}
+	return ""
+}
+
+func (x *TransferSummary) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *TransferSummary) GetOutputs() []*TransferOutput {
+	if x != nil {
+		return x.Outputs
+	}
+	return nil
+}
+
+func (x *TransferSummary) GetInputs() uint32 {
+	if x != nil {
+		return x.Inputs
+	}
+	return 0
+}
+
+func (x *TransferSummary) GetInputTotal() int64 {
+	if x != nil {
+		return x.InputTotal
+	}
+	return 0
+}
+
+func (x *TransferSummary) GetSentTotal() int64 {
+	if x != nil {
+		return x.SentTotal
+	}
+	return 0
+}
+
+func (x *TransferSummary) GetChangeTotal() int64 {
+	if x != nil {
+		return x.ChangeTotal
+	}
+	return 0
+}
+
+func (x *TransferSummary) GetFee() int64 {
+	if x != nil {
+		return x.Fee
+	}
+	return 0
+}
+
+func (x *TransferSummary) GetVsize() int64 {
+	if x != nil {
+		return x.Vsize
+	}
+	return 0
+}
+
+func (x *TransferSummary) GetFeeRateSatPerKvb() int64 {
+	if x != nil {
+		return x.FeeRateSatPerKvb
+	}
+	return 0
+}
+
+func (x *TransferSummary) GetLockTime() uint32 {
+	if x != nil {
+		return x.LockTime
+	}
+	return 0
+}
+
+type TransferOutput struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Amount  int64                  `protobuf:"varint,1,opt,name=amount,proto3" json:"amount,omitempty"`
+	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// Whether it pays the wallet itself, and whether it is dust.
+	Change        bool `protobuf:"varint,3,opt,name=change,proto3" json:"change,omitempty"`
+	Dust          bool `protobuf:"varint,4,opt,name=dust,proto3" json:"dust,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferOutput) Reset() {
+	*x = TransferOutput{}
+	mi := &file_api_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferOutput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferOutput) ProtoMessage() {}
+
+func (x *TransferOutput) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferOutput.ProtoReflect.Descriptor instead.
+func (*TransferOutput) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *TransferOutput) GetAmount() int64 {
+	if x != nil {
+		return x.Amount
+	}
+	return 0
+}
+
+func (x *TransferOutput) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *TransferOutput) GetChange() bool {
+	if x != nil {
+		return x.Change
+	}
+	return false
+}
+
+func (x *TransferOutput) GetDust() bool {
+	if x != nil {
+		return x.Dust
+	}
+	return false
+}
+
+type ListRequestsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Filters; empty or unspecified matches all.
+	Wallet        string       `protobuf:"bytes,1,opt,name=wallet,proto3" json:"wallet,omitempty"`
+	State         RequestState `protobuf:"varint,2,opt,name=state,proto3,enum=opencustody.api.v1.RequestState" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRequestsRequest) Reset() {
+	*x = ListRequestsRequest{}
+	mi := &file_api_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRequestsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRequestsRequest) ProtoMessage() {}
+
+func (x *ListRequestsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRequestsRequest.ProtoReflect.Descriptor instead.
+func (*ListRequestsRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ListRequestsRequest) GetWallet() string {
+	if x != nil {
+		return x.Wallet
+	}
+	return ""
+}
+
+func (x *ListRequestsRequest) GetState() RequestState {
+	if x != nil {
+		return x.State
+	}
+	return RequestState_REQUEST_STATE_UNSPECIFIED
+}
+
+type ListRequestsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Requests      []*Request             `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRequestsResponse) Reset() {
+	*x = ListRequestsResponse{}
+	mi := &file_api_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRequestsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRequestsResponse) ProtoMessage() {}
+
+func (x *ListRequestsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRequestsResponse.ProtoReflect.Descriptor instead.
+func (*ListRequestsResponse) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ListRequestsResponse) GetRequests() []*Request {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+type GetRequestRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRequestRequest) Reset() {
+	*x = GetRequestRequest{}
+	mi := &file_api_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRequestRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRequestRequest) ProtoMessage() {}
+
+func (x *GetRequestRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRequestRequest.ProtoReflect.Descriptor instead.
+func (*GetRequestRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *GetRequestRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 var File_api_proto protoreflect.FileDescriptor
 
 const file_api_proto_rawDesc = "" +
@@ -1575,7 +2806,103 @@ const file_api_proto_rawDesc = "" +
 	"\x13RevokeDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"J\n" +
 	"\x14RevokeDeviceResponse\x122\n" +
-	"\x06device\x18\x01 \x01(\v2\x1a.opencustody.api.v1.DeviceR\x06device*y\n" +
+	"\x06device\x18\x01 \x01(\v2\x1a.opencustody.api.v1.DeviceR\x06device\"\xcc\x01\n" +
+	"\x06Wallet\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x1c\n" +
+	"\tapprovers\x18\x03 \x03(\tR\tapprovers\x12\x16\n" +
+	"\x06quorum\x18\x04 \x01(\rR\x06quorum\x12?\n" +
+	"\taddresses\x18\x05 \x03(\v2!.opencustody.api.v1.WalletAddressR\taddresses\x12\x1d\n" +
+	"\n" +
+	"created_at\x18\x06 \x01(\x03R\tcreatedAt\"\x96\x01\n" +
+	"\rWalletAddress\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x03 \x01(\fR\tpublicKey\x12\x17\n" +
+	"\akey_ref\x18\x04 \x01(\tR\x06keyRef\x12\x1d\n" +
+	"\n" +
+	"created_at\x18\x05 \x01(\x03R\tcreatedAt\"y\n" +
+	"\x13CreateWalletRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x1c\n" +
+	"\tapprovers\x18\x03 \x03(\tR\tapprovers\x12\x16\n" +
+	"\x06quorum\x18\x04 \x01(\rR\x06quorum\"+\n" +
+	"\x11NewAddressRequest\x12\x16\n" +
+	"\x06wallet\x18\x01 \x01(\tR\x06wallet\"i\n" +
+	"\x12NewAddressResponse\x12\x16\n" +
+	"\x06wallet\x18\x01 \x01(\tR\x06wallet\x12;\n" +
+	"\aaddress\x18\x02 \x01(\v2!.opencustody.api.v1.WalletAddressR\aaddress\"&\n" +
+	"\x10GetWalletRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x14\n" +
+	"\x12ListWalletsRequest\"K\n" +
+	"\x13ListWalletsResponse\x124\n" +
+	"\awallets\x18\x01 \x03(\v2\x1a.opencustody.api.v1.WalletR\awallets\";\n" +
+	"\rSubmitRequest\x12\x16\n" +
+	"\x06wallet\x18\x01 \x01(\tR\x06wallet\x12\x12\n" +
+	"\x04psbt\x18\x02 \x01(\fR\x04psbt\"\xfa\x04\n" +
+	"\aRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06wallet\x18\x02 \x01(\tR\x06wallet\x126\n" +
+	"\x05state\x18\x03 \x01(\x0e2 .opencustody.api.v1.RequestStateR\x05state\x12\x16\n" +
+	"\x06quorum\x18\x04 \x01(\rR\x06quorum\x12\x1c\n" +
+	"\tapprovers\x18\x05 \x03(\tR\tapprovers\x12\x1f\n" +
+	"\vapproved_by\x18\x06 \x03(\tR\n" +
+	"approvedBy\x12\x1f\n" +
+	"\vrejected_by\x18\a \x03(\tR\n" +
+	"rejectedBy\x12;\n" +
+	"\aanswers\x18\b \x03(\v2!.opencustody.api.v1.RequestAnswerR\aanswers\x12;\n" +
+	"\aprompts\x18\t \x03(\v2!.opencustody.api.v1.RequestPromptR\aprompts\x12=\n" +
+	"\asummary\x18\n" +
+	" \x01(\v2#.opencustody.api.v1.TransferSummaryR\asummary\x12\x1d\n" +
+	"\n" +
+	"created_at\x18\v \x01(\x03R\tcreatedAt\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\f \x01(\x03R\texpiresAt\x12\x1f\n" +
+	"\vfinished_at\x18\r \x01(\x03R\n" +
+	"finishedAt\x12\x1f\n" +
+	"\vsigned_psbt\x18\x0e \x01(\fR\n" +
+	"signedPsbt\x12\x1b\n" +
+	"\tsigned_tx\x18\x0f \x01(\fR\bsignedTx\x12\x14\n" +
+	"\x05error\x18\x10 \x01(\tR\x05error\x12+\n" +
+	"\x11summary_canonical\x18\x11 \x01(\fR\x10summaryCanonical\"\\\n" +
+	"\rRequestPrompt\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\x12\x1a\n" +
+	"\banswered\x18\x03 \x01(\bR\banswered\"\x86\x01\n" +
+	"\rRequestAnswer\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\x12\x1a\n" +
+	"\bapproved\x18\x03 \x01(\bR\bapproved\x12\x18\n" +
+	"\acounter\x18\x04 \x01(\x04R\acounter\x12\x0e\n" +
+	"\x02at\x18\x05 \x01(\x03R\x02at\"\xed\x02\n" +
+	"\x0fTransferSummary\x12\x12\n" +
+	"\x04txid\x18\x01 \x01(\tR\x04txid\x12\x18\n" +
+	"\anetwork\x18\x02 \x01(\tR\anetwork\x12<\n" +
+	"\aoutputs\x18\x03 \x03(\v2\".opencustody.api.v1.TransferOutputR\aoutputs\x12\x16\n" +
+	"\x06inputs\x18\x04 \x01(\rR\x06inputs\x12\x1f\n" +
+	"\vinput_total\x18\x05 \x01(\x03R\n" +
+	"inputTotal\x12\x1d\n" +
+	"\n" +
+	"sent_total\x18\x06 \x01(\x03R\tsentTotal\x12!\n" +
+	"\fchange_total\x18\a \x01(\x03R\vchangeTotal\x12\x10\n" +
+	"\x03fee\x18\b \x01(\x03R\x03fee\x12\x14\n" +
+	"\x05vsize\x18\t \x01(\x03R\x05vsize\x12.\n" +
+	"\x14fee_rate_sat_per_kvb\x18\n" +
+	" \x01(\x03R\x10feeRateSatPerKvb\x12\x1b\n" +
+	"\tlock_time\x18\v \x01(\rR\blockTime\"n\n" +
+	"\x0eTransferOutput\x12\x16\n" +
+	"\x06amount\x18\x01 \x01(\x03R\x06amount\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x16\n" +
+	"\x06change\x18\x03 \x01(\bR\x06change\x12\x12\n" +
+	"\x04dust\x18\x04 \x01(\bR\x04dust\"e\n" +
+	"\x13ListRequestsRequest\x12\x16\n" +
+	"\x06wallet\x18\x01 \x01(\tR\x06wallet\x126\n" +
+	"\x05state\x18\x02 \x01(\x0e2 .opencustody.api.v1.RequestStateR\x05state\"O\n" +
+	"\x14ListRequestsResponse\x127\n" +
+	"\brequests\x18\x01 \x03(\v2\x1b.opencustody.api.v1.RequestR\brequests\"#\n" +
+	"\x11GetRequestRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id*y\n" +
 	"\vDeviceState\x12\x1c\n" +
 	"\x18DEVICE_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15DEVICE_STATE_UNPAIRED\x10\x01\x12\x17\n" +
@@ -1585,14 +2912,32 @@ const file_api_proto_rawDesc = "" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rROLE_APPROVER\x10\x01\x12\x0e\n" +
 	"\n" +
-	"ROLE_ADMIN\x10\x022Z\n" +
+	"ROLE_ADMIN\x10\x02*\xcf\x01\n" +
+	"\fRequestState\x12\x1d\n" +
+	"\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15REQUEST_STATE_PENDING\x10\x01\x12\x1a\n" +
+	"\x16REQUEST_STATE_APPROVED\x10\x02\x12\x18\n" +
+	"\x14REQUEST_STATE_SIGNED\x10\x03\x12\x1a\n" +
+	"\x16REQUEST_STATE_REJECTED\x10\x04\x12\x19\n" +
+	"\x15REQUEST_STATE_EXPIRED\x10\x05\x12\x18\n" +
+	"\x14REQUEST_STATE_FAILED\x10\x062Z\n" +
 	"\x05Relay\x12Q\n" +
 	"\aConnect\x12!.opencustody.api.v1.BridgeMessage\x1a\x1f.opencustody.api.v1.CoreMessage(\x010\x012\xf8\x02\n" +
 	"\bOperator\x12O\n" +
 	"\x06Status\x12!.opencustody.api.v1.StatusRequest\x1a\".opencustody.api.v1.StatusResponse\x12^\n" +
 	"\vListDevices\x12&.opencustody.api.v1.ListDevicesRequest\x1a'.opencustody.api.v1.ListDevicesResponse\x12X\n" +
 	"\x04Pair\x12%.opencustody.api.v1.PairClientMessage\x1a%.opencustody.api.v1.PairServerMessage(\x010\x01\x12a\n" +
-	"\fRevokeDevice\x12'.opencustody.api.v1.RevokeDeviceRequest\x1a(.opencustody.api.v1.RevokeDeviceResponseB6Z4github.com/opencustodynet/opencustody/protocol/apipbb\x06proto3"
+	"\fRevokeDevice\x12'.opencustody.api.v1.RevokeDeviceRequest\x1a(.opencustody.api.v1.RevokeDeviceResponse2\xe9\x04\n" +
+	"\aCustody\x12S\n" +
+	"\fCreateWallet\x12'.opencustody.api.v1.CreateWalletRequest\x1a\x1a.opencustody.api.v1.Wallet\x12[\n" +
+	"\n" +
+	"NewAddress\x12%.opencustody.api.v1.NewAddressRequest\x1a&.opencustody.api.v1.NewAddressResponse\x12M\n" +
+	"\tGetWallet\x12$.opencustody.api.v1.GetWalletRequest\x1a\x1a.opencustody.api.v1.Wallet\x12^\n" +
+	"\vListWallets\x12&.opencustody.api.v1.ListWalletsRequest\x1a'.opencustody.api.v1.ListWalletsResponse\x12H\n" +
+	"\x06Submit\x12!.opencustody.api.v1.SubmitRequest\x1a\x1b.opencustody.api.v1.Request\x12a\n" +
+	"\fListRequests\x12'.opencustody.api.v1.ListRequestsRequest\x1a(.opencustody.api.v1.ListRequestsResponse\x12P\n" +
+	"\n" +
+	"GetRequest\x12%.opencustody.api.v1.GetRequestRequest\x1a\x1b.opencustody.api.v1.RequestB6Z4github.com/opencustodynet/opencustody/protocol/apipbb\x06proto3"
 
 var (
 	file_api_proto_rawDescOnce sync.Once
@@ -1606,66 +2951,108 @@ func file_api_proto_rawDescGZIP() []byte {
 	return file_api_proto_rawDescData
 }
 
-var file_api_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_api_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_api_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_api_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_api_proto_goTypes = []any{
 	(DeviceState)(0),             // 0: opencustody.api.v1.DeviceState
 	(Role)(0),                    // 1: opencustody.api.v1.Role
-	(*BridgeMessage)(nil),        // 2: opencustody.api.v1.BridgeMessage
-	(*CoreMessage)(nil),          // 3: opencustody.api.v1.CoreMessage
-	(*BridgeHello)(nil),          // 4: opencustody.api.v1.BridgeHello
-	(*CoreHello)(nil),            // 5: opencustody.api.v1.CoreHello
-	(*DeviceAttached)(nil),       // 6: opencustody.api.v1.DeviceAttached
-	(*DeviceDetached)(nil),       // 7: opencustody.api.v1.DeviceDetached
-	(*DeviceFrame)(nil),          // 8: opencustody.api.v1.DeviceFrame
-	(*StatusRequest)(nil),        // 9: opencustody.api.v1.StatusRequest
-	(*StatusResponse)(nil),       // 10: opencustody.api.v1.StatusResponse
-	(*BridgeStatus)(nil),         // 11: opencustody.api.v1.BridgeStatus
-	(*ListDevicesRequest)(nil),   // 12: opencustody.api.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),  // 13: opencustody.api.v1.ListDevicesResponse
-	(*Device)(nil),               // 14: opencustody.api.v1.Device
-	(*PairClientMessage)(nil),    // 15: opencustody.api.v1.PairClientMessage
-	(*PairServerMessage)(nil),    // 16: opencustody.api.v1.PairServerMessage
-	(*PairStart)(nil),            // 17: opencustody.api.v1.PairStart
-	(*PairCode)(nil),             // 18: opencustody.api.v1.PairCode
-	(*PairDecision)(nil),         // 19: opencustody.api.v1.PairDecision
-	(*PairResult)(nil),           // 20: opencustody.api.v1.PairResult
-	(*RevokeDeviceRequest)(nil),  // 21: opencustody.api.v1.RevokeDeviceRequest
-	(*RevokeDeviceResponse)(nil), // 22: opencustody.api.v1.RevokeDeviceResponse
+	(RequestState)(0),            // 2: opencustody.api.v1.RequestState
+	(*BridgeMessage)(nil),        // 3: opencustody.api.v1.BridgeMessage
+	(*CoreMessage)(nil),          // 4: opencustody.api.v1.CoreMessage
+	(*BridgeHello)(nil),          // 5: opencustody.api.v1.BridgeHello
+	(*CoreHello)(nil),            // 6: opencustody.api.v1.CoreHello
+	(*DeviceAttached)(nil),       // 7: opencustody.api.v1.DeviceAttached
+	(*DeviceDetached)(nil),       // 8: opencustody.api.v1.DeviceDetached
+	(*DeviceFrame)(nil),          // 9: opencustody.api.v1.DeviceFrame
+	(*StatusRequest)(nil),        // 10: opencustody.api.v1.StatusRequest
+	(*StatusResponse)(nil),       // 11: opencustody.api.v1.StatusResponse
+	(*BridgeStatus)(nil),         // 12: opencustody.api.v1.BridgeStatus
+	(*ListDevicesRequest)(nil),   // 13: opencustody.api.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),  // 14: opencustody.api.v1.ListDevicesResponse
+	(*Device)(nil),               // 15: opencustody.api.v1.Device
+	(*PairClientMessage)(nil),    // 16: opencustody.api.v1.PairClientMessage
+	(*PairServerMessage)(nil),    // 17: opencustody.api.v1.PairServerMessage
+	(*PairStart)(nil),            // 18: opencustody.api.v1.PairStart
+	(*PairCode)(nil),             // 19: opencustody.api.v1.PairCode
+	(*PairDecision)(nil),         // 20: opencustody.api.v1.PairDecision
+	(*PairResult)(nil),           // 21: opencustody.api.v1.PairResult
+	(*RevokeDeviceRequest)(nil),  // 22: opencustody.api.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil), // 23: opencustody.api.v1.RevokeDeviceResponse
+	(*Wallet)(nil),               // 24: opencustody.api.v1.Wallet
+	(*WalletAddress)(nil),        // 25: opencustody.api.v1.WalletAddress
+	(*CreateWalletRequest)(nil),  // 26: opencustody.api.v1.CreateWalletRequest
+	(*NewAddressRequest)(nil),    // 27: opencustody.api.v1.NewAddressRequest
+	(*NewAddressResponse)(nil),   // 28: opencustody.api.v1.NewAddressResponse
+	(*GetWalletRequest)(nil),     // 29: opencustody.api.v1.GetWalletRequest
+	(*ListWalletsRequest)(nil),   // 30: opencustody.api.v1.ListWalletsRequest
+	(*ListWalletsResponse)(nil),  // 31: opencustody.api.v1.ListWalletsResponse
+	(*SubmitRequest)(nil),        // 32: opencustody.api.v1.SubmitRequest
+	(*Request)(nil),              // 33: opencustody.api.v1.Request
+	(*RequestPrompt)(nil),        // 34: opencustody.api.v1.RequestPrompt
+	(*RequestAnswer)(nil),        // 35: opencustody.api.v1.RequestAnswer
+	(*TransferSummary)(nil),      // 36: opencustody.api.v1.TransferSummary
+	(*TransferOutput)(nil),       // 37: opencustody.api.v1.TransferOutput
+	(*ListRequestsRequest)(nil),  // 38: opencustody.api.v1.ListRequestsRequest
+	(*ListRequestsResponse)(nil), // 39: opencustody.api.v1.ListRequestsResponse
+	(*GetRequestRequest)(nil),    // 40: opencustody.api.v1.GetRequestRequest
 }
 var file_api_proto_depIdxs = []int32{
-	4,  // 0: opencustody.api.v1.BridgeMessage.hello:type_name -> opencustody.api.v1.BridgeHello
-	6,  // 1: opencustody.api.v1.BridgeMessage.attached:type_name -> opencustody.api.v1.DeviceAttached
-	7,  // 2: opencustody.api.v1.BridgeMessage.detached:type_name -> opencustody.api.v1.DeviceDetached
-	8,  // 3: opencustody.api.v1.BridgeMessage.frame:type_name -> opencustody.api.v1.DeviceFrame
-	5,  // 4: opencustody.api.v1.CoreMessage.hello:type_name -> opencustody.api.v1.CoreHello
-	8,  // 5: opencustody.api.v1.CoreMessage.frame:type_name -> opencustody.api.v1.DeviceFrame
-	11, // 6: opencustody.api.v1.StatusResponse.bridges:type_name -> opencustody.api.v1.BridgeStatus
-	14, // 7: opencustody.api.v1.ListDevicesResponse.devices:type_name -> opencustody.api.v1.Device
+	5,  // 0: opencustody.api.v1.BridgeMessage.hello:type_name -> opencustody.api.v1.BridgeHello
+	7,  // 1: opencustody.api.v1.BridgeMessage.attached:type_name -> opencustody.api.v1.DeviceAttached
+	8,  // 2: opencustody.api.v1.BridgeMessage.detached:type_name -> opencustody.api.v1.DeviceDetached
+	9,  // 3: opencustody.api.v1.BridgeMessage.frame:type_name -> opencustody.api.v1.DeviceFrame
+	6,  // 4: opencustody.api.v1.CoreMessage.hello:type_name -> opencustody.api.v1.CoreHello
+	9,  // 5: opencustody.api.v1.CoreMessage.frame:type_name -> opencustody.api.v1.DeviceFrame
+	12, // 6: opencustody.api.v1.StatusResponse.bridges:type_name -> opencustody.api.v1.BridgeStatus
+	15, // 7: opencustody.api.v1.ListDevicesResponse.devices:type_name -> opencustody.api.v1.Device
 	0,  // 8: opencustody.api.v1.Device.state:type_name -> opencustody.api.v1.DeviceState
 	1,  // 9: opencustody.api.v1.Device.role:type_name -> opencustody.api.v1.Role
-	17, // 10: opencustody.api.v1.PairClientMessage.start:type_name -> opencustody.api.v1.PairStart
-	19, // 11: opencustody.api.v1.PairClientMessage.decision:type_name -> opencustody.api.v1.PairDecision
-	18, // 12: opencustody.api.v1.PairServerMessage.code:type_name -> opencustody.api.v1.PairCode
-	20, // 13: opencustody.api.v1.PairServerMessage.result:type_name -> opencustody.api.v1.PairResult
+	18, // 10: opencustody.api.v1.PairClientMessage.start:type_name -> opencustody.api.v1.PairStart
+	20, // 11: opencustody.api.v1.PairClientMessage.decision:type_name -> opencustody.api.v1.PairDecision
+	19, // 12: opencustody.api.v1.PairServerMessage.code:type_name -> opencustody.api.v1.PairCode
+	21, // 13: opencustody.api.v1.PairServerMessage.result:type_name -> opencustody.api.v1.PairResult
 	1,  // 14: opencustody.api.v1.PairStart.role:type_name -> opencustody.api.v1.Role
-	14, // 15: opencustody.api.v1.PairResult.device:type_name -> opencustody.api.v1.Device
-	14, // 16: opencustody.api.v1.RevokeDeviceResponse.device:type_name -> opencustody.api.v1.Device
-	2,  // 17: opencustody.api.v1.Relay.Connect:input_type -> opencustody.api.v1.BridgeMessage
-	9,  // 18: opencustody.api.v1.Operator.Status:input_type -> opencustody.api.v1.StatusRequest
-	12, // 19: opencustody.api.v1.Operator.ListDevices:input_type -> opencustody.api.v1.ListDevicesRequest
-	15, // 20: opencustody.api.v1.Operator.Pair:input_type -> opencustody.api.v1.PairClientMessage
-	21, // 21: opencustody.api.v1.Operator.RevokeDevice:input_type -> opencustody.api.v1.RevokeDeviceRequest
-	3,  // 22: opencustody.api.v1.Relay.Connect:output_type -> opencustody.api.v1.CoreMessage
-	10, // 23: opencustody.api.v1.Operator.Status:output_type -> opencustody.api.v1.StatusResponse
-	13, // 24: opencustody.api.v1.Operator.ListDevices:output_type -> opencustody.api.v1.ListDevicesResponse
-	16, // 25: opencustody.api.v1.Operator.Pair:output_type -> opencustody.api.v1.PairServerMessage
-	22, // 26: opencustody.api.v1.Operator.RevokeDevice:output_type -> opencustody.api.v1.RevokeDeviceResponse
-	22, // [22:27] is the sub-list for method output_type
-	17, // [17:22] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	15, // 15: opencustody.api.v1.PairResult.device:type_name -> opencustody.api.v1.Device
+	15, // 16: opencustody.api.v1.RevokeDeviceResponse.device:type_name -> opencustody.api.v1.Device
+	25, // 17: opencustody.api.v1.Wallet.addresses:type_name -> opencustody.api.v1.WalletAddress
+	25, // 18: opencustody.api.v1.NewAddressResponse.address:type_name -> opencustody.api.v1.WalletAddress
+	24, // 19: opencustody.api.v1.ListWalletsResponse.wallets:type_name -> opencustody.api.v1.Wallet
+	2,  // 20: opencustody.api.v1.Request.state:type_name -> opencustody.api.v1.RequestState
+	35, // 21: opencustody.api.v1.Request.answers:type_name -> opencustody.api.v1.RequestAnswer
+	34, // 22: opencustody.api.v1.Request.prompts:type_name -> opencustody.api.v1.RequestPrompt
+	36, // 23: opencustody.api.v1.Request.summary:type_name -> opencustody.api.v1.TransferSummary
+	37, // 24: opencustody.api.v1.TransferSummary.outputs:type_name -> opencustody.api.v1.TransferOutput
+	2,  // 25: opencustody.api.v1.ListRequestsRequest.state:type_name -> opencustody.api.v1.RequestState
+	33, // 26: opencustody.api.v1.ListRequestsResponse.requests:type_name -> opencustody.api.v1.Request
+	3,  // 27: opencustody.api.v1.Relay.Connect:input_type -> opencustody.api.v1.BridgeMessage
+	10, // 28: opencustody.api.v1.Operator.Status:input_type -> opencustody.api.v1.StatusRequest
+	13, // 29: opencustody.api.v1.Operator.ListDevices:input_type -> opencustody.api.v1.ListDevicesRequest
+	16, // 30: opencustody.api.v1.Operator.Pair:input_type -> opencustody.api.v1.PairClientMessage
+	22, // 31: opencustody.api.v1.Operator.RevokeDevice:input_type -> opencustody.api.v1.RevokeDeviceRequest
+	26, // 32: opencustody.api.v1.Custody.CreateWallet:input_type -> opencustody.api.v1.CreateWalletRequest
+	27, // 33: opencustody.api.v1.Custody.NewAddress:input_type -> opencustody.api.v1.NewAddressRequest
+	29, // 34: opencustody.api.v1.Custody.GetWallet:input_type -> opencustody.api.v1.GetWalletRequest
+	30, // 35: opencustody.api.v1.Custody.ListWallets:input_type -> opencustody.api.v1.ListWalletsRequest
+	32, // 36: opencustody.api.v1.Custody.Submit:input_type -> opencustody.api.v1.SubmitRequest
+	38, // 37: opencustody.api.v1.Custody.ListRequests:input_type -> opencustody.api.v1.ListRequestsRequest
+	40, // 38: opencustody.api.v1.Custody.GetRequest:input_type -> opencustody.api.v1.GetRequestRequest
+	4,  // 39: opencustody.api.v1.Relay.Connect:output_type -> opencustody.api.v1.CoreMessage
+	11, // 40: opencustody.api.v1.Operator.Status:output_type -> opencustody.api.v1.StatusResponse
+	14, // 41: opencustody.api.v1.Operator.ListDevices:output_type -> opencustody.api.v1.ListDevicesResponse
+	17, // 42: opencustody.api.v1.Operator.Pair:output_type -> opencustody.api.v1.PairServerMessage
+	23, // 43: opencustody.api.v1.Operator.RevokeDevice:output_type -> opencustody.api.v1.RevokeDeviceResponse
+	24, // 44: opencustody.api.v1.Custody.CreateWallet:output_type -> opencustody.api.v1.Wallet
+	28, // 45: opencustody.api.v1.Custody.NewAddress:output_type -> opencustody.api.v1.NewAddressResponse
+	24, // 46: opencustody.api.v1.Custody.GetWallet:output_type -> opencustody.api.v1.Wallet
+	31, // 47: opencustody.api.v1.Custody.ListWallets:output_type -> opencustody.api.v1.ListWalletsResponse
+	33, // 48: opencustody.api.v1.Custody.Submit:output_type -> opencustody.api.v1.Request
+	39, // 49: opencustody.api.v1.Custody.ListRequests:output_type -> opencustody.api.v1.ListRequestsResponse
+	33, // 50: opencustody.api.v1.Custody.GetRequest:output_type -> opencustody.api.v1.Request
+	39, // [39:51] is the sub-list for method output_type
+	27, // [27:39] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_api_proto_init() }
@@ -1696,10 +3083,10 @@ func file_api_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_proto_rawDesc), len(file_api_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   21,
+			NumEnums:      3,
+			NumMessages:   38,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_api_proto_goTypes,
 		DependencyIndexes: file_api_proto_depIdxs,

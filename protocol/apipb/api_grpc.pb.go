@@ -6,7 +6,8 @@
 //     that matters inside those envelopes is Noise ciphertext the bridge
 //     cannot read or forge.
 //   - Operator: what operators and integrators call (status, devices,
-//     pairing, revocation).
+//     pairing, revocation), and Custody (wallets, addresses, requests to
+//     sign transactions), with the same operator token.
 //
 // Field numbers are part of the API: never reuse or renumber them.
 
@@ -360,5 +361,367 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 			ClientStreams: true,
 		},
 	},
+	Metadata: "api.proto",
+}
+
+const (
+	Custody_CreateWallet_FullMethodName = "/opencustody.api.v1.Custody/CreateWallet"
+	Custody_NewAddress_FullMethodName   = "/opencustody.api.v1.Custody/NewAddress"
+	Custody_GetWallet_FullMethodName    = "/opencustody.api.v1.Custody/GetWallet"
+	Custody_ListWallets_FullMethodName  = "/opencustody.api.v1.Custody/ListWallets"
+	Custody_Submit_FullMethodName       = "/opencustody.api.v1.Custody/Submit"
+	Custody_ListRequests_FullMethodName = "/opencustody.api.v1.Custody/ListRequests"
+	Custody_GetRequest_FullMethodName   = "/opencustody.api.v1.Custody/GetRequest"
+)
+
+// CustodyClient is the client API for Custody service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Custody is the approval path: wallets, their addresses, and requests to
+// sign transactions. It takes the operator token.
+type CustodyClient interface {
+	// CreateWallet stores a wallet: its network, and the approvers (users,
+	// each with a paired device) of whom a quorum must approve each
+	// transfer. It has no address until NewAddress.
+	CreateWallet(ctx context.Context, in *CreateWalletRequest, opts ...grpc.CallOption) (*Wallet, error)
+	// NewAddress makes a new custody key in the HSM and returns its P2WPKH
+	// address.
+	NewAddress(ctx context.Context, in *NewAddressRequest, opts ...grpc.CallOption) (*NewAddressResponse, error)
+	GetWallet(ctx context.Context, in *GetWalletRequest, opts ...grpc.CallOption) (*Wallet, error)
+	ListWallets(ctx context.Context, in *ListWalletsRequest, opts ...grpc.CallOption) (*ListWalletsResponse, error)
+	// Submit asks for a transaction (a PSBT) to be approved and signed. The
+	// core checks that the wallet can sign it, derives what approvers are
+	// shown from the transaction itself, and sends a prompt to each approver
+	// device (now, or when it connects).
+	Submit(ctx context.Context, in *SubmitRequest, opts ...grpc.CallOption) (*Request, error)
+	// ListRequests lists requests, oldest first, without their signed
+	// transactions.
+	ListRequests(ctx context.Context, in *ListRequestsRequest, opts ...grpc.CallOption) (*ListRequestsResponse, error)
+	// GetRequest returns a request, with the signed PSBT and transaction
+	// once signed.
+	GetRequest(ctx context.Context, in *GetRequestRequest, opts ...grpc.CallOption) (*Request, error)
+}
+
+type custodyClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewCustodyClient(cc grpc.ClientConnInterface) CustodyClient {
+	return &custodyClient{cc}
+}
+
+func (c *custodyClient) CreateWallet(ctx context.Context, in *CreateWalletRequest, opts ...grpc.CallOption) (*Wallet, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Wallet)
+	err := c.cc.Invoke(ctx, Custody_CreateWallet_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *custodyClient) NewAddress(ctx context.Context, in *NewAddressRequest, opts ...grpc.CallOption) (*NewAddressResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NewAddressResponse)
+	err := c.cc.Invoke(ctx, Custody_NewAddress_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *custodyClient) GetWallet(ctx context.Context, in *GetWalletRequest, opts ...grpc.CallOption) (*Wallet, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Wallet)
+	err := c.cc.Invoke(ctx, Custody_GetWallet_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *custodyClient) ListWallets(ctx context.Context, in *ListWalletsRequest, opts ...grpc.CallOption) (*ListWalletsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListWalletsResponse)
+	err := c.cc.Invoke(ctx, Custody_ListWallets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *custodyClient) Submit(ctx context.Context, in *SubmitRequest, opts ...grpc.CallOption) (*Request, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Request)
+	err := c.cc.Invoke(ctx, Custody_Submit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *custodyClient) ListRequests(ctx context.Context, in *ListRequestsRequest, opts ...grpc.CallOption) (*ListRequestsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRequestsResponse)
+	err := c.cc.Invoke(ctx, Custody_ListRequests_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *custodyClient) GetRequest(ctx context.Context, in *GetRequestRequest, opts ...grpc.CallOption) (*Request, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Request)
+	err := c.cc.Invoke(ctx, Custody_GetRequest_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// CustodyServer is the server API for Custody service.
+// All implementations must embed UnimplementedCustodyServer
+// for forward compatibility.
+//
+// Custody is the approval path: wallets, their addresses, and requests to
+// sign transactions. It takes the operator token.
+type CustodyServer interface {
+	// CreateWallet stores a wallet: its network, and the approvers (users,
+	// each with a paired device) of whom a quorum must approve each
+	// transfer. It has no address until NewAddress.
+	CreateWallet(context.Context, *CreateWalletRequest) (*Wallet, error)
+	// NewAddress makes a new custody key in the HSM and returns its P2WPKH
+	// address.
+	NewAddress(context.Context, *NewAddressRequest) (*NewAddressResponse, error)
+	GetWallet(context.Context, *GetWalletRequest) (*Wallet, error)
+	ListWallets(context.Context, *ListWalletsRequest) (*ListWalletsResponse, error)
+	// Submit asks for a transaction (a PSBT) to be approved and signed. The
+	// core checks that the wallet can sign it, derives what approvers are
+	// shown from the transaction itself, and sends a prompt to each approver
+	// device (now, or when it connects).
+	Submit(context.Context, *SubmitRequest) (*Request, error)
+	// ListRequests lists requests, oldest first, without their signed
+	// transactions.
+	ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error)
+	// GetRequest returns a request, with the signed PSBT and transaction
+	// once signed.
+	GetRequest(context.Context, *GetRequestRequest) (*Request, error)
+	mustEmbedUnimplementedCustodyServer()
+}
+
+// UnimplementedCustodyServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedCustodyServer struct{}
+
+func (UnimplementedCustodyServer) CreateWallet(context.Context, *CreateWalletRequest) (*Wallet, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateWallet not implemented")
+}
+func (UnimplementedCustodyServer) NewAddress(context.Context, *NewAddressRequest) (*NewAddressResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method NewAddress not implemented")
+}
+func (UnimplementedCustodyServer) GetWallet(context.Context, *GetWalletRequest) (*Wallet, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetWallet not implemented")
+}
+func (UnimplementedCustodyServer) ListWallets(context.Context, *ListWalletsRequest) (*ListWalletsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListWallets not implemented")
+}
+func (UnimplementedCustodyServer) Submit(context.Context, *SubmitRequest) (*Request, error) {
+	return nil, status.Error(codes.Unimplemented, "method Submit not implemented")
+}
+func (UnimplementedCustodyServer) ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRequests not implemented")
+}
+func (UnimplementedCustodyServer) GetRequest(context.Context, *GetRequestRequest) (*Request, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRequest not implemented")
+}
+func (UnimplementedCustodyServer) mustEmbedUnimplementedCustodyServer() {}
+func (UnimplementedCustodyServer) testEmbeddedByValue()                 {}
+
+// UnsafeCustodyServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to CustodyServer will
+// result in compilation errors.
+type UnsafeCustodyServer interface {
+	mustEmbedUnimplementedCustodyServer()
+}
+
+func RegisterCustodyServer(s grpc.ServiceRegistrar, srv CustodyServer) {
+	// If the following call panics, it indicates UnimplementedCustodyServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Custody_ServiceDesc, srv)
+}
+
+func _Custody_CreateWallet_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateWalletRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CustodyServer).CreateWallet(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Custody_CreateWallet_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CustodyServer).CreateWallet(ctx, req.(*CreateWalletRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Custody_NewAddress_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(NewAddressRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CustodyServer).NewAddress(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Custody_NewAddress_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CustodyServer).NewAddress(ctx, req.(*NewAddressRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Custody_GetWallet_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetWalletRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CustodyServer).GetWallet(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Custody_GetWallet_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CustodyServer).GetWallet(ctx, req.(*GetWalletRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Custody_ListWallets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListWalletsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CustodyServer).ListWallets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Custody_ListWallets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CustodyServer).ListWallets(ctx, req.(*ListWalletsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Custody_Submit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SubmitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CustodyServer).Submit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Custody_Submit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CustodyServer).Submit(ctx, req.(*SubmitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Custody_ListRequests_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRequestsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CustodyServer).ListRequests(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Custody_ListRequests_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CustodyServer).ListRequests(ctx, req.(*ListRequestsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Custody_GetRequest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRequestRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CustodyServer).GetRequest(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Custody_GetRequest_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CustodyServer).GetRequest(ctx, req.(*GetRequestRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// Custody_ServiceDesc is the grpc.ServiceDesc for Custody service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Custody_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "opencustody.api.v1.Custody",
+	HandlerType: (*CustodyServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "CreateWallet",
+			Handler:    _Custody_CreateWallet_Handler,
+		},
+		{
+			MethodName: "NewAddress",
+			Handler:    _Custody_NewAddress_Handler,
+		},
+		{
+			MethodName: "GetWallet",
+			Handler:    _Custody_GetWallet_Handler,
+		},
+		{
+			MethodName: "ListWallets",
+			Handler:    _Custody_ListWallets_Handler,
+		},
+		{
+			MethodName: "Submit",
+			Handler:    _Custody_Submit_Handler,
+		},
+		{
+			MethodName: "ListRequests",
+			Handler:    _Custody_ListRequests_Handler,
+		},
+		{
+			MethodName: "GetRequest",
+			Handler:    _Custody_GetRequest_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
 	Metadata: "api.proto",
 }

@@ -89,9 +89,14 @@ the HSM's console that pairs the first admins.`,
 				}
 				attRoots = append(attRoots, rs...)
 			}
+			rs := records.New(db, hsm.RecordAuthenticator{A: store, Key: tc.RecordKey})
 			cr, err := core.New(core.Config{
 				Identity:         identity,
-				Devices:          hsmd.DeviceStore{Records: records.New(db, hsm.RecordAuthenticator{A: store, Key: tc.RecordKey})},
+				Devices:          hsmd.DeviceStore{Records: rs},
+				Wallets:          hsmd.WalletStore{Records: rs},
+				Requests:         hsmd.RequestStore{Records: rs},
+				Custody:          store,
+				Keys:             store,
 				Ceremony:         ceremony,
 				AttestationRoots: attRoots,
 			})

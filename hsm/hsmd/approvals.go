@@ -1,0 +1,107 @@
+package hsmd
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/opencustodynet/opencustody/hsm/core"
+	"github.com/opencustodynet/opencustody/protocol/signed"
+)
+
+// sendPrompts hands each prompt to the link of its device, if attached.
+// A device without a channel now gets it when its channel comes up.
+func (s *Server) sendPrompts(ctx context.Context, prompts []*signed.Prompt) {
+	for _, p := range prompts {
+		if d := s.device(p.DeviceID); d != nil {
+			s.sendPrompt(ctx, d, p)
+		}
+	}
+}
+
+func (s *Server) sendPrompt(ctx context.Context, d *deviceConn, p *signed.Prompt) {
+	err := d.call(func(l *core.Link) (core.Output, error) { return l.SendPrompt(ctx, p) })
+	switch {
+	case err == nil:
+	case errors.Is(err, core.ErrNoChannel), errors.Is(err, errDetached):
+		s.log.Debug("prompt waits for the device's channel", "request", p.RequestID, "device", p.DeviceID)
+	default:
+		s.log.Warn("cannot send a prompt", "request", p.RequestID, "device", p.DeviceID, "err", err)
+	}
+}
+
+// sendPending sends a device the prompts it has yet to answer.
+func (s *Server) sendPending(ctx context.Context, d *deviceConn, deviceID string) {
+	ps, err := s.cfg.Core.PendingPrompts(ctx, deviceID)
+	if errors.Is(err, core.ErrNoApprovalPath) {
+		return
+	}
+	if err != nil {
+		s.log.Error("cannot read the device's pending prompts", "device", deviceID, "err", err)
+		return
+	}
+	for _, p := range ps {
+		s.sendPrompt(ctx, d, p)
+	}
+}
+
+// answer has the core verify and apply a device's answer, then withdraws
+// the prompts it made moot.
+func (s *Server) answer(ctx context.Context, a core.Answer) {
+	log := s.log.With("request", a.RequestID, "device", a.Device)
+	res, err := s.cfg.Core.Answer(ctx, a)
+	if err != nil {
+		s.metrics.answers.WithLabelValues("refused").Inc()
+		log.Warn("answer refused", "err", err)
+	} else {
+		r := res.Request
+		s.metrics.answers.WithLabelValues(res.Decision.String()).Inc()
+		log.Info("answer accepted", "user", res.User, "decision", res.Decision.String(), "state", string(r.State), "approved_by", r.ApprovedBy())
+		switch r.State {
+		case core.RequestSigned:
+			log.Info("request signed", "txid", r.TxID)
+		case core.RequestFailed:
+			log.Error("request approved but not signed", "err", r.Error)
+		}
+		if r.State.Closed() {
+			s.metrics.requests.WithLabelValues(string(r.State)).Inc()
+		}
+	}
+	if res != nil {
+		s.withdraw(ctx, res.Withdraw)
+	}
+}
+
+// withdraw cancels prompts on the devices that have them.
+func (s *Server) withdraw(ctx context.Context, refs []core.PromptRef) {
+	for _, ref := range refs {
+		if d := s.device(ref.DeviceID); d != nil {
+			err := d.call(func(l *core.Link) (core.Output, error) { return l.WithdrawPrompt(ctx, ref.RequestID) })
+			if err != nil && !errors.Is(err, errDetached) {
+				s.log.Warn("cannot withdraw a prompt", "request", ref.RequestID, "device", ref.DeviceID, "err", err)
+			}
+		}
+	}
+}
+
+// tickLoop has the core store expiries and finish interrupted signings,
+// at once and then every TickInterval.
+func (s *Server) tickLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		withdraw, err := s.cfg.Core.Tick(ctx)
+		switch {
+		case errors.Is(err, core.ErrNoApprovalPath):
+			return
+		case err != nil && ctx.Err() == nil:
+			s.log.Error("request upkeep failed", "err", err)
+		}
+		s.withdraw(ctx, withdraw)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}

@@ -1,0 +1,187 @@
+package hsmd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/opencustodynet/opencustody/hsm/core"
+	"github.com/opencustodynet/opencustody/hsm/records"
+)
+
+// Record kinds of the approval path.
+const (
+	walletKind  = "wallet"
+	requestKind = "request"
+)
+
+// WalletStore keeps the core's wallet records as authenticated records:
+// JSON bodies under kind "wallet", keyed by wallet name, each MAC'd by the
+// HSM record key. A record that fails authentication is an error wrapping
+// records.ErrIntegrity, never a wallet: a hostile database cannot add an
+// approver, lower a quorum or swap a custody key unnoticed.
+type WalletStore struct {
+	Records *records.Store
+}
+
+// RequestStore keeps the core's request records the same way, under kind
+// "request", keyed by request id: a hostile database cannot forge an
+// approval, change what was approved or mark a request signed.
+type RequestStore struct {
+	Records *records.Store
+}
+
+var (
+	_ core.WalletStore  = WalletStore{}
+	_ core.RequestStore = RequestStore{}
+)
+
+// decodeRecord decodes r's JSON body into v and checks that the body names
+// the record's own key.
+func decodeRecord(r records.Record, v any, name func() string) error {
+	if err := json.Unmarshal(r.Body, v); err != nil {
+		return fmt.Errorf("hsmd: %s record %s: %w", r.Kind, r.Key, err)
+	}
+	if got := name(); got != r.Key {
+		// The MAC binds the key; a body naming another was written so.
+		return fmt.Errorf("hsmd: %s record %s names %s", r.Kind, r.Key, got)
+	}
+	return nil
+}
+
+func getRecord(ctx context.Context, rs *records.Store, kind, key string, notFound error, v any, name func() string) (uint64, error) {
+	r, err := rs.Get(ctx, kind, key)
+	if errors.Is(err, records.ErrNotFound) {
+		return 0, fmt.Errorf("%w: %s", notFound, key)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return r.Version, decodeRecord(r, v, name)
+}
+
+func createRecord(ctx context.Context, rs *records.Store, kind, key string, v any) (uint64, error) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return 0, err
+	}
+	r, err := rs.Create(ctx, kind, key, body)
+	if err != nil {
+		return 0, err
+	}
+	return r.Version, nil
+}
+
+func updateRecord(ctx context.Context, rs *records.Store, kind, key string, version uint64, v any) (uint64, error) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return 0, err
+	}
+	r, err := rs.Update(ctx, kind, key, version, body)
+	if err != nil {
+		return 0, err
+	}
+	return r.Version, nil
+}
+
+// GetWallet implements core.WalletStore.
+func (s WalletStore) GetWallet(ctx context.Context, name string) (*core.WalletRecord, error) {
+	var w core.WalletRecord
+	v, err := getRecord(ctx, s.Records, walletKind, name, core.ErrWalletNotFound, &w, func() string { return w.Name })
+	if err != nil {
+		return nil, err
+	}
+	w.Version = v
+	return &w, nil
+}
+
+// ListWallets implements core.WalletStore.
+func (s WalletStore) ListWallets(ctx context.Context) ([]*core.WalletRecord, error) {
+	rs, err := s.Records.List(ctx, walletKind)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*core.WalletRecord, 0, len(rs))
+	for _, r := range rs {
+		w := &core.WalletRecord{}
+		if err := decodeRecord(r, w, func() string { return w.Name }); err != nil {
+			return nil, err
+		}
+		w.Version = r.Version
+		out = append(out, w)
+	}
+	return out, nil
+}
+
+// CreateWallet implements core.WalletStore.
+func (s WalletStore) CreateWallet(ctx context.Context, w *core.WalletRecord) error {
+	v, err := createRecord(ctx, s.Records, walletKind, w.Name, w)
+	if errors.Is(err, records.ErrExists) {
+		return fmt.Errorf("%w: %s", core.ErrWalletExists, w.Name)
+	}
+	if err != nil {
+		return err
+	}
+	w.Version = v
+	return nil
+}
+
+// UpdateWallet implements core.WalletStore.
+func (s WalletStore) UpdateWallet(ctx context.Context, w *core.WalletRecord) error {
+	v, err := updateRecord(ctx, s.Records, walletKind, w.Name, w.Version, w)
+	if err != nil {
+		return err
+	}
+	w.Version = v
+	return nil
+}
+
+// GetRequest implements core.RequestStore.
+func (s RequestStore) GetRequest(ctx context.Context, id string) (*core.RequestRecord, error) {
+	var r core.RequestRecord
+	v, err := getRecord(ctx, s.Records, requestKind, id, core.ErrRequestNotFound, &r, func() string { return r.ID })
+	if err != nil {
+		return nil, err
+	}
+	r.Version = v
+	return &r, nil
+}
+
+// ListRequests implements core.RequestStore.
+func (s RequestStore) ListRequests(ctx context.Context) ([]*core.RequestRecord, error) {
+	rs, err := s.Records.List(ctx, requestKind)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*core.RequestRecord, 0, len(rs))
+	for _, rec := range rs {
+		r := &core.RequestRecord{}
+		if err := decodeRecord(rec, r, func() string { return r.ID }); err != nil {
+			return nil, err
+		}
+		r.Version = rec.Version
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// CreateRequest implements core.RequestStore.
+func (s RequestStore) CreateRequest(ctx context.Context, r *core.RequestRecord) error {
+	v, err := createRecord(ctx, s.Records, requestKind, r.ID, r)
+	if err != nil {
+		return err
+	}
+	r.Version = v
+	return nil
+}
+
+// UpdateRequest implements core.RequestStore.
+func (s RequestStore) UpdateRequest(ctx context.Context, r *core.RequestRecord) error {
+	v, err := updateRecord(ctx, s.Records, requestKind, r.ID, r.Version, r)
+	if err != nil {
+		return err
+	}
+	r.Version = v
+	return nil
+}

@@ -1,0 +1,221 @@
+package hsmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/opencustodynet/opencustody/hsm/bitcoin"
+	"github.com/opencustodynet/opencustody/hsm/core"
+	"github.com/opencustodynet/opencustody/hsm/records"
+	"github.com/opencustodynet/opencustody/protocol/apipb"
+	"github.com/opencustodynet/opencustody/protocol/signed"
+)
+
+// custodyService serves the Custody API: wallets and requests. The core
+// decides everything; this only converts messages and hands the prompts
+// of a new request to the devices' links.
+type custodyService struct {
+	apipb.UnimplementedCustodyServer
+	s *Server
+}
+
+// custodyError maps the approval path's errors to gRPC codes. An integrity
+// failure is never hidden.
+func custodyError(err error) error {
+	switch {
+	case errors.Is(err, records.ErrIntegrity):
+		return status.Error(codes.DataLoss, "hsmd: refusing a stored record that failed authentication: "+err.Error())
+	case errors.Is(err, core.ErrWalletNotFound), errors.Is(err, core.ErrRequestNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, core.ErrWalletExists):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, core.ErrInvalidWallet):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, core.ErrTransactionRefused), errors.Is(err, core.ErrNoApprovalPath):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+func (c *custodyService) CreateWallet(ctx context.Context, req *apipb.CreateWalletRequest) (*apipb.Wallet, error) {
+	n, err := bitcoin.ParseNetwork(req.GetNetwork())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	w, err := c.s.cfg.Core.CreateWallet(ctx, core.CreateWalletRequest{
+		Name: req.GetName(), Network: n, Approvers: req.GetApprovers(), Quorum: int(req.GetQuorum()),
+	})
+	if err != nil {
+		return nil, custodyError(err)
+	}
+	c.s.log.Info("wallet created", "wallet", w.Name, "network", w.Network.String(), "approvers", w.Approvers, "quorum", w.Quorum)
+	return walletMessage(w)
+}
+
+func (c *custodyService) NewAddress(ctx context.Context, req *apipb.NewAddressRequest) (*apipb.NewAddressResponse, error) {
+	w, k, err := c.s.cfg.Core.NewAddress(ctx, req.GetWallet())
+	if err != nil {
+		return nil, custodyError(err)
+	}
+	a, err := addressMessage(w, k)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	c.s.log.Info("custody key made", "wallet", w.Name, "index", k.Index, "address", a.GetAddress())
+	return &apipb.NewAddressResponse{Wallet: w.Name, Address: a}, nil
+}
+
+func (c *custodyService) GetWallet(ctx context.Context, req *apipb.GetWalletRequest) (*apipb.Wallet, error) {
+	w, err := c.s.cfg.Core.Wallet(ctx, req.GetName())
+	if err != nil {
+		return nil, custodyError(err)
+	}
+	return walletMessage(w)
+}
+
+func (c *custodyService) ListWallets(ctx context.Context, _ *apipb.ListWalletsRequest) (*apipb.ListWalletsResponse, error) {
+	ws, err := c.s.cfg.Core.Wallets(ctx)
+	if err != nil {
+		return nil, custodyError(err)
+	}
+	out := &apipb.ListWalletsResponse{}
+	for _, w := range ws {
+		m, err := walletMessage(w)
+		if err != nil {
+			return nil, err
+		}
+		out.Wallets = append(out.Wallets, m)
+	}
+	return out, nil
+}
+
+func (c *custodyService) Submit(ctx context.Context, req *apipb.SubmitRequest) (*apipb.Request, error) {
+	sub, err := c.s.cfg.Core.Submit(ctx, core.SubmitRequest{Wallet: req.GetWallet(), PSBT: req.GetPsbt()})
+	if err != nil {
+		c.s.log.Warn("request refused", "wallet", req.GetWallet(), "err", err)
+		return nil, custodyError(err)
+	}
+	r := sub.Request
+	c.s.metrics.requests.WithLabelValues("submitted").Inc()
+	c.s.log.Info("request submitted", "request", r.ID, "wallet", r.Wallet, "txid", r.TxID, "prompts", len(sub.Prompts), "expires", r.ExpiresAt)
+	// Devices connected now get their prompt now; the others when their
+	// channel comes up.
+	c.s.background(func(ctx context.Context) { c.s.sendPrompts(ctx, sub.Prompts) })
+	return requestMessage(r, false)
+}
+
+func (c *custodyService) ListRequests(ctx context.Context, req *apipb.ListRequestsRequest) (*apipb.ListRequestsResponse, error) {
+	rs, err := c.s.cfg.Core.Requests(ctx)
+	if err != nil {
+		return nil, custodyError(err)
+	}
+	out := &apipb.ListRequestsResponse{}
+	for _, r := range rs {
+		if (req.GetWallet() != "" && r.Wallet != req.GetWallet()) ||
+			(req.GetState() != apipb.RequestState_REQUEST_STATE_UNSPECIFIED && apiRequestState(r.State) != req.GetState()) {
+			continue
+		}
+		m, err := requestMessage(r, false)
+		if err != nil {
+			return nil, err
+		}
+		out.Requests = append(out.Requests, m)
+	}
+	return out, nil
+}
+
+func (c *custodyService) GetRequest(ctx context.Context, req *apipb.GetRequestRequest) (*apipb.Request, error) {
+	r, err := c.s.cfg.Core.Request(ctx, req.GetId())
+	if err != nil {
+		return nil, custodyError(err)
+	}
+	return requestMessage(r, true)
+}
+
+func walletMessage(w *core.WalletRecord) (*apipb.Wallet, error) {
+	m := &apipb.Wallet{
+		Name: w.Name, Network: w.Network.String(), Approvers: w.Approvers, Quorum: uint32(w.Quorum),
+		CreatedAt: w.CreatedAt.Unix(),
+	}
+	for _, k := range w.Keys {
+		a, err := addressMessage(w, k)
+		if err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+		m.Addresses = append(m.Addresses, a)
+	}
+	return m, nil
+}
+
+func addressMessage(w *core.WalletRecord, k core.WalletKey) (*apipb.WalletAddress, error) {
+	addr, err := k.Address(w.Network)
+	if err != nil {
+		return nil, fmt.Errorf("hsmd: wallet %s key %d: %w", w.Name, k.Index, err)
+	}
+	return &apipb.WalletAddress{Index: k.Index, Address: addr, PublicKey: k.PublicKey, KeyRef: k.Ref, CreatedAt: k.CreatedAt.Unix()}, nil
+}
+
+func apiRequestState(s core.RequestState) apipb.RequestState {
+	switch s {
+	case core.RequestPending:
+		return apipb.RequestState_REQUEST_STATE_PENDING
+	case core.RequestApproved:
+		return apipb.RequestState_REQUEST_STATE_APPROVED
+	case core.RequestSigned:
+		return apipb.RequestState_REQUEST_STATE_SIGNED
+	case core.RequestRejected:
+		return apipb.RequestState_REQUEST_STATE_REJECTED
+	case core.RequestExpired:
+		return apipb.RequestState_REQUEST_STATE_EXPIRED
+	case core.RequestFailed:
+		return apipb.RequestState_REQUEST_STATE_FAILED
+	}
+	return apipb.RequestState_REQUEST_STATE_UNSPECIFIED
+}
+
+func unixOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+// requestMessage converts a request; withResult adds the signed PSBT and
+// transaction.
+func requestMessage(r *core.RequestRecord, withResult bool) (*apipb.Request, error) {
+	sum, err := r.ParsedSummary()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "hsmd: request %s: stored summary: %v", r.ID, err)
+	}
+	m := &apipb.Request{
+		Id: r.ID, Wallet: r.Wallet, State: apiRequestState(r.State), Quorum: uint32(r.Quorum), Approvers: r.Approvers,
+		ApprovedBy: r.ApprovedBy(), RejectedBy: r.RejectedBy(),
+		CreatedAt: r.CreatedAt.Unix(), ExpiresAt: r.ExpiresAt.Unix(), FinishedAt: unixOrZero(r.FinishedAt),
+		Error: r.Error, SummaryCanonical: r.Summary,
+		Summary: &apipb.TransferSummary{
+			Txid: r.TxID, Network: sum.Network.String(), Inputs: uint32(len(sum.Inputs)),
+			InputTotal: int64(sum.InputTotal), SentTotal: int64(sum.SentTotal), ChangeTotal: int64(sum.ChangeTotal), Fee: int64(sum.Fee),
+			Vsize: sum.VSize, FeeRateSatPerKvb: int64(sum.FeeRate), LockTime: sum.LockTime,
+		},
+	}
+	for _, o := range sum.Outputs {
+		m.Summary.Outputs = append(m.Summary.Outputs, &apipb.TransferOutput{Amount: int64(o.Amount), Address: o.Address, Change: o.Change, Dust: o.Dust})
+	}
+	answered := map[string]bool{}
+	for _, a := range r.Answers {
+		answered[a.DeviceID], answered["user:"+a.User] = true, true
+		m.Answers = append(m.Answers, &apipb.RequestAnswer{DeviceId: a.DeviceID, User: a.User, Approved: a.Decision == signed.Approve, Counter: a.Counter, At: a.At.Unix()})
+	}
+	for _, p := range r.Prompts {
+		m.Prompts = append(m.Prompts, &apipb.RequestPrompt{DeviceId: p.DeviceID, User: p.User, Answered: answered[p.DeviceID] || answered["user:"+p.User]})
+	}
+	if withResult {
+		m.SignedPsbt, m.SignedTx = r.SignedPSBT, r.SignedTx
+	}
+	return m, nil
+}
