@@ -36,6 +36,17 @@ func newCoreKey(t testing.TB, name string, notBefore, notAfter int64) *coreKey {
 	return id2core(t, id, name, notBefore, notAfter)
 }
 
+// coreKeyFrom makes a core with the identity key of algorithm alg whose
+// private bytes are raw, as the vectors give them.
+func coreKeyFrom(t testing.TB, alg pb.Algorithm, raw []byte, notBefore, notAfter int64) *coreKey {
+	t.Helper()
+	id, err := signed.SoftwareKeyFromBytes(alg, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id2core(t, id, "from bytes", notBefore, notAfter)
+}
+
 // withCredential returns the same identity key with another channel key
 // and credential.
 func (k *coreKey) withCredential(t testing.TB, notBefore, notAfter int64) *coreKey {

@@ -116,6 +116,9 @@ type operation struct {
 	secure  *secureChannel
 	confirm proto.Message // the answer when the user confirms
 	reject  proto.Message // the answer when the user rejects
+	// decide, if set, makes the answer when the user confirms or
+	// rejects, instead of confirm and reject.
+	decide func(opResult) proto.Message
 	// end, if set, learns how the operation ended, before its answer is
 	// sent.
 	end      func(opResult)
@@ -491,6 +494,12 @@ func (d *Device) handleMessage(cid uint32, sc *secureChannel, m proto.Message) {
 			return
 		}
 		d.finishHandshake(cid, m)
+	case *pb.PromptRequest:
+		if sc == nil {
+			d.sendFailure(cid, pb.FailureCode_FAILURE_NOT_PAIRED, "PromptRequest is valid only inside the secure channel")
+			return
+		}
+		d.handlePrompt(cid, sc, m)
 	case *pb.PairingRequest, *pb.PairingChallenge, *pb.PairingConfirm, *pb.PairingFinish:
 		if sc == nil {
 			d.sendFailure(cid, pb.FailureCode_FAILURE_NOT_PAIRED, fmt.Sprintf("%s is valid only inside the secure channel", messageName(m)))
@@ -547,6 +556,9 @@ func (d *Device) finishOp(result opResult, answer proto.Message) {
 	d.op = nil
 	if op.end != nil {
 		op.end(result)
+	}
+	if op.decide != nil && result != opAbandoned {
+		answer = op.decide(result)
 	}
 	d.showHome()
 	d.answer(op.cid, op.secure, answer)

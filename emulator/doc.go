@@ -23,7 +23,8 @@
 //   - [Store]: the persistent state (identity key, monotonic counter, label,
 //     channel key and device credential, the pinned HSM and the freshness
 //     mark of its credentials), written atomically so that a crash at any
-//     moment leaves the old state or the new one.
+//     moment leaves the old state or the new one. The counter is on disk
+//     before an answer that carries it leaves the device.
 //   - [Device]: the device logic — framing, channels, messages, screen and
 //     buttons — without I/O: reports in through [Device.HandleReport],
 //     answers out through a [Host], buttons through [Device.Press], time
@@ -59,8 +60,19 @@
 // device pins the HSM key with the user and role, writes its state, and
 // only then answers Success. The home screen then shows "Paired with HSM",
 // the fingerprint and the user. The debug link serves the values a screen
-// shows as [View].Fields ([FieldCode], [FieldHSMFingerprint], ...), so
-// that tests read the pairing code without parsing the screen.
+// shows as [View].Fields ([FieldCode], [FieldHSMFingerprint],
+// [FieldRequestID], ...), so that tests read the pairing code without
+// parsing the screen.
+//
+// # Prompts
+//
+// In a full channel the device answers PromptRequest as
+// firmware-spec/approval.md says: it checks the prompt (it parses, the
+// pinned HSM key signed it, it names this device, it can be shown, and it
+// has not certainly expired), shows [PromptDocument] after ButtonAck, and
+// when the user confirms on the last page or rejects, increments and
+// writes the counter ([Store.NextCounter]) before it signs the answer
+// with the identity key (PromptAnswer). A Cancel signs nothing.
 //
 // Features carries an attestation chain under the development root
 // (signed.DevelopmentAttestation with subject [AttestationSubject]),

@@ -14,6 +14,7 @@ import (
 	"github.com/opencustodynet/opencustody/protocol"
 	"github.com/opencustodynet/opencustody/protocol/framing"
 	"github.com/opencustodynet/opencustody/protocol/pb"
+	"github.com/opencustodynet/opencustody/protocol/signed"
 )
 
 // fuzzActions maps an action byte to what happens after a report.
@@ -119,14 +120,17 @@ func FuzzDeviceReports(f *testing.F) {
 	})
 }
 
-// FuzzChannelMessages opens a secure channel between a fresh, unpaired
-// device and a core, then lets the fuzzer choose the envelopes the core
-// sends through it (sealed, tampered or in plain) and what the user and
-// the relay do between them. It checks that the device never panics,
-// that every report it sends is well formed, that every SecureMessage it
-// sends opens under the core's session in order and carries a valid
-// envelope, and that it pins the core only after its user confirmed the
-// pairing screen. Seeds are pairings, complete and cut short.
+// FuzzChannelMessages opens a secure channel between a fresh device and a
+// core — a pairing session if unpaired, a full channel if paired with the
+// core — then lets the fuzzer choose the envelopes the core sends through
+// it (sealed, tampered or in plain) and what the user and the relay do
+// between them. It checks that the device never panics, that every report
+// it sends is well formed, that every SecureMessage it sends opens under
+// the core's session in order and carries a valid envelope, that it pins
+// the core only after its user confirmed the pairing screen, and that it
+// signs a prompt's answer only when its user pressed confirm or reject,
+// with a valid signature and a counter that only grows. Seeds are
+// pairings and prompts, complete and cut short.
 func FuzzChannelMessages(f *testing.F) {
 	template, _, err := OpenStore(StoreRequest{Dir: f.TempDir(), Algorithm: AlgEd25519, Rand: SeededRand("fuzz channel")})
 	if err != nil {
@@ -150,15 +154,24 @@ func FuzzChannelMessages(f *testing.F) {
 	request := &pb.PairingRequest{User: "alice", Role: pb.PairingRole_PAIRING_ROLE_ADMIN}
 	challenge := &pb.PairingChallenge{Challenge: bytes.Repeat([]byte{7}, 32)}
 	pairing := []proto.Message{request, challenge, &pb.PairingConfirm{}, &pb.ButtonAck{}, &pb.PairingFinish{}, &pb.GetFeatures{}}
-	f.Add(pack(pairing...), []byte{0, 0, 0, fuzzConfirm, 0, 0})
-	f.Add(pack(pairing...), []byte{0, 0, 0, fuzzReject, 0, 0})
-	f.Add(pack(pairing...), []byte{0, 0, 0, fuzzCancelCmd, 0, 0})
-	f.Add(pack(pairing...), []byte{0, fuzzTamper, 0, 0, 0, 0})
-	f.Add(pack(pairing...), []byte{0, 0, fuzzPlain, 0, 0, 0})
-	f.Add(pack(request, &pb.Cancel{}, challenge, &pb.Ping{Message: "x", ButtonProtection: true}, &pb.ButtonAck{}), []byte{0, 0, 0, 0, fuzzConfirm})
-	f.Add(pack(&pb.HandshakeInit{Noise: make([]byte, 32)}, request), []byte{fuzzPlain, 0})
+	f.Add(false, pack(pairing...), []byte{0, 0, 0, fuzzConfirm, 0, 0})
+	f.Add(false, pack(pairing...), []byte{0, 0, 0, fuzzReject, 0, 0})
+	f.Add(false, pack(pairing...), []byte{0, 0, 0, fuzzCancelCmd, 0, 0})
+	f.Add(false, pack(pairing...), []byte{0, fuzzTamper, 0, 0, 0, 0})
+	f.Add(false, pack(pairing...), []byte{0, 0, fuzzPlain, 0, 0, 0})
+	f.Add(false, pack(request, &pb.Cancel{}, challenge, &pb.Ping{Message: "x", ButtonProtection: true}, &pb.ButtonAck{}), []byte{0, 0, 0, 0, fuzzConfirm})
+	f.Add(false, pack(&pb.HandshakeInit{Noise: make([]byte, 32)}, request), []byte{fuzzPlain, 0})
+	prompt := &signed.Prompt{Kind: signed.PromptTransaction, RequestID: "fuzz", DeviceID: template.Identity().DeviceID(),
+		NotAfter: time.Unix(expiresAt, 0), Title: "Approve transfer", Fields: []signed.Field{{Label: "Send", Value: "1 BTC"}, {Label: "To", Value: "sb1q"}}}
+	if err := prompt.Sign(hsm.id); err != nil {
+		f.Fatal(err)
+	}
+	promptRequest := &pb.PromptRequest{Prompt: prompt.Marshal()}
+	f.Add(true, pack(promptRequest, &pb.ButtonAck{}, promptRequest, &pb.ButtonAck{}, &pb.GetFeatures{}), []byte{0, fuzzConfirm, 0, fuzzReject, 0})
+	f.Add(true, pack(promptRequest, &pb.ButtonAck{}, &pb.Cancel{}, promptRequest), []byte{0, fuzzTick, 0, fuzzCancelCmd})
+	f.Add(true, pack(promptRequest, &pb.ButtonAck{}, request), []byte{0, fuzzTamper, 0})
 
-	f.Fuzz(func(t *testing.T, data, actions []byte) {
+	f.Fuzz(func(t *testing.T, paired bool, data, actions []byte) {
 		dir := memoryDir(t)
 		if err := os.WriteFile(filepath.Join(dir, StateFile), state, 0o600); err != nil {
 			t.Fatal(err)
@@ -166,6 +179,12 @@ func FuzzChannelMessages(f *testing.F) {
 		store, _, err := OpenStore(StoreRequest{Dir: dir})
 		if err != nil {
 			t.Fatal(err)
+		}
+		if paired {
+			pin := &Pin{Algorithm: hsm.id.Algorithm(), PublicKey: hsm.id.PublicKey(), User: "alice", Role: pb.PairingRole_PAIRING_ROLE_ADMIN}
+			if err := store.SetPin(pin, time.Unix(0, 0)); err != nil {
+				t.Fatal(err)
+			}
 		}
 		h := &harness{t: t, host: &recorder{}, now: time.Unix(1700000000, 0)}
 		if h.d, err = New(Config{Store: store, Rand: SeededRand("fuzz device"), Now: h.clock}); err != nil {
@@ -176,6 +195,9 @@ func FuzzChannelMessages(f *testing.F) {
 		openChannel(t, h, c)
 
 		var sent []proto.Message // what the device sent, opened
+		decided := 0             // presses of confirm or reject that acted
+		var counter uint64       // of the last signed answer
+		id := store.Identity()
 		check := func(reports [][]byte) {
 			for _, m := range messages(t, reports) {
 				if m.Cmd != framing.CmdMsg {
@@ -196,6 +218,17 @@ func FuzzChannelMessages(f *testing.F) {
 						t.Fatalf("device sealed a bad envelope: %v", err)
 					}
 					msg = protocol.Unwrap(inner)
+				}
+				if pa, ok := msg.(*pb.PromptAnswer); ok {
+					a, err := signed.ParseApproval(pa.GetApproval())
+					if err != nil || a.Verify(id.Algorithm, id.PublicKey()) != nil || a.Counter <= counter || a.DeviceID != id.DeviceID() {
+						t.Fatalf("device sent a bad answer %+v (%v)", a, err)
+					}
+					counter = a.Counter
+					decided--
+					if decided < 0 {
+						t.Fatal("device signed an answer its user did not give")
+					}
 				}
 				sent = append(sent, msg)
 			}
@@ -234,8 +267,9 @@ func FuzzChannelMessages(f *testing.F) {
 			}
 			switch a {
 			case fuzzConfirm, fuzzReject, fuzzNext, fuzzPrev:
-				for _, b := range []Button{ButtonConfirm, ButtonReject, ButtonNext, ButtonPrev}[a-fuzzConfirm : a-fuzzConfirm+1] {
-					h.d.Press(b)
+				b := []Button{ButtonConfirm, ButtonReject, ButtonNext, ButtonPrev}[a-fuzzConfirm]
+				if h.d.Press(b) == nil && (b == ButtonConfirm || b == ButtonReject) {
+					decided++
 				}
 			case fuzzCancelCmd:
 				rs, _ := framing.Fragment(h.cid, framing.CmdCancel, nil)
@@ -246,7 +280,7 @@ func FuzzChannelMessages(f *testing.F) {
 			}
 			check(h.host.take())
 		}
-		if pin := store.Pin(); pin != nil {
+		if pin := store.Pin(); pin != nil && !paired {
 			confirmed := false
 			for _, m := range sent {
 				if d, ok := m.(*pb.PairingDecision); ok && d.GetConfirmed() {

@@ -209,6 +209,9 @@ const (
 	FieldRole = "role"
 	// FieldCode is the pairing code as shown, "123 456" (pairing screen).
 	FieldCode = "code"
+	// FieldRequestID is the id of the request a prompt belongs to (prompt
+	// screens).
+	FieldRequestID = "request_id"
 )
 
 // Footer returns the footer row drawn under the body: a reject mark, the

@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -18,6 +19,7 @@ import (
 	"github.com/opencustodynet/opencustody/protocol"
 	"github.com/opencustodynet/opencustody/protocol/framing"
 	"github.com/opencustodynet/opencustody/protocol/pb"
+	"github.com/opencustodynet/opencustody/protocol/signed"
 )
 
 var update = flag.Bool("update", false, "rewrite firmware-spec/vectors/device_*.json from the definitions in vectors_test.go")
@@ -96,10 +98,11 @@ type defStep struct {
 
 // vectorGen is the core's side while a channel transcript is generated.
 type vectorGen struct {
-	t     *testing.T
-	core  *testCore
-	inits int             // handshakes so far, to vary the core's ephemeral keys
-	last  []proto.Message // the device's answers to the previous step
+	t        *testing.T
+	core     *testCore
+	inits    int             // handshakes so far, to vary the core's ephemeral keys
+	last     []proto.Message // the device's answers to the previous step
+	deviceID string          // the device's id, for prompts
 }
 
 // Core steps of channel transcripts.
@@ -130,6 +133,35 @@ func sealedFlipped(m proto.Message) defStep {
 		ct := append([]byte(nil), e.GetSecure().GetCiphertext()...)
 		ct[0] ^= 0x80
 		return encode(g.t, &pb.SecureMessage{Ciphertext: ct}), m
+	}}
+}
+
+// sealedPrompt sends a transfer prompt signed by the core's identity key,
+// for the device (or for the device id forDevice, if not empty), with a
+// nonce of the byte nonce repeated.
+func sealedPrompt(requestID string, nonce byte, forDevice string) defStep {
+	return defStep{core: func(g *vectorGen) ([]byte, proto.Message) {
+		p := &signed.Prompt{Kind: signed.PromptTransaction, RequestID: requestID, DeviceID: g.deviceID,
+			NotAfter: time.Unix(expiresAt, 0), Title: "Approve transfer",
+			Fields: []signed.Field{
+				{Label: "Wallet", Value: "treasury"}, {Label: "Request", Value: requestID}, {Label: "Network", Value: "simnet"},
+				{Label: "Send", Value: "1.20000000 BTC (120,000,000 sat)"}, {Label: "To", Value: "sb1qaq3h7f4zkf7rxg4a3q32ruv9999da2dfha5fg6"},
+				{Label: "Fee", Value: "0.00010000 BTC (10,000 sat)"}, {Label: "Fee rate", Value: "47.846 sat/vB"},
+				{Label: "Expires", Value: "2027-01-16 08:00:00 UTC"},
+			},
+			Payload: []byte("a transaction summary"),
+		}
+		if forDevice != "" {
+			p.DeviceID = forDevice
+		}
+		for i := range p.Nonce {
+			p.Nonce[i] = nonce
+		}
+		if err := p.Sign(g.core.key.id); err != nil {
+			g.t.Fatal(err)
+		}
+		m := &pb.PromptRequest{Prompt: p.Marshal()}
+		return g.core.seal(m), m
 	}}
 }
 
@@ -263,6 +295,25 @@ func init() {
 			coreInit("another hsm", issuedAt+10*day, issuedAt+11*day), coreFinish(),
 			coreInit("hsm", issuedAt, expiresAt), coreFinish(),
 		)},
+		{name: "prompts", alg: AlgEd25519, comment: "A paired device: a prompt in the pairing session is refused; in the next channel, a prompt approved on its last page (the counter becomes 1), a prompt rejected (counter 2, signed too), a prompt cancelled by the core, and prompts refused without a ButtonRequest: for another device, and in plain.", steps: append(pairingSteps(),
+			defStep{press: ButtonConfirm},
+			sealed(&pb.PairingFinish{}),
+			sealedPrompt("5f2d0c9a3e71b846", 0x6e, ""),
+			coreInit("hsm", issuedAt, expiresAt), coreFinish(),
+			sealedPrompt("5f2d0c9a3e71b846", 0x6e, ""),
+			sealed(&pb.ButtonAck{}),
+			defStep{press: ButtonNext},
+			defStep{press: ButtonNext},
+			defStep{press: ButtonConfirm},
+			sealedPrompt("0c9a3e71b8465f2d", 0x6f, ""),
+			sealed(&pb.ButtonAck{}),
+			defStep{press: ButtonReject},
+			sealedPrompt("71b8465f2d0c9a3e", 0x70, ""),
+			sealed(&pb.ButtonAck{}),
+			sealed(&pb.Cancel{}),
+			sealedPrompt("71b8465f2d0c9a3e", 0x70, "0011223344556677"),
+			defStep{msg: &pb.PromptRequest{Prompt: []byte{0, 1, 2}}},
+		)},
 		{name: "channel_failures", alg: AlgEd25519, comment: "Channel messages in plain, a SecureMessage without a channel, and a SecureMessage whose ciphertext was altered, which closes the channel.", steps: []defStep{
 			{msg: vecRequest},
 			{msg: &pb.SecureMessage{Ciphertext: make([]byte, 32)}},
@@ -356,7 +407,7 @@ func generateVectors(t *testing.T, file string) vectorFile {
 	for _, d := range vectorDefs[file] {
 		tr := transcript{Name: d.name, Comment: d.comment, Device: vectorDevice{Seed: "opencustody device vectors", Algorithm: d.alg}}
 		r := newVectorRun(t, tr.Device)
-		g := &vectorGen{t: t}
+		g := &vectorGen{t: t, deviceID: r.h.d.store.Identity().DeviceID()}
 		for _, s := range d.steps {
 			st := step{Channel: s.channel, Command: s.command, Press: string(s.press)}
 			host := s.raw

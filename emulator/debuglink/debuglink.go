@@ -83,7 +83,8 @@ type Screen struct {
 	// Fields are the values the screen shows, by name, so that tests need
 	// not parse Text: on the home screen "device_id" and, once paired,
 	// "hsm_fingerprint", "user" and "role"; on the pairing screen
-	// "hsm_fingerprint", "user", "role" and "code" (as shown, "123 456").
+	// "hsm_fingerprint", "user", "role" and "code" (as shown, "123 456");
+	// on a prompt's screen "request_id".
 	Fields map[string]string `json:"fields,omitempty"`
 }
 
