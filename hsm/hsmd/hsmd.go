@@ -45,6 +45,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/opencustodynet/opencustody/hsm/bitcoin"
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/protocol/apiclient"
 	"github.com/opencustodynet/opencustody/protocol/apipb"
@@ -52,6 +53,10 @@ import (
 
 // DefaultAddress is where hsmd listens unless told otherwise: loopback only.
 const DefaultAddress = "127.0.0.1:7420"
+
+// maxMessageSize bounds a message hsmd receives: a PSBT of the largest
+// size the core reads, and room for the rest of the request.
+const maxMessageSize = bitcoin.MaxPSBTSize + 1<<20
 
 // Config configures a [Server].
 type Config struct {
@@ -161,6 +166,7 @@ func New(cfg Config) (*Server, error) {
 	}}
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewServerTLSFromCert(&cert)),
+		grpc.MaxRecvMsgSize(maxMessageSize),
 		grpc.UnaryInterceptor(auth.unary),
 		grpc.StreamInterceptor(auth.stream),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
