@@ -1,26 +1,31 @@
 package hsmd_test
 
 // End-to-end tests of the approval bridge's device side: a real hsmd in
-// ceremony mode (SoftHSM2 token, SQLite records, TLS), a real bridge
-// relaying to it, and emulators over UDP on loopback, driven through their
-// debug links. The bridge's Open hook puts a tap on every device
+// ceremony mode with the approval path (SoftHSM2 token with the identity,
+// record and custody keys, SQLite records, TLS), a real bridge relaying to
+// it, and emulators over UDP on loopback, driven through their debug
+// links. The bridge's Open hook puts a tap on every device
 // transport: it records every report both ways and, when a test arms it,
 // plays a hostile relay.
 
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/btcsuite/btcd/chaincfg/chainhash"
+	"github.com/btcsuite/btcd/wire"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -152,7 +157,7 @@ func (w *world) operator(h *env) apipb.OperatorClient {
 
 func newWorld(t *testing.T, emulators int) *world {
 	t.Helper()
-	w := &world{t: t, ctx: e2eContext(t), hsmd: start(t, true), taps: newTaps(t), ops: map[*env]apipb.OperatorClient{}}
+	w := &world{t: t, ctx: e2eContext(t), hsmd: startWith(t, true, true), taps: newTaps(t), ops: map[*env]apipb.OperatorClient{}}
 	w.op = w.operator(w.hsmd)
 	for range emulators {
 		w.emus = append(w.emus, startEmu(t, t.TempDir(), 0))
@@ -381,6 +386,73 @@ func channelFailures(t *testing.T, h *env) int {
 	}
 	t.Fatal("no channel failure metric")
 	return 0
+}
+
+// --- Wallets and requests ---
+
+// wallet creates a simnet wallet on h with the approvers and quorum, and
+// two addresses; it returns the addresses.
+func (w *world) wallet(h *env, name string, approvers []string, quorum uint32) []*apipb.WalletAddress {
+	w.t.Helper()
+	cust := apipb.NewCustodyClient(h.dial(w.t, "operator"))
+	if _, err := cust.CreateWallet(w.ctx, &apipb.CreateWalletRequest{Name: name, Network: "simnet", Approvers: approvers, Quorum: quorum}); err != nil {
+		w.t.Fatal(err)
+	}
+	var addrs []*apipb.WalletAddress
+	for range 2 {
+		a, err := cust.NewAddress(w.ctx, &apipb.NewAddressRequest{Wallet: name})
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		addrs = append(addrs, a.GetAddress())
+	}
+	return addrs
+}
+
+// submit submits a PSBT that spends a coin of the wallet's first address
+// (from a made-up transaction: nothing here is broadcast) to a foreign
+// address, with change to its second address.
+func (w *world) submit(h *env, wallet string, addrs []*apipb.WalletAddress, value int64) *apipb.Request {
+	w.t.Helper()
+	prev := wire.NewMsgTx(2)
+	var coin chainhash.Hash
+	rand.Read(coin[:])
+	prev.AddTxIn(wire.NewTxIn(wire.NewOutPoint(&coin, 0), nil, nil))
+	prev.AddTxOut(wire.NewTxOut(value, p2wpkh(addrs[0].GetPublicKey())))
+	req, err := apipb.NewCustodyClient(h.dial(w.t, "operator")).Submit(w.ctx, &apipb.SubmitRequest{Wallet: wallet, Psbt: spend(w.t, prev, 0, p2wpkh(addrs[1].GetPublicKey()))})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return req
+}
+
+// waitRequestState polls h's request until ok accepts it.
+func (w *world) waitRequestState(h *env, id string, what string, ok func(*apipb.Request) bool) *apipb.Request {
+	w.t.Helper()
+	var r *apipb.Request
+	until(w.t, w.ctx, "request "+id+": "+what, func() error {
+		var err error
+		if r, err = apipb.NewCustodyClient(h.dial(w.t, "operator")).GetRequest(w.ctx, &apipb.GetRequestRequest{Id: id}); err != nil {
+			return err
+		}
+		if !ok(r) {
+			return fmt.Errorf("state %v, approved by %v, rejected by %v", r.GetState(), r.GetApprovedBy(), r.GetRejectedBy())
+		}
+		return nil
+	})
+	return r
+}
+
+// promptScreen waits for e to show the prompt of request id.
+func (w *world) promptScreen(e *emu, id string) *debuglink.Screen {
+	w.t.Helper()
+	s, err := e.dl.WaitFor(w.ctx, func(s *debuglink.Screen) bool {
+		return s.Kind == debuglink.KindPrompt && s.Fields[emulator.FieldRequestID] == id
+	})
+	if err != nil {
+		w.t.Fatalf("device %s: no prompt for %s: %v", e.id, id, err)
+	}
+	return s
 }
 
 // --- The tap: recording and hostile relaying ---
@@ -678,18 +750,22 @@ func TestE2EPairThreeDevices(t *testing.T) {
 	wantCode(t, err, codes.FailedPrecondition, "already paired")
 }
 
-// What the relay carries while three devices pair and reconnect is
-// ciphertext, apart from what is public.
+// What the relay carries while three devices pair, reconnect and approve a
+// transfer is ciphertext, apart from what is public.
 //
 // Checked in every report relayed, both ways, as raw bytes: the user names,
 // the role names, each pairing code (as six ASCII digits and as shown,
 // "123 456"), the HSM fingerprint (as shown and as 32 hex digits), the HSM
-// identity public key and its 16 fingerprint bytes never appear. And every
-// envelope relayed in plain is one of those that must be plain — GetFeatures
-// and Features (public: the device's key, id, model, label and attestation),
+// identity public key and its 16 fingerprint bytes, and of the transfer:
+// the wallet name, the request id, the destination and change addresses,
+// the amount as shown, the prompt's title, and the transaction id (as hex
+// and as raw bytes in either order) never appear. And every envelope
+// relayed in plain is one of those that must be plain — GetFeatures and
+// Features (public: the device's key, id, model, label and attestation),
 // the three handshake messages, and the Success that ends a handshake —
-// while everything else (pairing, Pings, prompts) is a SecureMessage: so no
-// pairing secret, challenge, commitment or decision crosses in plain.
+// while everything else (pairing, prompts, answers, cancels) is a
+// SecureMessage: so no pairing secret, challenge, commitment or decision,
+// no prompt and no approval crosses in plain.
 func TestE2ERelaySeesOnlyCiphertext(t *testing.T) {
 	w := newWorld(t, 3)
 	users := []string{"alice-wallet-admin", "bob-second-admin", "carol-approver-x"}
@@ -720,6 +796,27 @@ func TestE2ERelaySeesOnlyCiphertext(t *testing.T) {
 	for _, e := range w.emus {
 		w.waitChannel(w.hsmd, e, true)
 	}
+	// A transfer: prompts to all three, two approve, the third prompt is
+	// withdrawn.
+	addrs := w.wallet(w.hsmd, "cold-storage-7", users, 2)
+	req := w.submit(w.hsmd, "cold-storage-7", addrs, 12_345_678_900)
+	for _, e := range w.emus {
+		// Sanity: the device does show what the relay must not see.
+		if s := w.promptScreen(e, req.GetId()); !strings.Contains(s.Text, "61.72839450 BTC") {
+			t.Fatalf("prompt:\n%s", s.Text)
+		}
+	}
+	for _, e := range w.emus[:2] {
+		if _, err := e.dl.ConfirmAll(w.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.waitRequestState(w.hsmd, req.GetId(), "signed", func(r *apipb.Request) bool {
+		return r.GetState() == apipb.RequestState_REQUEST_STATE_SIGNED
+	})
+	if _, err := w.emus[2].dl.WaitFor(w.ctx, func(s *debuglink.Screen) bool { return s.Kind == debuglink.KindHome }); err != nil {
+		t.Fatal(err)
+	}
 
 	fp := signed.FingerprintBytes(w.hsmd.identity.Algorithm(), w.hsmd.identity.PublicKey())
 	secrets := map[string][]byte{
@@ -736,6 +833,22 @@ func TestE2ERelaySeesOnlyCiphertext(t *testing.T) {
 	for _, c := range codesSeen {
 		secrets["code "+c] = []byte(c)
 		secrets["code shown "+c] = []byte(pairing.Display(c))
+	}
+	secrets["wallet name"] = []byte("cold-storage-7")
+	secrets["request id"] = []byte(req.GetId())
+	secrets["prompt title"] = []byte("Approve transfer")
+	secrets["amount"] = []byte("61.72839450 BTC")
+	secrets["txid"] = []byte(req.GetSummary().GetTxid())
+	txid, err := chainhash.NewHashFromStr(req.GetSummary().GetTxid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets["txid bytes"] = txid[:]
+	reversed := slices.Clone(txid[:])
+	slices.Reverse(reversed)
+	secrets["txid bytes reversed"] = reversed
+	for i, o := range req.GetSummary().GetOutputs() {
+		secrets[fmt.Sprintf("address %d", i)] = []byte(o.GetAddress())
 	}
 	plainOK := func(m proto.Message) bool {
 		switch m.(type) {
@@ -761,8 +874,8 @@ func TestE2ERelaySeesOnlyCiphertext(t *testing.T) {
 				}
 			}
 		}
-		if secure < 8 {
-			t.Errorf("device %s: only %d SecureMessages relayed; the test saw no pairing", e.id, secure)
+		if secure < 12 {
+			t.Errorf("device %s: only %d SecureMessages relayed; the test saw no pairing or prompt", e.id, secure)
 		}
 		for what, b := range secrets {
 			if bytes.Contains(all, b) {
@@ -957,6 +1070,50 @@ func TestE2EHostileRelay(t *testing.T) {
 			}
 		})
 	}
+	t.Run("prompt altered, answer replayed", func(t *testing.T) {
+		// a's PromptRequest is altered on the way: a refuses it and its
+		// channel closes; hsmd reopens it and delivers the prompt again.
+		// b's PromptAnswer is delivered twice: hsmd takes the first and
+		// closes the channel on the second.
+		before := channelFailures(t, w.hsmd)
+		w.taps.arm(a.discoveryID(), func(dir direction, env []byte) ([][]byte, bool) {
+			if dir == toDevice && isSecure(env) {
+				return [][]byte{flipped(t, env)}, true
+			}
+			return [][]byte{env}, false
+		})
+		n := 0
+		w.taps.arm(b.discoveryID(), func(dir direction, env []byte) ([][]byte, bool) {
+			if dir == toHost && isSecure(env) {
+				if n++; n == 2 {
+					return [][]byte{env, env}, true
+				}
+			}
+			return [][]byte{env}, false
+		})
+		addrs := w.wallet(w.hsmd, "treasury", []string{"alice", "bob"}, 2)
+		req := w.submit(w.hsmd, "treasury", addrs, 40_000_000)
+		for _, e := range []*emu{a, b} {
+			w.promptScreen(e, req.GetId())
+			if _, err := e.dl.ConfirmAll(w.ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r := w.waitRequestState(w.hsmd, req.GetId(), "signed", func(r *apipb.Request) bool {
+			return r.GetState() == apipb.RequestState_REQUEST_STATE_SIGNED
+		})
+		if len(r.GetAnswers()) != 2 || r.GetAnswers()[0].GetUser() == r.GetAnswers()[1].GetUser() {
+			t.Fatalf("answers %v", r.GetAnswers())
+		}
+		if count(w.taps.failures(a.discoveryID()), pb.FailureCode_FAILURE_CHANNEL) == 0 {
+			t.Error("a did not refuse the altered prompt")
+		}
+		if n := channelFailures(t, w.hsmd) - before; n < 2 {
+			t.Errorf("hsmd counted %d channel failures, want one per device", n)
+		}
+		w.waitChannel(w.hsmd, a, true)
+		w.waitChannel(w.hsmd, b, true)
+	})
 	t.Run("HandshakeInit swapped between two paired devices", func(t *testing.T) {
 		before := channelFailures(t, w.hsmd)
 		sw := newSwapper()
@@ -1008,15 +1165,27 @@ func (s *swapper) swap(side int, env []byte) []byte {
 // A device paired with one HSM refuses another hsmd's core: a second hsmd
 // with another SoftHSM2 token cannot pair it, nor — with a device record
 // forged in its own database — open a channel to it; the device answers
-// FAILURE_CHANNEL, the channel never comes up, and its pin is untouched.
+// FAILURE_CHANNEL, the channel never comes up, its pin is untouched, and
+// the other hsmd's prompt never reaches it: no sealed message at all is
+// relayed to the device, and it signs nothing.
 func TestE2EDeviceRefusesAnotherHSM(t *testing.T) {
 	w := newWorld(t, 1)
 	e := w.emus[0]
 	w.pair(w.hsmd, e, "alice", apipb.Role_ROLE_ADMIN)
 	w.waitChannel(w.hsmd, e, true)
 
-	other := start(t, true)
+	other := startWith(t, true, true)
 	w.br.stop()
+	sealedToDevice := func() int {
+		n := 0
+		for _, m := range w.taps.messages(e.discoveryID(), toDevice) {
+			if _, ok := m.(*pb.SecureMessage); ok {
+				n++
+			}
+		}
+		return n
+	}
+	sealedBefore := sealedToDevice()
 	w.br = w.startBridge(other)
 	w.waitAttached(other, e)
 	failed := count(w.taps.failures(e.discoveryID()), pb.FailureCode_FAILURE_CHANNEL)
@@ -1042,6 +1211,9 @@ func TestE2EDeviceRefusesAnotherHSM(t *testing.T) {
 	if err := other.devices.CreateDevice(w.ctx, rec); err != nil {
 		t.Fatal(err)
 	}
+	// And a request that mallory is to approve on it.
+	addrs := w.wallet(other, "stolen", []string{"mallory"}, 1)
+	req := w.submit(other, "stolen", addrs, 90_000_000)
 	w.br.stop()
 	w.br = w.startBridge(other)
 	before := channelFailures(t, other)
@@ -1063,6 +1235,22 @@ func TestE2EDeviceRefusesAnotherHSM(t *testing.T) {
 	}
 	if p := e.pin(); p == nil || !bytes.Equal(p.PublicKey, w.hsmd.identity.PublicKey()) || p.User != "alice" {
 		t.Fatalf("pin after the other HSM tried: %+v", p)
+	}
+	// The prompt never reached the device.
+	r := w.waitRequestState(other, req.GetId(), "pending", func(r *apipb.Request) bool {
+		return r.GetState() == apipb.RequestState_REQUEST_STATE_PENDING
+	})
+	if len(r.GetPrompts()) != 1 || r.GetPrompts()[0].GetAnswered() || len(r.GetAnswers()) != 0 {
+		t.Fatalf("request on the other hsmd %v", r)
+	}
+	if n := sealedToDevice() - sealedBefore; n != 0 {
+		t.Fatalf("%d sealed messages relayed to the device from the other hsmd", n)
+	}
+	if c := e.Store().Counter(); c != 0 {
+		t.Fatalf("device counter %d: it signed something", c)
+	}
+	if s, err := e.dl.Screen(w.ctx); err != nil || s.Kind != debuglink.KindHome {
+		t.Fatalf("screen %+v %v", s, err)
 	}
 
 	// Back with its own hsmd, the channel comes up.
@@ -1283,4 +1471,80 @@ func TestE2EPairedDeviceUnderAnotherNameRefused(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A transfer is approved on the emulators' screens through the bridge:
+// each paired device shows the prompt hsmd built from the PSBT, two of
+// three users confirm on the last page, and the request is signed; the
+// third device's prompt is withdrawn. A second request is rejected on a
+// device, which stops it.
+func TestE2EApprovalThroughBridge(t *testing.T) {
+	w := newWorld(t, 3)
+	users := []string{"alice", "bob", "carol"}
+	for i, e := range w.emus {
+		w.pair(w.hsmd, e, users[i], apipb.Role_ROLE_APPROVER)
+	}
+	for _, e := range w.emus {
+		w.waitChannel(w.hsmd, e, true)
+	}
+	addrs := w.wallet(w.hsmd, "treasury", users, 2)
+	req := w.submit(w.hsmd, "treasury", addrs, 50_000_000)
+	var foreign string
+	for _, o := range req.GetSummary().GetOutputs() {
+		if !o.GetChange() {
+			foreign = o.GetAddress()
+		}
+	}
+	for _, e := range w.emus {
+		s := w.promptScreen(e, req.GetId())
+		for _, want := range []string{"Wallet: treasury", "Request: " + req.GetId(), "0.25000000 BTC"} {
+			if !strings.Contains(strings.ReplaceAll(s.Text, "\n", " "), want) {
+				t.Errorf("device %s: prompt lacks %q:\n%s", e.id, want, s.Text)
+			}
+		}
+		if !strings.Contains(strings.ReplaceAll(s.Text, "\n", ""), foreign) {
+			t.Errorf("device %s: prompt lacks the destination %s:\n%s", e.id, foreign, s.Text)
+		}
+	}
+	for _, e := range w.emus[:2] {
+		if _, err := e.dl.ConfirmAll(w.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := w.waitRequestState(w.hsmd, req.GetId(), "signed", func(r *apipb.Request) bool {
+		return r.GetState() == apipb.RequestState_REQUEST_STATE_SIGNED
+	})
+	if len(r.GetSignedTx()) == 0 || len(r.GetAnswers()) != 2 {
+		t.Fatalf("signed request %v", r)
+	}
+	for _, a := range r.GetAnswers() {
+		if !a.GetApproved() || a.GetCounter() != 1 {
+			t.Errorf("answer %v", a)
+		}
+	}
+	// Carol's prompt is withdrawn: her screen goes home, nothing signed.
+	if _, err := w.emus[2].dl.WaitFor(w.ctx, func(s *debuglink.Screen) bool { return s.Kind == debuglink.KindHome }); err != nil {
+		t.Fatal(err)
+	}
+	if c := w.emus[2].Store().Counter(); c != 0 {
+		t.Fatalf("carol's device counter %d", c)
+	}
+
+	// One rejection stops a request.
+	req2 := w.submit(w.hsmd, "treasury", addrs, 70_000_000)
+	w.promptScreen(w.emus[2], req2.GetId())
+	if _, err := w.emus[2].dl.Press(w.ctx, debuglink.Reject); err != nil {
+		t.Fatal(err)
+	}
+	r2 := w.waitRequestState(w.hsmd, req2.GetId(), "rejected", func(r *apipb.Request) bool {
+		return r.GetState() == apipb.RequestState_REQUEST_STATE_REJECTED
+	})
+	if len(r2.GetSignedTx()) != 0 || len(r2.GetRejectedBy()) != 1 || r2.GetRejectedBy()[0] != "carol" {
+		t.Fatalf("rejected request %v", r2)
+	}
+	for _, e := range w.emus[:2] {
+		if _, err := e.dl.WaitFor(w.ctx, func(s *debuglink.Screen) bool { return s.Kind == debuglink.KindHome }); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
