@@ -2,8 +2,11 @@ package emulator
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"io"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -482,5 +485,62 @@ func TestStateKeepsTheChannelKey(t *testing.T) {
 	}
 	if !bytes.Equal(r.ChannelKey().Private, s.ChannelKey().Private) || !bytes.Equal(r.Credential().Marshal(), cred.Marshal()) {
 		t.Fatal("channel key or credential changed on reload")
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// The terminal draws the pairing screen and its keys answer it.
+func TestTerminalPairingScreen(t *testing.T) {
+	h, _ := newChannelHarness(t, "terminal")
+	hsm := newCoreKey(t, "hsm", issuedAt, expiresAt)
+	c := newTestCore(t, hsm, "terminal")
+	openChannel(t, h, c)
+	code := pairingCode(t, h, c, "alice", pb.PairingRole_PAIRING_ROLE_ADMIN)
+
+	keys, in := io.Pipe()
+	out := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- (&Terminal{Device: h.d, In: keys, Out: out}).Run(ctx) }()
+	defer func() {
+		cancel()
+		in.Close()
+		<-done
+	}()
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(time.Minute); !ok(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s; terminal shows:\n%s", what, out.String())
+			}
+		}
+	}
+	waitFor("pairing screen drawn", func() bool {
+		s := out.String()
+		return strings.Contains(s, "Pair with HSM") && strings.Contains(s, "Code: "+pairing.Display(code)) && strings.Contains(s, hsm.fingerprint()[:19])
+	})
+	if _, err := in.Write([]byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("confirmed", func() bool { v, _ := h.d.View(); return v.Kind == KindHome })
+	if d := wantOne[*pb.PairingDecision](t, c.openAll(messagesToProto(t, h.host.take()))); !d.GetConfirmed() {
+		t.Fatal("y did not confirm")
 	}
 }

@@ -685,6 +685,28 @@ func flipped(t *testing.T, env []byte) []byte {
 
 func isSecure(env []byte) bool { _, ok := decode(env).(*pb.SecureMessage); return ok }
 
+// relayed counts the envelopes of type T relayed in plain for id in dir.
+func relayed[T proto.Message](ts *taps, id string, dir direction) int {
+	n := 0
+	for _, m := range ts.messages(id, dir) {
+		if _, ok := m.(T); ok {
+			n++
+		}
+	}
+	return n
+}
+
+// presentAs is a relay that answers the bridge's GetFeatures with another
+// device's Features, presenting the device under that device's name.
+func presentAs(features []byte) attack {
+	return func(dir direction, env []byte) ([][]byte, bool) {
+		if _, ok := decode(env).(*pb.Features); ok && dir == toHost {
+			return [][]byte{features}, false
+		}
+		return [][]byte{env}, false
+	}
+}
+
 // failures returns the plain Failure codes id's device sent.
 func (ts *taps) failures(id string) []pb.FailureCode {
 	var out []pb.FailureCode
@@ -1176,15 +1198,7 @@ func TestE2EDeviceRefusesAnotherHSM(t *testing.T) {
 
 	other := startWith(t, true, true)
 	w.br.stop()
-	sealedToDevice := func() int {
-		n := 0
-		for _, m := range w.taps.messages(e.discoveryID(), toDevice) {
-			if _, ok := m.(*pb.SecureMessage); ok {
-				n++
-			}
-		}
-		return n
-	}
+	sealedToDevice := func() int { return relayed[*pb.SecureMessage](w.taps, e.discoveryID(), toDevice) }
 	sealedBefore := sealedToDevice()
 	w.br = w.startBridge(other)
 	w.waitAttached(other, e)
@@ -1289,12 +1303,7 @@ func TestE2ECoreRefusesUnpairedAndRevokedDevices(t *testing.T) {
 	paired.Close()
 	w.waitGone(w.hsmd, paired)
 	before := channelFailures(t, w.hsmd)
-	w.taps.arm(impostor.discoveryID(), func(dir direction, env []byte) ([][]byte, bool) {
-		if _, ok := decode(env).(*pb.Features); ok && dir == toHost {
-			return [][]byte{features}, false
-		}
-		return [][]byte{env}, false
-	})
+	w.taps.arm(impostor.discoveryID(), presentAs(features))
 	// Unplug and plug in the impostor so that the bridge asks for its
 	// Features again.
 	w.cycle(w.hsmd, impostor)
@@ -1327,15 +1336,7 @@ func TestE2ECoreRefusesUnpairedAndRevokedDevices(t *testing.T) {
 		}
 		return nil
 	})
-	inits := func() int {
-		n := 0
-		for _, m := range w.taps.messages(revoked.discoveryID(), toDevice) {
-			if _, ok := m.(*pb.HandshakeInit); ok {
-				n++
-			}
-		}
-		return n
-	}
+	inits := func() int { return relayed[*pb.HandshakeInit](w.taps, revoked.discoveryID(), toDevice) }
 	sent := inits()
 	w.cycle(w.hsmd, revoked)
 	w.waitDevice(w.hsmd, revoked, "back after restart", func(d *apipb.Device) error {
@@ -1450,12 +1451,7 @@ func TestE2EPairedDeviceUnderAnotherNameRefused(t *testing.T) {
 	features := encodeEnv(t, a.Device().Features())
 	a.Close()
 	w.waitGone(w.hsmd, a)
-	w.taps.arm(b.discoveryID(), func(dir direction, env []byte) ([][]byte, bool) {
-		if _, ok := decode(env).(*pb.Features); ok && dir == toHost {
-			return [][]byte{features}, false
-		}
-		return [][]byte{env}, false
-	})
+	w.taps.arm(b.discoveryID(), presentAs(features))
 	before := channelFailures(t, w.hsmd)
 	w.cycle(w.hsmd, b)
 	until(t, w.ctx, "two refused handshakes", func() error {
