@@ -606,3 +606,32 @@ func TestInterruptedSigningResumes(t *testing.T) {
 		t.Fatalf("%d signatures", w.custody.signatures())
 	}
 }
+
+// Whatever bytes a relay or a device sends as an answer, the core never
+// panics, and accepts only alice's own signature over her prompt.
+func FuzzAnswer(f *testing.F) {
+	w := newWorld(f)
+	sub := w.submit(w.transfer("fuzz"))
+	p := w.promptFor(sub, "alice")
+	f.Add(w.approval("alice", p, signed.Approve, 1, nil))
+	f.Add(w.approval("alice", p, signed.Reject, 2, nil))
+	f.Add(w.approval("bob", w.promptFor(sub, "bob"), signed.Approve, 1, nil))
+	f.Add([]byte{})
+	alice := w.dev["alice"]
+	initial := w.snapshot()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		w.restore(initial)
+		res, err := w.core.Answer(context.Background(), Answer{RequestID: sub.Request.ID, Device: alice.id(), Approval: b})
+		if err != nil {
+			if res != nil {
+				t.Fatalf("a refused answer came with a result: %v", err)
+			}
+			return
+		}
+		a, perr := signed.ParseApproval(b)
+		if perr != nil || a.Verify(alice.identity.Algorithm(), alice.identity.PublicKey()) != nil ||
+			!bytes.Equal(a.PromptDigest[:], p.Digest()) || a.Nonce != p.Nonce || a.DeviceID != alice.id() {
+			t.Fatalf("accepted an answer that is not alice's for her prompt: %x", b)
+		}
+	})
+}

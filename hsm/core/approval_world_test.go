@@ -3,12 +3,14 @@ package core
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"math/big"
+	mrand "math/rand/v2"
 	"slices"
 	"sort"
 	"sync"
@@ -277,7 +279,8 @@ func packet(t testing.TB, coins []*wire.MsgTx, outs []*wire.TxOut) []byte {
 // world is a core with the approval path, devices with open channels to
 // it, and a 2-of-3 wallet of alice, bob and carol with two addresses.
 type world struct {
-	t        *testing.T
+	t        testing.TB
+	rnd      io.Reader
 	core     *Core
 	identity *signed.SoftwareKey
 	devices  *memDevices
@@ -303,16 +306,19 @@ type answerOutcome struct {
 
 // newWorld pairs one device per name: a name "alice2" is alice's second
 // device. The wallet's approvers are the distinct users.
-func newWorld(t *testing.T, names ...string) *world {
+func newWorld(t testing.TB, names ...string) *world {
 	t.Helper()
 	if len(names) == 0 {
 		names = []string{"alice", "bob", "carol"}
 	}
-	id, err := signed.GenerateSoftwareKey(pb.Algorithm_ALGORITHM_ECDSA_P256, rand.Reader)
+	// Keys, ids and nonces are the same in every run (and in every fuzz
+	// worker, so that seeds name the same prompts).
+	rnd := mrand.NewChaCha8([32]byte{'o', 'p', 'e', 'n', 'c', 'u', 's', 't', 'o', 'd', 'y'})
+	id, err := signed.GenerateSoftwareKey(pb.Algorithm_ALGORITHM_ECDSA_P256, rnd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &world{
+	w := &world{rnd: rnd,
 		t: t, identity: id, devices: newMemDevices(), requests: memRequests{newJSONStore[RequestRecord](ErrRequestNotFound)},
 		custody: newSoftCustody(), clock: &clock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)},
 		dev: map[string]*testDevice{}, links: map[string]*Link{}, users: map[string]string{},
@@ -320,7 +326,7 @@ func newWorld(t *testing.T, names ...string) *world {
 	w.core, err = New(Config{
 		Identity: id, Devices: w.devices,
 		Wallets: memWallets{newJSONStore[WalletRecord](ErrWalletNotFound)}, Requests: w.requests,
-		Custody: w.custody, Keys: w.custody, Now: w.clock.Now,
+		Custody: w.custody, Keys: w.custody, Now: w.clock.Now, Rand: rnd,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -353,7 +359,7 @@ func newWorld(t *testing.T, names ...string) *world {
 // pairDirectly stores a pairing record for a new device and pins the HSM
 // key on it, as a completed pairing would (pairing has its own tests).
 func (w *world) pairDirectly(name, user string) {
-	d := newTestDevice(w.t)
+	d := newTestDeviceFrom(w.t, w.rnd)
 	d.pinned, d.now = w.identity.PublicKey(), w.clock.Now
 	rec := &DeviceRecord{ID: d.id(), Algorithm: d.identity.Algorithm(), IdentityKey: d.identity.PublicKey(),
 		User: user, Role: RoleApprover, State: DevicePaired, PairedAt: w.clock.Now()}
@@ -503,4 +509,30 @@ func (w *world) counter(name string) uint64 {
 
 func hsmKeyRequest(label string) hsm.GenerateKeyRequest {
 	return hsm.GenerateKeyRequest{Label: label, Algorithm: hsm.ECDSASecp256k1}
+}
+
+// snapshot and restore let a fuzz target judge each input against the
+// same stored state.
+type storeSnapshot struct {
+	requests map[string][]byte
+	versions map[string]uint64
+	devices  map[string]DeviceRecord
+}
+
+func (w *world) snapshot() storeSnapshot {
+	s := w.requests.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w.devices.mu.Lock()
+	defer w.devices.mu.Unlock()
+	return storeSnapshot{requests: maps.Clone(s.m), versions: maps.Clone(s.version), devices: maps.Clone(w.devices.m)}
+}
+
+func (w *world) restore(snap storeSnapshot) {
+	s := w.requests.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w.devices.mu.Lock()
+	defer w.devices.mu.Unlock()
+	s.m, s.version, w.devices.m = maps.Clone(snap.requests), maps.Clone(snap.versions), maps.Clone(snap.devices)
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"testing"
 	"time"
@@ -73,7 +74,7 @@ func (s *memDevices) UpdateDevice(_ context.Context, d *DeviceRecord) error {
 
 // testDevice plays the device side of the channel and pairing protocol.
 type testDevice struct {
-	t        *testing.T
+	t        testing.TB
 	identity *signed.SoftwareKey
 	static   noise.DHKey
 	cred     *signed.Credential
@@ -102,13 +103,16 @@ type testDevice struct {
 	answers  [][]byte         // every approval sent
 }
 
-func newTestDevice(t *testing.T) *testDevice {
+func newTestDevice(t testing.TB) *testDevice { return newTestDeviceFrom(t, rand.Reader) }
+
+// newTestDeviceFrom makes a device whose keys come from r.
+func newTestDeviceFrom(t testing.TB, r io.Reader) *testDevice {
 	t.Helper()
-	id, err := signed.GenerateSoftwareKey(pb.Algorithm_ALGORITHM_ECDSA_P256, rand.Reader)
+	id, err := signed.GenerateSoftwareKey(pb.Algorithm_ALGORITHM_ECDSA_P256, r)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, _ := channel.GenerateStatic(nil)
+	st, _ := channel.GenerateStatic(r)
 	cred := &signed.Credential{Role: signed.RoleDevice, NotBefore: time.Unix(0, 0), NotAfter: signed.Forever}
 	copy(cred.StaticKey[:], st.Public)
 	if err := cred.Sign(id); err != nil {
@@ -270,7 +274,7 @@ func (d *testDevice) handle(raw []byte) []byte {
 
 // pump delivers out to the device and its answers back to the link until
 // nothing is left, and returns every event.
-func pump(t *testing.T, l *Link, d *testDevice, out Output, err error) ([]Event, error) {
+func pump(t testing.TB, l *Link, d *testDevice, out Output, err error) ([]Event, error) {
 	t.Helper()
 	events := out.Events
 	queue := out.ToDevice
