@@ -510,7 +510,7 @@ func TestSubmitRefuses(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "treasury", PSBT: w.transfer("a")}); err == nil || !strings.Contains(err.Error(), "only 1 of its approvers") {
+	if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "treasury", PSBT: w.transfer("a")}); !errors.Is(err, ErrQuorumUnreachable) || !strings.Contains(err.Error(), "only 1 of its approvers") {
 		t.Fatalf("quorum out of reach: %v", err)
 	}
 	if rs, _ := w.core.Requests(ctx); len(rs) != 0 {

@@ -183,6 +183,9 @@ var (
 	// ErrTransactionRefused: the PSBT is not one the wallet can sign, or
 	// cannot be shown on a device.
 	ErrTransactionRefused = errors.New("core: transaction refused")
+	// ErrQuorumUnreachable: fewer of the wallet's approvers have a paired,
+	// unrevoked device than its quorum.
+	ErrQuorumUnreachable = errors.New("core: quorum out of reach")
 	// ErrBadApproval: the answer does not parse, or its signature does not
 	// verify under the device's paired key.
 	ErrBadApproval = errors.New("core: approval is not validly signed by the device")
@@ -241,8 +244,9 @@ const requestIDSize = 8
 //
 // It refuses, with an error wrapping [ErrTransactionRefused], a PSBT that
 // does not parse or that [bitcoin.Analyse] refuses, and a transaction too
-// large for a prompt; and a wallet that has no address yet, or fewer
-// approvers with a paired device than its quorum.
+// large for a prompt or a wallet that has no address yet; and, with
+// [ErrQuorumUnreachable], a wallet with fewer approvers with a paired
+// device than its quorum.
 func (c *Core) Submit(ctx context.Context, req SubmitRequest) (*Submitted, error) {
 	if err := c.approvalPath(); err != nil {
 		return nil, err
@@ -291,7 +295,7 @@ func (c *Core) Submit(ctx context.Context, req SubmitRequest) (*Submitted, error
 		targets = append(targets, ds...)
 	}
 	if reachable < w.Quorum {
-		return nil, fmt.Errorf("core: wallet %s: only %d of its approvers have a paired device, and its quorum is %d", w.Name, reachable, w.Quorum)
+		return nil, fmt.Errorf("%w: wallet %s: only %d of its approvers have a paired device, and its quorum is %d", ErrQuorumUnreachable, w.Name, reachable, w.Quorum)
 	}
 
 	id := make([]byte, requestIDSize)
@@ -392,7 +396,7 @@ func (c *Core) Answer(ctx context.Context, a Answer) (*AnswerResult, error) {
 	c.reqMu.Lock()
 	defer c.reqMu.Unlock()
 	fail := func(err error, format string, args ...any) error {
-		return fmt.Errorf("core: request %s: device %s: %w: %s", a.RequestID, a.Device, err, fmt.Sprintf(format, args...))
+		return fmt.Errorf("%w: request %s, device %s: %s", err, a.RequestID, a.Device, fmt.Sprintf(format, args...))
 	}
 	appr, err := signed.ParseApproval(a.Approval)
 	if err != nil {

@@ -36,7 +36,7 @@ func custodyError(err error) error {
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, core.ErrInvalidWallet):
 		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, core.ErrTransactionRefused), errors.Is(err, core.ErrNoApprovalPath):
+	case errors.Is(err, core.ErrTransactionRefused), errors.Is(err, core.ErrQuorumUnreachable), errors.Is(err, core.ErrNoApprovalPath):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())
