@@ -17,7 +17,7 @@ export GOTOOLCHAIN := local
 FUZZTIME ?= 10s
 BENCHTIME ?= 1s
 
-.PHONY: all setup build test lint fmt-check vet staticcheck unit proto fuzz bench clean
+.PHONY: all setup build demo test lint fmt-check vet staticcheck unit proto fuzz bench clean
 
 all: build
 
@@ -41,6 +41,10 @@ $(BIN)/btcd $(BIN)/btcctl:
 ## build: build the opencustody binary into ./bin
 build:
 	$(GO) build -o bin/opencustody ./cmd/opencustody
+
+## demo: setup, build, then run every part on this machine and walk a 2-of-3 transfer to a btcd node
+demo: setup build
+	./bin/opencustody demo
 
 ## test: setup, then formatting, vet, staticcheck and every test under -race
 test: setup $(BIN)/btcd $(BIN)/btcctl lint unit
