@@ -73,9 +73,10 @@ func (g *globals) dialHSMD(f *hsmdFlags, tokenName string) (*grpc.ClientConn, er
 	return conn, nil
 }
 
-// withOperator dials hsmd with the operator token, runs call with a
-// context bounded by timeout, and maps its error to the CLI's exit codes.
-func (g *globals) withOperator(ctx context.Context, f *hsmdFlags, timeout time.Duration, call func(context.Context, apipb.OperatorClient) error) error {
+// callHSMD dials hsmd with the operator token, runs call on the client
+// newClient makes, with a context bounded by timeout, and maps its error to
+// the CLI's exit codes.
+func callHSMD[C any](ctx context.Context, g *globals, f *hsmdFlags, timeout time.Duration, newClient func(grpc.ClientConnInterface) C, call func(context.Context, C) error) error {
 	conn, err := g.dialHSMD(f, hsmd.OperatorTokenFile)
 	if err != nil {
 		return err
@@ -83,7 +84,17 @@ func (g *globals) withOperator(ctx context.Context, f *hsmdFlags, timeout time.D
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return rpcError(call(ctx, apipb.NewOperatorClient(conn)))
+	return rpcError(call(ctx, newClient(conn)))
+}
+
+// withOperator calls the Operator API (see callHSMD).
+func (g *globals) withOperator(ctx context.Context, f *hsmdFlags, timeout time.Duration, call func(context.Context, apipb.OperatorClient) error) error {
+	return callHSMD(ctx, g, f, timeout, apipb.NewOperatorClient, call)
+}
+
+// withCustody calls the Custody API (see callHSMD).
+func (g *globals) withCustody(ctx context.Context, f *hsmdFlags, timeout time.Duration, call func(context.Context, apipb.CustodyClient) error) error {
+	return callHSMD(ctx, g, f, timeout, apipb.NewCustodyClient, call)
 }
 
 // rpcError turns a gRPC error into a CLI error with the right exit code.

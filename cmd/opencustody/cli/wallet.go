@@ -12,25 +12,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/opencustodynet/opencustody/hsm/hsmd"
 	"github.com/opencustodynet/opencustody/protocol/apipb"
 )
 
 func init() { commands = append(commands, newWalletCommand) }
-
-// withCustody dials hsmd with the operator token, runs call on the Custody
-// API with a context bounded by timeout, and maps its error to the CLI's
-// exit codes.
-func (g *globals) withCustody(ctx context.Context, f *hsmdFlags, timeout time.Duration, call func(context.Context, apipb.CustodyClient) error) error {
-	conn, err := g.dialHSMD(f, hsmd.OperatorTokenFile)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	return rpcError(call(ctx, apipb.NewCustodyClient(conn)))
-}
 
 // walletJSON is a wallet as hsmd knows it, for --json output.
 type walletJSON struct {
