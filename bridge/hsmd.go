@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/opencustodynet/opencustody/protocol"
+	"github.com/opencustodynet/opencustody/protocol/apiclient"
 	"github.com/opencustodynet/opencustody/protocol/apipb"
 )
 
@@ -91,22 +92,7 @@ func (b *Bridge) runSession(ctx context.Context, client apipb.RelayClient, devic
 		return time.Time{}, hsmdError(recvStatus(stream, err))
 	}
 
-	recv := make(chan *apipb.CoreMessage)
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			m, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			select {
-			case recv <- m:
-			case <-sctx.Done():
-				return
-			}
-		}
-	}()
+	recv, recvErr := apiclient.RecvLoop(sctx, stream.Recv)
 
 	// CoreHello first.
 	hello := time.NewTimer(helloTimeout)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/protocol"
+	"github.com/opencustodynet/opencustody/protocol/apiclient"
 	"github.com/opencustodynet/opencustody/protocol/apipb"
 	"github.com/opencustodynet/opencustody/protocol/pb"
 )
@@ -268,22 +269,7 @@ func (r *relayService) Connect(stream apipb.Relay_ConnectServer) error {
 	}()
 	b.send(&apipb.CoreMessage{Msg: &apipb.CoreMessage_Hello{Hello: &apipb.CoreHello{HsmFingerprint: s.cfg.Core.HSMFingerprint()}}})
 
-	recv := make(chan *apipb.BridgeMessage)
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			m, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			select {
-			case recv <- m:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	recv, recvErr := apiclient.RecvLoop(ctx, stream.Recv)
 	for {
 		select {
 		case m := <-recv:
