@@ -77,6 +77,9 @@ in PATH, then in .bin ('make setup' installs it there).`,
 		RunE: func(c *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(c.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			// A reader that goes away (demo | head) must not kill the
+			// demo before it has stopped its processes.
+			signal.Ignore(syscall.SIGPIPE)
 			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			abs, err := filepath.Abs(dir)
@@ -87,7 +90,9 @@ in PATH, then in .bin ('make setup' installs it there).`,
 			err = d.run(ctx)
 			d.stopAll()
 			if err != nil {
-				fmt.Fprintf(d.out, "\nThe demo failed. Its data and the processes' logs are in %s.\n", d.dir)
+				if d.exe != "" {
+					fmt.Fprintf(d.out, "\nThe demo failed. Its data and the processes' logs are in %s.\n", d.dir)
+				}
 				return err
 			}
 			fmt.Fprintf(d.out, "\nAll processes stopped. The demo's data is in %s:\n", d.dir)
@@ -126,8 +131,8 @@ type demoEmu struct {
 
 // demoStep runs one step of the demo: it says what it does, and names the
 // step in the error if it fails.
-func (d *demo) step(name string, fn func() error) error {
-	fmt.Fprintf(d.out, "\n== %s\n", name)
+func (d *demo) step(name, title string, fn func() error) error {
+	fmt.Fprintf(d.out, "\n== %s\n", title)
 	if err := fn(); err != nil {
 		return fmt.Errorf("demo: %s: %w", name, err)
 	}
@@ -144,35 +149,35 @@ func (d *demo) run(ctx context.Context) error {
 		tx    wire.MsgTx
 	)
 	steps := []struct {
-		name string
-		fn   func() error
+		name, title string
+		fn          func() error
 	}{
-		{"Preparing " + d.dir, d.prepare},
-		{"Creating a SoftHSM2 token (opencustody hsm init --softhsm)", func() error { return d.hsmInit(ctx) }},
-		{"Starting hsmd (ceremony mode), three emulators and a bridge", func() error { return d.startParts(ctx) }},
-		{"Pairing the devices with alice, bob and carol", func() error { return d.pairAll(ctx) }},
-		{"Creating wallet \"treasury\": 2 of alice, bob and carol must approve", func() (err error) {
+		{"prepare the data directory", "Preparing " + d.dir, d.prepare},
+		{"create the SoftHSM2 token", "Creating a SoftHSM2 token (opencustody hsm init --softhsm)", func() error { return d.hsmInit(ctx) }},
+		{"start hsmd, the emulators and the bridge", "Starting hsmd (ceremony mode), three emulators and a bridge", func() error { return d.startParts(ctx) }},
+		{"pair the devices", "Pairing the devices with alice, bob and carol", func() error { return d.pairAll(ctx) }},
+		{"create the wallet", "Creating wallet \"treasury\": 2 of alice, bob and carol must approve", func() (err error) {
 			addrs, err = d.wallet(ctx)
 			return err
 		}},
-		{"Starting btcd (simnet) and mining coins to the wallet", func() (err error) {
+		{"fund the wallet on btcd", "Starting btcd (simnet) and mining coins to the wallet", func() (err error) {
 			prev, index, err = d.fund(ctx, addrs[0])
 			return err
 		}},
-		{"Submitting a PSBT that spends one of the wallet's coins", func() (err error) {
+		{"submit the PSBT", "Submitting a PSBT that spends one of the wallet's coins", func() (err error) {
 			req, err = d.submit(ctx, prev, index, addrs[1])
 			return err
 		}},
-		{"The devices show the prompt", func() error { return d.showPrompts(ctx, req.GetId()) }},
-		{"Alice and bob approve on their devices", func() (err error) {
+		{"show the prompts", "The devices show the prompt", func() error { return d.showPrompts(ctx, req.GetId()) }},
+		{"approve on alice's and bob's devices", "Alice and bob approve on their devices", func() (err error) {
 			done, err = d.approve(ctx, req.GetId())
 			return err
 		}},
-		{"The signed transaction", func() error { return d.printSigned(done, &tx) }},
-		{"Sending it to btcd", func() error { return d.broadcast(&tx) }},
+		{"read the signed transaction", "The signed transaction", func() error { return d.printSigned(done, &tx) }},
+		{"send the transaction to btcd", "Sending it to btcd", func() error { return d.broadcast(&tx) }},
 	}
 	for _, s := range steps {
-		if err := d.step(s.name, s.fn); err != nil {
+		if err := d.step(s.name, s.title, s.fn); err != nil {
 			return err
 		}
 	}

@@ -55,6 +55,7 @@ func (d *demo) startCmd(name, bin string, args ...string) error {
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = demoEnv()
 	cmd.Dir = d.dir
+	demoOrphanProof(cmd)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
 	}
