@@ -521,6 +521,25 @@ func (ts *taps) record(id string, dir direction, r []byte) {
 	ts.reports[id][dir] = append(ts.reports[id][dir], bytes.Clone(r))
 }
 
+// settle waits until no report has passed through id's tap, either way,
+// for quiet: the echoes of one attack (a late Failure, a Cancel) must not
+// land in the next one.
+func (ts *taps) settle(t *testing.T, id string, quiet time.Duration) {
+	t.Helper()
+	count := func() int { return len(ts.recorded(id, toDevice)) + len(ts.recorded(id, toHost)) }
+	deadline := time.Now().Add(30 * time.Second)
+	last, since := count(), time.Now()
+	for time.Since(since) < quiet {
+		if time.Now().After(deadline) {
+			t.Fatalf("device %s: the relay never went quiet", id)
+		}
+		time.Sleep(quiet / 10)
+		if n := count(); n != last {
+			last, since = n, time.Now()
+		}
+	}
+}
+
 // recorded returns the reports relayed for id in dir so far.
 func (ts *taps) recorded(id string, dir direction) [][]byte {
 	ts.mu.Lock()
@@ -924,6 +943,7 @@ func TestE2EHostileRelay(t *testing.T) {
 	// the given code and message part, and checks nothing was stored.
 	attackPairing := func(e *emu, atk attack, part string) {
 		t.Helper()
+		w.taps.settle(t, e.discoveryID(), 300*time.Millisecond)
 		before := channelFailures(t, w.hsmd)
 		w.taps.arm(e.discoveryID(), atk)
 		p, err := w.startPair(w.hsmd, e, "victim", apipb.Role_ROLE_ADMIN)
@@ -931,9 +951,14 @@ func TestE2EHostileRelay(t *testing.T) {
 			_, err = p.stream.Recv()
 		}
 		wantCode(t, err, codes.Aborted, part)
-		if channelFailures(t, w.hsmd) <= before {
-			t.Error("hsmd counted no channel failure")
-		}
+		// The pairing call ends on the core's PairingFailed event; the
+		// ChannelDown that follows it is counted a moment later.
+		until(t, w.ctx, "hsmd counting the channel failure", func() error {
+			if channelFailures(t, w.hsmd) <= before {
+				return errors.New("no channel failure counted")
+			}
+			return nil
+		})
 		w.taps.arm(e.discoveryID(), nil)
 		w.wantNothingPaired(w.hsmd, e)
 		if s, err := e.dl.Screen(w.ctx); err != nil || s.Kind != debuglink.KindHome {
@@ -1244,9 +1269,13 @@ func TestE2EDeviceRefusesAnotherHSM(t *testing.T) {
 		}
 		return nil
 	})
-	if channelFailures(t, other) < before+2 {
-		t.Error("the other hsmd counted fewer channel failures than refusals")
-	}
+	// The refusals reach hsmd's core a moment after the tap saw them.
+	until(t, w.ctx, "the other hsmd counting each refusal as a channel failure", func() error {
+		if n := channelFailures(t, other) - before; n < 2 {
+			return fmt.Errorf("%d channel failures counted", n)
+		}
+		return nil
+	})
 	if p := e.pin(); p == nil || !bytes.Equal(p.PublicKey, w.hsmd.identity.PublicKey()) || p.User != "alice" {
 		t.Fatalf("pin after the other HSM tried: %+v", p)
 	}

@@ -93,6 +93,11 @@ func (bearer) RequireTransportSecurity() bool { return true }
 // pings this often.
 var Keepalive = keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}
 
+// MaxMessageSize bounds a message a client receives: a request with its
+// PSBT and the signed PSBT, each up to the 4 MiB hsmd reads, and room for
+// the rest. gRPC's default of 4 MiB would cut such an answer off.
+const MaxMessageSize = 16 << 20
+
 // Dial connects to hsmd with [Keepalive] and any extra options. The
 // connection is lazy: errors reaching hsmd surface on the first call.
 func Dial(o Options, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
@@ -110,6 +115,7 @@ func Dial(o Options, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 		grpc.WithTransportCredentials(credentials.NewTLS(cfg)),
 		grpc.WithPerRPCCredentials(bearer(o.Token)),
 		grpc.WithKeepaliveParams(Keepalive),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize)),
 	}, extra...)
 	return grpc.NewClient(o.Address, opts...)
 }

@@ -43,8 +43,9 @@ Unless --production is given, a debug link (HTTP + JSON, for tests) listens on
 127.0.0.1:DEBUG-PORT (default PORT+1): GET /v1/screen, POST /v1/press,
 GET /v1/screenshot, PUT /v1/rules; see firmware-spec/device.md.
 
-The device's identity key, counter and label live in --state DIR (default
-DATA/emulator/PORT). --seed makes the keys and channel ids deterministic, for
+The device's state lives in --state DIR (default DATA/emulator/PORT): its
+identity and channel keys, counter and label, the HSM it is paired with, and
+the freshness mark of that HSM's channel credentials. --seed makes the keys and channel ids deterministic, for
 tests only.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
