@@ -85,5 +85,6 @@
 // _device_detaches_total{reason}, _frames_total{direction},
 // _frame_bytes_total{direction}, _frames_dropped_total{reason},
 // _device_open_failures_total). Neither endpoint has authentication:
-// serve them on loopback only, through [ListenLoopback].
+// serve them on loopback only (`opencustody bridge` refuses other
+// addresses).
 package bridge

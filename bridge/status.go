@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -133,24 +132,6 @@ func (b *Bridge) MetricsHandler() http.Handler {
 		return http.NotFoundHandler()
 	}
 	return promhttp.HandlerFor(b.gatherer, promhttp.HandlerOpts{})
-}
-
-// ListenLoopback listens on addr (host:port), which must be a loopback
-// address: the status and metrics endpoints have no authentication, so
-// they are for the bridge's own machine only.
-func ListenLoopback(addr string) (net.Listener, error) {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, fmt.Errorf("bridge: address %q: %w", addr, err)
-	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return nil, fmt.Errorf("bridge: address %s is not a loopback address; the status and metrics endpoints have no authentication", addr)
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("bridge: %w", err)
-	}
-	return l, nil
 }
 
 // ErrNoBridge is wrapped by [FetchStatus] when nothing answers at the

@@ -142,7 +142,7 @@ func listenLocal(statusAddr, metricsAddr string) ([]*localEndpoint, error) {
 	statusAddr, metricsAddr = off(statusAddr), off(metricsAddr)
 	var out []*localEndpoint
 	listen := func(flag, addr string) (*localEndpoint, error) {
-		l, err := bridge.ListenLoopback(addr)
+		l, err := listenLoopback(addr)
 		if err != nil {
 			for _, e := range out {
 				e.l.Close()

@@ -112,9 +112,11 @@ the HSM's console that pairs the first admins.`,
 				return withCode(ExitUnavailable, fmt.Errorf("listen on %s: %w", listen, err))
 			}
 			if metrics != "" {
-				ml, err := net.Listen("tcp", metrics)
-				if err != nil {
-					return withCode(ExitUnavailable, fmt.Errorf("metrics: listen on %s: %w", metrics, err))
+				ml, err := listenLoopback(metrics)
+				if oe := (*net.OpError)(nil); errors.As(err, &oe) {
+					return withCode(ExitUnavailable, fmt.Errorf("--metrics: %w", err))
+				} else if err != nil {
+					return withCode(ExitUsage, fmt.Errorf("--metrics: %w", err))
 				}
 				ms := &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}
 				go func() { _ = ms.Serve(ml) }()
@@ -134,7 +136,7 @@ the HSM's console that pairs the first admins.`,
 	hf.register(c)
 	addLogFlags(c, &lf)
 	c.Flags().StringVar(&listen, "listen", hsmd.DefaultAddress, "address to serve the API on (loopback by default)")
-	c.Flags().StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9420); off by default")
+	c.Flags().StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9420); off by default")
 	c.Flags().StringSliceVar(&hosts, "tls-host", nil, "extra host names or addresses for the TLS certificate")
 	c.Flags().BoolVar(&ceremony, "ceremony", false, "allow pairing devices directly (key ceremony at the HSM console)")
 	c.Flags().StringSliceVar(&roots, "attestation-roots", nil, "JSON file of device attestation roots (firmware-spec/attestation.md); when given, only devices attested under them can pair")
