@@ -1,0 +1,87 @@
+// Package audit is the custody core's tamper-evident audit log: every
+// security event (a pairing, a revocation, a request, an approval, a
+// rejection, a signature, ...) is appended to a hash chain, and the HSM
+// identity key signs checkpoints of the chain.
+//
+// # Using it
+//
+// Open a [Log] over the same authenticated record store the core uses and
+// the HSM identity key, append events, and verify the whole log when asked:
+//
+//	log, err := audit.New(audit.Config{Records: store, Rows: db, Identity: identity})
+//	err = log.Append(ctx, audit.Event{Kind: audit.KindPairing, Subject: deviceID, Detail: "user alice"})
+//	report, err := log.Verify(ctx)
+//	for _, p := range report.Problems { ... } // each names its position
+//
+// Append is serialized: entries get consecutive sequence numbers from 1.
+// Every [Config.CheckpointEvery] entries (16 by default) Append also signs a
+// [Checkpoint]; [Log.Checkpoint] signs one on demand.
+//
+// # Entries
+//
+// An [Entry] is a sequence number, a time, a kind, a subject (a device id
+// or a request id), a short detail (never a secret), the hash of the
+// previous entry (32 zero bytes for entry 1) and its own hash. The hash is
+// SHA-256 of the bytes [Entry.HashInput] returns, built with cryptobyte:
+//
+//	"OpenCustody audit entry v1\x00"  27 bytes: domain and format version
+//	uint64 seq                        big-endian, from 1
+//	uint64 time                       Unix nanoseconds, big-endian
+//	uint8  len(kind)    || kind       at most 64 bytes
+//	uint16 len(subject) || subject    at most 1024 bytes
+//	uint16 len(detail)  || detail     at most 1024 bytes
+//	[32]byte prev                     the previous entry's hash
+//
+// # Checkpoints
+//
+// A [Checkpoint] commits to the chain up to an entry: the identity key
+// signs SHA-256 of the statement [Checkpoint.Statement]:
+//
+//	"OpenCustody audit checkpoint v1\x00"  32 bytes
+//	uint64 seq                             the entry checkpointed
+//	[32]byte hash                          that entry's hash
+//	uint64 time                            Unix nanoseconds
+//
+// # Storage
+//
+// Entries are records of kind "audit" and checkpoints records of kind
+// "audit-checkpoint" in the record store (package records), keyed by the
+// sequence number as 20 decimal digits, so every row also carries the HSM
+// record key's MAC. Entries are created, never updated: a second entry with
+// the same sequence number fails.
+//
+// # What Verify finds
+//
+// [Log.Verify] reads every entry and checkpoint, whatever the database
+// does to them, and reports, each with its position ([Problem.Seq]):
+//
+//   - a row whose record MAC does not verify (an edited or planted row);
+//   - an entry whose hash is not the hash of its fields (an edited entry);
+//   - a missing sequence number (a deleted row in the middle);
+//   - an entry whose prev is not the previous entry's hash (a replaced
+//     or reordered entry);
+//   - a checkpoint whose signature is not the identity key's, or whose hash
+//     is not the hash of the entry it names, or that names an entry that is
+//     not there (a deleted tail the checkpoint covers).
+//
+// # What Verify cannot find
+//
+// The database may drop the newest entries. Entries after the latest
+// checkpoint are covered by no signature, so dropping them goes unnoticed:
+// the chain simply looks shorter. Checkpoints every N entries bound that
+// loss to fewer than N entries (plus any written since the last on-demand
+// checkpoint); the database may likewise drop the latest checkpoints
+// themselves along with the entries they cover, which looks the same as
+// a log that stopped earlier. Catching that needs a checkpoint kept where
+// the database cannot reach it (an operator's copy of the export, say).
+//
+// # Failures
+//
+// A security event must not vanish silently, and must not block the
+// operation that caused it either: the custody daemon logs a failed Append
+// at error level with the event and counts it in a metric, and the next
+// Verify shows no entry for it. Errors read "audit: ..." and name the
+// sequence number concerned.
+//
+// A Log is safe for concurrent use.
+package audit
