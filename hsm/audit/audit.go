@@ -35,6 +35,7 @@ const (
 	KindSignature  = "signature"
 	KindPolicy     = "policy"
 	KindLogin      = "login-failure"
+	KindRefused    = "answer-refused" // a device answer the core did not accept
 )
 
 // Field limits, in bytes.

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/opencustodynet/opencustody/hsm/audit"
 	"github.com/opencustodynet/opencustody/hsm/bitcoin/btcdtest"
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/protocol"
@@ -506,6 +507,28 @@ func TestApprovalPathOverRelay(t *testing.T) {
 	if l, _ := cust.ListRequests(ctx, &apipb.ListRequestsRequest{State: apipb.RequestState_REQUEST_STATE_REJECTED}); len(l.GetRequests()) != 1 {
 		t.Fatalf("rejected requests: %v", l)
 	}
+
+	// The audit log holds each request's story.
+	count := func(kinds []string, k string) int {
+		n := 0
+		for _, x := range kinds {
+			if x == k {
+				n++
+			}
+		}
+		return n
+	}
+	until(t, ctx, "audit entries", func() error {
+		k1, k2 := e.auditKinds(t, req.GetId()), e.auditKinds(t, req2.GetId())
+		if len(k1) == 0 || k1[0] != audit.KindRequest || count(k1, audit.KindPrompt) == 0 ||
+			count(k1, audit.KindApproval) != 2 || count(k1, audit.KindSignature) != 1 {
+			return fmt.Errorf("audit entries for the signed request: %v", k1)
+		}
+		if len(k2) == 0 || k2[0] != audit.KindRequest || count(k2, audit.KindRejection) != 1 || count(k2, audit.KindSignature) != 0 {
+			return fmt.Errorf("audit entries for the rejected request: %v", k2)
+		}
+		return nil
+	})
 }
 
 func TestCustodyAPIErrors(t *testing.T) {

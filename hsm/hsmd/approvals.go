@@ -3,8 +3,10 @@ package hsmd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
+	"github.com/opencustodynet/opencustody/hsm/audit"
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/protocol/signed"
 )
@@ -53,15 +55,23 @@ func (s *Server) answer(ctx context.Context, a core.Answer) {
 	if err != nil {
 		s.metrics.answers.WithLabelValues("refused").Inc()
 		log.Warn("answer refused", "err", err)
+		s.record(ctx, audit.KindRefused, a.RequestID, fmt.Sprintf("answer from device %s refused: %v", a.Device, err))
 	} else {
 		r := res.Request
 		s.metrics.answers.WithLabelValues(res.Decision.String()).Inc()
 		log.Info("answer accepted", "user", res.User, "decision", res.Decision.String(), "state", string(r.State), "approved_by", r.ApprovedBy())
+		kind := audit.KindApproval
+		if res.Decision == signed.Reject {
+			kind = audit.KindRejection
+		}
+		s.record(ctx, kind, a.RequestID, fmt.Sprintf("%s by user %s on device %s; request %s", res.Decision, res.User, a.Device, r.State))
 		switch r.State {
 		case core.RequestSigned:
 			log.Info("request signed", "txid", r.TxID)
+			s.record(ctx, audit.KindSignature, r.ID, "signed: txid "+r.TxID)
 		case core.RequestFailed:
 			log.Error("request approved but not signed", "err", r.Error)
+			s.record(ctx, audit.KindSignature, r.ID, "approved but not signed: "+r.Error)
 		}
 		if r.State.Closed() {
 			s.metrics.requests.WithLabelValues(string(r.State)).Inc()

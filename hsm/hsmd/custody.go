@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/opencustodynet/opencustody/hsm/audit"
 	"github.com/opencustodynet/opencustody/hsm/bitcoin"
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/hsm/records"
@@ -103,6 +104,7 @@ func (c *custodyService) Submit(ctx context.Context, req *apipb.SubmitRequest) (
 	r := sub.Request
 	c.s.metrics.requests.WithLabelValues("submitted").Inc()
 	c.s.log.Info("request submitted", "request", r.ID, "wallet", r.Wallet, "txid", r.TxID, "prompts", len(sub.Prompts), "expires", r.ExpiresAt)
+	c.s.record(ctx, audit.KindRequest, r.ID, fmt.Sprintf("submitted: wallet %s, txid %s, %d prompts", r.Wallet, r.TxID, len(sub.Prompts)))
 	// Devices connected now get their prompt now; the others when their
 	// channel comes up.
 	c.s.background(func(ctx context.Context) { c.s.sendPrompts(ctx, sub.Prompts) })

@@ -34,6 +34,7 @@ import (
 	"github.com/opencustodynet/opencustody/device"
 	"github.com/opencustodynet/opencustody/emulator"
 	"github.com/opencustodynet/opencustody/emulator/debuglink"
+	"github.com/opencustodynet/opencustody/hsm/audit"
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/protocol"
 	"github.com/opencustodynet/opencustody/protocol/apipb"
@@ -1389,6 +1390,14 @@ func TestE2ECoreRefusesUnpairedAndRevokedDevices(t *testing.T) {
 	// And it cannot be paired again.
 	_, err = w.startPair(w.hsmd, revoked, "carol", apipb.Role_ROLE_APPROVER)
 	wantCode(t, err, codes.FailedPrecondition, "revoked")
+
+	// The audit log holds the pairing and the revocation, in order.
+	until(t, w.ctx, "audit entries", func() error {
+		if got := w.hsmd.auditKinds(t, revoked.id); !slices.Equal(got, []string{audit.KindPairing, audit.KindRevocation}) {
+			return fmt.Errorf("audit entries for the revoked device: %v", got)
+		}
+		return nil
+	})
 }
 
 // A pairing that either person rejects stores nothing and pins nothing,

@@ -45,6 +45,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/opencustodynet/opencustody/hsm/audit"
 	"github.com/opencustodynet/opencustody/hsm/bitcoin"
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/protocol/apiclient"
@@ -82,6 +83,10 @@ type Config struct {
 	// TickInterval is how often the core stores expired requests and
 	// finishes interrupted signings; zero means 30 seconds.
 	TickInterval time.Duration
+	// Audit receives the security events (pairings, revocations,
+	// requests, prompts, answers, signatures) and serves the audit API;
+	// nil turns the audit log off.
+	Audit *audit.Log
 }
 
 // Server is a running hsmd.

@@ -16,6 +16,7 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/opencustodynet/opencustody/hsm"
+	"github.com/opencustodynet/opencustody/hsm/audit"
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/hsm/hsmd"
 	"github.com/opencustodynet/opencustody/hsm/records"
@@ -39,6 +40,31 @@ type env struct {
 	identity *hsm.IdentitySigner
 	devices  hsmd.DeviceStore
 	store    *hsm.PKCS11Store
+	audit    *audit.Log
+}
+
+// auditKinds returns the kinds of the audit entries about subject, in
+// order, after checking that the log verifies.
+func (e *env) auditKinds(t *testing.T, subject string) []string {
+	t.Helper()
+	rep, err := e.audit.Verify(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() {
+		t.Fatalf("audit log: %v", rep.Problems)
+	}
+	entries, err := e.audit.Entries(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, en := range entries {
+		if en.Subject == subject {
+			kinds = append(kinds, en.Kind)
+		}
+	}
+	return kinds
 }
 
 func start(t *testing.T, ceremony bool) *env {
@@ -82,7 +108,11 @@ func startWith(t *testing.T, ceremony, approvals bool) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := hsmd.New(hsmd.Config{Core: cr, Dir: filepath.Join(dir, "hsmd"), Version: "test", Logger: slog.New(slog.DiscardHandler)})
+	al, err := audit.New(audit.Config{Records: rs, Rows: db, Identity: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := hsmd.New(hsmd.Config{Core: cr, Dir: filepath.Join(dir, "hsmd"), Version: "test", Logger: slog.New(slog.DiscardHandler), Audit: al})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +128,7 @@ func startWith(t *testing.T, ceremony, approvals bool) *env {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return &env{srv: srv, core: cr, addr: l.Addr().String(), dataDir: dir, identity: id, devices: ds, store: store}
+	return &env{srv: srv, core: cr, addr: l.Addr().String(), dataDir: dir, identity: id, devices: ds, store: store, audit: al}
 }
 
 func (e *env) dial(t *testing.T, tokenFile string) *grpc.ClientConn {

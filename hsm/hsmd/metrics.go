@@ -3,14 +3,15 @@ package hsmd
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	bridges      prometheus.Gauge
-	devices      prometheus.Gauge
-	channels     prometheus.Gauge
-	frames       *prometheus.CounterVec
-	channelFails prometheus.Counter
-	pairings     *prometheus.CounterVec
-	requests     *prometheus.CounterVec
-	answers      *prometheus.CounterVec
+	bridges       prometheus.Gauge
+	devices       prometheus.Gauge
+	channels      prometheus.Gauge
+	frames        *prometheus.CounterVec
+	channelFails  prometheus.Counter
+	pairings      *prometheus.CounterVec
+	requests      *prometheus.CounterVec
+	answers       *prometheus.CounterVec
+	auditFailures prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -27,7 +28,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			[]string{"event"}),
 		answers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opencustody_hsmd_answers_total", Help: "Device answers to prompts: accepted approvals and rejections, and refused answers."},
 			[]string{"result"}),
+		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "opencustody_hsmd_audit_failures_total", Help: "Security events that could not be written to the audit log."}),
 	}
-	reg.MustRegister(m.bridges, m.devices, m.channels, m.frames, m.channelFails, m.pairings, m.requests, m.answers)
+	reg.MustRegister(m.bridges, m.devices, m.channels, m.frames, m.channelFails, m.pairings, m.requests, m.answers, m.auditFailures)
 	return m
 }

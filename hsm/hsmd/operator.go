@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/opencustodynet/opencustody/hsm/audit"
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/hsm/records"
 	"github.com/opencustodynet/opencustody/protocol/apipb"
@@ -107,6 +108,7 @@ func (o *operatorService) RevokeDevice(ctx context.Context, req *apipb.RevokeDev
 		return nil, storeError(err)
 	}
 	o.s.log.Warn("device revoked", "device", rec.ID, "user", rec.User)
+	o.s.record(ctx, audit.KindRevocation, rec.ID, "revoked: user "+rec.User)
 	if d := o.s.device(rec.ID); d != nil {
 		_ = d.call(func(l *core.Link) (core.Output, error) { return l.Abort(core.ErrRevoked), nil })
 	}

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/opencustodynet/opencustody/hsm/audit"
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/protocol"
 	"github.com/opencustodynet/opencustody/protocol/apiclient"
@@ -121,11 +122,14 @@ func (d *deviceConn) event(e core.Event) {
 	case core.PairingDone:
 		d.s.metrics.pairings.WithLabelValues("paired").Inc()
 		log.Info("device paired", "user", e.Device.User, "role", e.Device.Role, "fingerprint", e.Device.Fingerprint())
+		d.s.recordLater(audit.KindPairing, e.Device.ID, fmt.Sprintf("paired: user %s, role %s, fingerprint %s", e.Device.User, e.Device.Role, e.Device.Fingerprint()))
 	case core.PairingFailed:
 		d.s.metrics.pairings.WithLabelValues("failed").Inc()
 		log.Warn("pairing failed", "err", e.Err)
+		d.s.recordLater(audit.KindPairing, d.id, fmt.Sprintf("failed: %v", e.Err))
 	case core.PromptShown:
 		log.Info("device shows a prompt", "request", e.RequestID)
+		d.s.recordLater(audit.KindPrompt, e.RequestID, "shown on device "+d.id)
 	case core.ApprovalReceived:
 		a := e.Answer
 		d.s.background(func(ctx context.Context) { d.s.answer(ctx, a) })

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/opencustodynet/opencustody/hsm"
+	"github.com/opencustodynet/opencustody/hsm/audit"
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/hsm/hsmd"
 	"github.com/opencustodynet/opencustody/hsm/records"
@@ -103,7 +104,11 @@ the HSM's console that pairs the first admins.`,
 			if err != nil {
 				return err
 			}
-			srv, err := hsmd.New(hsmd.Config{Core: cr, Dir: hsmdDir(dir), Hosts: hosts, Version: Version, Logger: log})
+			al, err := audit.New(audit.Config{Records: rs, Rows: db, Identity: identity})
+			if err != nil {
+				return err
+			}
+			srv, err := hsmd.New(hsmd.Config{Core: cr, Dir: hsmdDir(dir), Hosts: hosts, Version: Version, Logger: log, Audit: al})
 			if err != nil {
 				return err
 			}
