@@ -165,7 +165,11 @@ func (l *Log) Verify(ctx context.Context) (*Report, error) {
 			want = h
 		}
 		if p, ok := prevs[seq]; ok && !bytes.Equal(p, want) {
-			add(seq, false, "prev does not match entry %d's hash (the chain is broken here)", seq-1)
+			if seq == 1 {
+				add(seq, false, "prev is not 32 zero bytes, though entry 1 starts the chain")
+			} else {
+				add(seq, false, "prev does not match entry %d's hash (the chain is broken here)", seq-1)
+			}
 		}
 	}
 

@@ -6,7 +6,12 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/opencustodynet/opencustody/hsm/audit"
+	"github.com/opencustodynet/opencustody/hsm/records"
+	"github.com/opencustodynet/opencustody/protocol/apipb"
 )
 
 // record appends a security event to the audit log, if there is one.
@@ -64,4 +69,66 @@ func clip(s string, n int) string {
 		s = s[:len(s)-1]
 	}
 	return strings.ToValidUTF8(s, "")
+}
+
+// auditService serves the Audit API.
+type auditService struct {
+	apipb.UnimplementedAuditServer
+	s *Server
+}
+
+func (a *auditService) log() (*audit.Log, error) {
+	if a.s.cfg.Audit == nil {
+		return nil, status.Error(codes.FailedPrecondition, "hsmd: the audit log is off")
+	}
+	return a.s.cfg.Audit, nil
+}
+
+func (a *auditService) ListAudit(ctx context.Context, _ *apipb.ListAuditRequest) (*apipb.ListAuditResponse, error) {
+	l, err := a.log()
+	if err != nil {
+		return nil, err
+	}
+	entries, err := l.Entries(ctx)
+	if err != nil {
+		return nil, auditError(err)
+	}
+	cps, err := l.Checkpoints(ctx)
+	if err != nil {
+		return nil, auditError(err)
+	}
+	resp := &apipb.ListAuditResponse{}
+	for _, e := range entries {
+		resp.Entries = append(resp.Entries, &apipb.AuditEntry{Seq: e.Seq, TimeUnixNano: e.Time.UnixNano(), Kind: e.Kind, Subject: e.Subject, Detail: e.Detail, Prev: e.Prev, Hash: e.Hash})
+	}
+	for _, c := range cps {
+		resp.Checkpoints = append(resp.Checkpoints, &apipb.AuditCheckpoint{Seq: c.Seq, Hash: c.Hash, TimeUnixNano: c.Time.UnixNano(), Algorithm: int32(c.Algorithm), PublicKey: c.PublicKey, Signature: c.Signature})
+	}
+	return resp, nil
+}
+
+func (a *auditService) VerifyAudit(ctx context.Context, _ *apipb.VerifyAuditRequest) (*apipb.VerifyAuditResponse, error) {
+	l, err := a.log()
+	if err != nil {
+		return nil, err
+	}
+	rep, err := l.Verify(ctx)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	resp := &apipb.VerifyAuditResponse{Entries: uint32(rep.Entries), LastSeq: rep.LastSeq, Checkpoints: uint32(rep.Checkpoints), LastCheckpoint: rep.LastCheckpoint}
+	for _, p := range rep.Problems {
+		resp.Problems = append(resp.Problems, &apipb.AuditProblem{Seq: p.Seq, Checkpoint: p.Checkpoint, What: p.What})
+	}
+	if !rep.OK() {
+		a.s.log.Error("audit log fails verification", "problems", len(rep.Problems), "first", rep.Problems[0].String())
+	}
+	return resp, nil
+}
+
+func auditError(err error) error {
+	if errors.Is(err, records.ErrIntegrity) {
+		return status.Error(codes.DataLoss, "hsmd: the audit log fails authentication; run 'opencustody audit verify': "+err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
 }

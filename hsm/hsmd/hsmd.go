@@ -168,6 +168,7 @@ func New(cfg Config) (*Server, error) {
 		apipb.Relay_ServiceDesc.ServiceName:    s.bridgeToken,
 		apipb.Operator_ServiceDesc.ServiceName: s.operatorToken,
 		apipb.Custody_ServiceDesc.ServiceName:  s.operatorToken,
+		apipb.Audit_ServiceDesc.ServiceName:    s.operatorToken,
 	}}
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewServerTLSFromCert(&cert)),
@@ -180,6 +181,7 @@ func New(cfg Config) (*Server, error) {
 	apipb.RegisterRelayServer(s.grpc, &relayService{s: s})
 	apipb.RegisterOperatorServer(s.grpc, &operatorService{s: s})
 	apipb.RegisterCustodyServer(s.grpc, &custodyService{s: s})
+	apipb.RegisterAuditServer(s.grpc, &auditService{s: s})
 	return s, nil
 }
 

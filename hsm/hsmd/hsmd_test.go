@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -329,5 +330,47 @@ func TestTamperedDeviceRecordIsRefused(t *testing.T) {
 	// The core refuses to open a channel on it either.
 	if _, err := e.core.Attach(f).Open(t.Context()); !errors.Is(err, records.ErrIntegrity) {
 		t.Fatalf("open on a tampered record: %v", err)
+	}
+}
+
+// The Audit API lists the log, and reports an edited entry by position
+// while refusing to list it.
+func TestAuditAPI(t *testing.T) {
+	e := start(t, false)
+	for i := range 3 {
+		if _, err := e.audit.Append(t.Context(), audit.Event{Kind: audit.KindRevocation, Subject: fmt.Sprintf("dev-%d", i), Detail: "revoked: user alice"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := apipb.NewAuditClient(e.dial(t, "bridge")).ListAudit(t.Context(), &apipb.ListAuditRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("bridge token: %v, want Unauthenticated", err)
+	}
+	a := apipb.NewAuditClient(e.dial(t, "operator"))
+	list, err := a.ListAudit(t.Context(), &apipb.ListAuditRequest{})
+	if err != nil || len(list.GetEntries()) != 3 || list.GetEntries()[2].GetSubject() != "dev-2" {
+		t.Fatalf("ListAudit: %v, %v", list, err)
+	}
+	rep, err := a.VerifyAudit(t.Context(), &apipb.VerifyAuditRequest{})
+	if err != nil || len(rep.GetProblems()) != 0 || rep.GetLastSeq() != 3 {
+		t.Fatalf("VerifyAudit: %v, %v", rep, err)
+	}
+
+	db, err := sql.Open("sqlite", filepath.Join(e.dataDir, "opencustody.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`UPDATE records SET body = CAST(replace(CAST(body AS TEXT), 'alice', 'mallory') AS BLOB) WHERE kind = 'audit' AND key = ?`, fmt.Sprintf("%020d", 2)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.ListAudit(t.Context(), &apipb.ListAuditRequest{}); status.Code(err) != codes.DataLoss {
+		t.Fatalf("ListAudit of an edited log: %v, want DataLoss", err)
+	}
+	rep, err = a.VerifyAudit(t.Context(), &apipb.VerifyAuditRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.GetProblems()) != 2 || rep.GetProblems()[0].GetSeq() != 2 || rep.GetProblems()[1].GetSeq() != 2 {
+		t.Fatalf("problems %v, want two at entry 2 (mac and hash)", rep.GetProblems())
 	}
 }

@@ -2719,6 +2719,446 @@ func (x *GetRequestRequest) GetId() string {
 	return ""
 }
 
+type ListAuditRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditRequest) Reset() {
+	*x = ListAuditRequest{}
+	mi := &file_api_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditRequest) ProtoMessage() {}
+
+func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
+func (*ListAuditRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{38}
+}
+
+type AuditEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	TimeUnixNano  int64                  `protobuf:"varint,2,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	Subject       string                 `protobuf:"bytes,4,opt,name=subject,proto3" json:"subject,omitempty"`
+	Detail        string                 `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
+	Prev          []byte                 `protobuf:"bytes,6,opt,name=prev,proto3" json:"prev,omitempty"`
+	Hash          []byte                 `protobuf:"bytes,7,opt,name=hash,proto3" json:"hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditEntry) Reset() {
+	*x = AuditEntry{}
+	mi := &file_api_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditEntry) ProtoMessage() {}
+
+func (x *AuditEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
+func (*AuditEntry) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *AuditEntry) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditEntry) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *AuditEntry) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetPrev() []byte {
+	if x != nil {
+		return x.Prev
+	}
+	return nil
+}
+
+func (x *AuditEntry) GetHash() []byte {
+	if x != nil {
+		return x.Hash
+	}
+	return nil
+}
+
+type AuditCheckpoint struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Seq          uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Hash         []byte                 `protobuf:"bytes,2,opt,name=hash,proto3" json:"hash,omitempty"`
+	TimeUnixNano int64                  `protobuf:"varint,3,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	// The signer's algorithm (opencustody.v1 Algorithm number), public key
+	// and signature over the checkpoint statement's digest.
+	Algorithm     int32  `protobuf:"varint,4,opt,name=algorithm,proto3" json:"algorithm,omitempty"`
+	PublicKey     []byte `protobuf:"bytes,5,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	Signature     []byte `protobuf:"bytes,6,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditCheckpoint) Reset() {
+	*x = AuditCheckpoint{}
+	mi := &file_api_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditCheckpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditCheckpoint) ProtoMessage() {}
+
+func (x *AuditCheckpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditCheckpoint.ProtoReflect.Descriptor instead.
+func (*AuditCheckpoint) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *AuditCheckpoint) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditCheckpoint) GetHash() []byte {
+	if x != nil {
+		return x.Hash
+	}
+	return nil
+}
+
+func (x *AuditCheckpoint) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *AuditCheckpoint) GetAlgorithm() int32 {
+	if x != nil {
+		return x.Algorithm
+	}
+	return 0
+}
+
+func (x *AuditCheckpoint) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *AuditCheckpoint) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+type ListAuditResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*AuditEntry          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	Checkpoints   []*AuditCheckpoint     `protobuf:"bytes,2,rep,name=checkpoints,proto3" json:"checkpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditResponse) Reset() {
+	*x = ListAuditResponse{}
+	mi := &file_api_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditResponse) ProtoMessage() {}
+
+func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
+func (*ListAuditResponse) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ListAuditResponse) GetEntries() []*AuditEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *ListAuditResponse) GetCheckpoints() []*AuditCheckpoint {
+	if x != nil {
+		return x.Checkpoints
+	}
+	return nil
+}
+
+type VerifyAuditRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditRequest) Reset() {
+	*x = VerifyAuditRequest{}
+	mi := &file_api_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditRequest) ProtoMessage() {}
+
+func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
+func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{42}
+}
+
+type AuditProblem struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The entry concerned, or the entry the checkpoint names.
+	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// True if the problem is with the checkpoint at seq.
+	Checkpoint    bool   `protobuf:"varint,2,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	What          string `protobuf:"bytes,3,opt,name=what,proto3" json:"what,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditProblem) Reset() {
+	*x = AuditProblem{}
+	mi := &file_api_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditProblem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditProblem) ProtoMessage() {}
+
+func (x *AuditProblem) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditProblem.ProtoReflect.Descriptor instead.
+func (*AuditProblem) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *AuditProblem) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditProblem) GetCheckpoint() bool {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return false
+}
+
+func (x *AuditProblem) GetWhat() string {
+	if x != nil {
+		return x.What
+	}
+	return ""
+}
+
+type VerifyAuditResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Entries        uint32                 `protobuf:"varint,1,opt,name=entries,proto3" json:"entries,omitempty"`
+	LastSeq        uint64                 `protobuf:"varint,2,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	Checkpoints    uint32                 `protobuf:"varint,3,opt,name=checkpoints,proto3" json:"checkpoints,omitempty"`
+	LastCheckpoint uint64                 `protobuf:"varint,4,opt,name=last_checkpoint,json=lastCheckpoint,proto3" json:"last_checkpoint,omitempty"`
+	Problems       []*AuditProblem        `protobuf:"bytes,5,rep,name=problems,proto3" json:"problems,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *VerifyAuditResponse) Reset() {
+	*x = VerifyAuditResponse{}
+	mi := &file_api_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditResponse) ProtoMessage() {}
+
+func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
+func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *VerifyAuditResponse) GetEntries() uint32 {
+	if x != nil {
+		return x.Entries
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetCheckpoints() uint32 {
+	if x != nil {
+		return x.Checkpoints
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetLastCheckpoint() uint64 {
+	if x != nil {
+		return x.LastCheckpoint
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetProblems() []*AuditProblem {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
 var File_api_proto protoreflect.FileDescriptor
 
 const file_api_proto_rawDesc = "" +
@@ -2902,7 +3342,41 @@ const file_api_proto_rawDesc = "" +
 	"\x14ListRequestsResponse\x127\n" +
 	"\brequests\x18\x01 \x03(\v2\x1b.opencustody.api.v1.RequestR\brequests\"#\n" +
 	"\x11GetRequestRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id*y\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x12\n" +
+	"\x10ListAuditRequest\"\xb2\x01\n" +
+	"\n" +
+	"AuditEntry\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12$\n" +
+	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x18\n" +
+	"\asubject\x18\x04 \x01(\tR\asubject\x12\x16\n" +
+	"\x06detail\x18\x05 \x01(\tR\x06detail\x12\x12\n" +
+	"\x04prev\x18\x06 \x01(\fR\x04prev\x12\x12\n" +
+	"\x04hash\x18\a \x01(\fR\x04hash\"\xb8\x01\n" +
+	"\x0fAuditCheckpoint\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04hash\x18\x02 \x01(\fR\x04hash\x12$\n" +
+	"\x0etime_unix_nano\x18\x03 \x01(\x03R\ftimeUnixNano\x12\x1c\n" +
+	"\talgorithm\x18\x04 \x01(\x05R\talgorithm\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x05 \x01(\fR\tpublicKey\x12\x1c\n" +
+	"\tsignature\x18\x06 \x01(\fR\tsignature\"\x94\x01\n" +
+	"\x11ListAuditResponse\x128\n" +
+	"\aentries\x18\x01 \x03(\v2\x1e.opencustody.api.v1.AuditEntryR\aentries\x12E\n" +
+	"\vcheckpoints\x18\x02 \x03(\v2#.opencustody.api.v1.AuditCheckpointR\vcheckpoints\"\x14\n" +
+	"\x12VerifyAuditRequest\"T\n" +
+	"\fAuditProblem\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x02 \x01(\bR\n" +
+	"checkpoint\x12\x12\n" +
+	"\x04what\x18\x03 \x01(\tR\x04what\"\xd3\x01\n" +
+	"\x13VerifyAuditResponse\x12\x18\n" +
+	"\aentries\x18\x01 \x01(\rR\aentries\x12\x19\n" +
+	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\x12 \n" +
+	"\vcheckpoints\x18\x03 \x01(\rR\vcheckpoints\x12'\n" +
+	"\x0flast_checkpoint\x18\x04 \x01(\x04R\x0elastCheckpoint\x12<\n" +
+	"\bproblems\x18\x05 \x03(\v2 .opencustody.api.v1.AuditProblemR\bproblems*y\n" +
 	"\vDeviceState\x12\x1c\n" +
 	"\x18DEVICE_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15DEVICE_STATE_UNPAIRED\x10\x01\x12\x17\n" +
@@ -2937,7 +3411,10 @@ const file_api_proto_rawDesc = "" +
 	"\x06Submit\x12!.opencustody.api.v1.SubmitRequest\x1a\x1b.opencustody.api.v1.Request\x12a\n" +
 	"\fListRequests\x12'.opencustody.api.v1.ListRequestsRequest\x1a(.opencustody.api.v1.ListRequestsResponse\x12P\n" +
 	"\n" +
-	"GetRequest\x12%.opencustody.api.v1.GetRequestRequest\x1a\x1b.opencustody.api.v1.RequestB6Z4github.com/opencustodynet/opencustody/protocol/apipbb\x06proto3"
+	"GetRequest\x12%.opencustody.api.v1.GetRequestRequest\x1a\x1b.opencustody.api.v1.Request2\xc1\x01\n" +
+	"\x05Audit\x12X\n" +
+	"\tListAudit\x12$.opencustody.api.v1.ListAuditRequest\x1a%.opencustody.api.v1.ListAuditResponse\x12^\n" +
+	"\vVerifyAudit\x12&.opencustody.api.v1.VerifyAuditRequest\x1a'.opencustody.api.v1.VerifyAuditResponseB6Z4github.com/opencustodynet/opencustody/protocol/apipbb\x06proto3"
 
 var (
 	file_api_proto_rawDescOnce sync.Once
@@ -2952,7 +3429,7 @@ func file_api_proto_rawDescGZIP() []byte {
 }
 
 var file_api_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_api_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_api_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_api_proto_goTypes = []any{
 	(DeviceState)(0),             // 0: opencustody.api.v1.DeviceState
 	(Role)(0),                    // 1: opencustody.api.v1.Role
@@ -2995,6 +3472,13 @@ var file_api_proto_goTypes = []any{
 	(*ListRequestsRequest)(nil),  // 38: opencustody.api.v1.ListRequestsRequest
 	(*ListRequestsResponse)(nil), // 39: opencustody.api.v1.ListRequestsResponse
 	(*GetRequestRequest)(nil),    // 40: opencustody.api.v1.GetRequestRequest
+	(*ListAuditRequest)(nil),     // 41: opencustody.api.v1.ListAuditRequest
+	(*AuditEntry)(nil),           // 42: opencustody.api.v1.AuditEntry
+	(*AuditCheckpoint)(nil),      // 43: opencustody.api.v1.AuditCheckpoint
+	(*ListAuditResponse)(nil),    // 44: opencustody.api.v1.ListAuditResponse
+	(*VerifyAuditRequest)(nil),   // 45: opencustody.api.v1.VerifyAuditRequest
+	(*AuditProblem)(nil),         // 46: opencustody.api.v1.AuditProblem
+	(*VerifyAuditResponse)(nil),  // 47: opencustody.api.v1.VerifyAuditResponse
 }
 var file_api_proto_depIdxs = []int32{
 	5,  // 0: opencustody.api.v1.BridgeMessage.hello:type_name -> opencustody.api.v1.BridgeHello
@@ -3024,35 +3508,42 @@ var file_api_proto_depIdxs = []int32{
 	37, // 24: opencustody.api.v1.TransferSummary.outputs:type_name -> opencustody.api.v1.TransferOutput
 	2,  // 25: opencustody.api.v1.ListRequestsRequest.state:type_name -> opencustody.api.v1.RequestState
 	33, // 26: opencustody.api.v1.ListRequestsResponse.requests:type_name -> opencustody.api.v1.Request
-	3,  // 27: opencustody.api.v1.Relay.Connect:input_type -> opencustody.api.v1.BridgeMessage
-	10, // 28: opencustody.api.v1.Operator.Status:input_type -> opencustody.api.v1.StatusRequest
-	13, // 29: opencustody.api.v1.Operator.ListDevices:input_type -> opencustody.api.v1.ListDevicesRequest
-	16, // 30: opencustody.api.v1.Operator.Pair:input_type -> opencustody.api.v1.PairClientMessage
-	22, // 31: opencustody.api.v1.Operator.RevokeDevice:input_type -> opencustody.api.v1.RevokeDeviceRequest
-	26, // 32: opencustody.api.v1.Custody.CreateWallet:input_type -> opencustody.api.v1.CreateWalletRequest
-	27, // 33: opencustody.api.v1.Custody.NewAddress:input_type -> opencustody.api.v1.NewAddressRequest
-	29, // 34: opencustody.api.v1.Custody.GetWallet:input_type -> opencustody.api.v1.GetWalletRequest
-	30, // 35: opencustody.api.v1.Custody.ListWallets:input_type -> opencustody.api.v1.ListWalletsRequest
-	32, // 36: opencustody.api.v1.Custody.Submit:input_type -> opencustody.api.v1.SubmitRequest
-	38, // 37: opencustody.api.v1.Custody.ListRequests:input_type -> opencustody.api.v1.ListRequestsRequest
-	40, // 38: opencustody.api.v1.Custody.GetRequest:input_type -> opencustody.api.v1.GetRequestRequest
-	4,  // 39: opencustody.api.v1.Relay.Connect:output_type -> opencustody.api.v1.CoreMessage
-	11, // 40: opencustody.api.v1.Operator.Status:output_type -> opencustody.api.v1.StatusResponse
-	14, // 41: opencustody.api.v1.Operator.ListDevices:output_type -> opencustody.api.v1.ListDevicesResponse
-	17, // 42: opencustody.api.v1.Operator.Pair:output_type -> opencustody.api.v1.PairServerMessage
-	23, // 43: opencustody.api.v1.Operator.RevokeDevice:output_type -> opencustody.api.v1.RevokeDeviceResponse
-	24, // 44: opencustody.api.v1.Custody.CreateWallet:output_type -> opencustody.api.v1.Wallet
-	28, // 45: opencustody.api.v1.Custody.NewAddress:output_type -> opencustody.api.v1.NewAddressResponse
-	24, // 46: opencustody.api.v1.Custody.GetWallet:output_type -> opencustody.api.v1.Wallet
-	31, // 47: opencustody.api.v1.Custody.ListWallets:output_type -> opencustody.api.v1.ListWalletsResponse
-	33, // 48: opencustody.api.v1.Custody.Submit:output_type -> opencustody.api.v1.Request
-	39, // 49: opencustody.api.v1.Custody.ListRequests:output_type -> opencustody.api.v1.ListRequestsResponse
-	33, // 50: opencustody.api.v1.Custody.GetRequest:output_type -> opencustody.api.v1.Request
-	39, // [39:51] is the sub-list for method output_type
-	27, // [27:39] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	42, // 27: opencustody.api.v1.ListAuditResponse.entries:type_name -> opencustody.api.v1.AuditEntry
+	43, // 28: opencustody.api.v1.ListAuditResponse.checkpoints:type_name -> opencustody.api.v1.AuditCheckpoint
+	46, // 29: opencustody.api.v1.VerifyAuditResponse.problems:type_name -> opencustody.api.v1.AuditProblem
+	3,  // 30: opencustody.api.v1.Relay.Connect:input_type -> opencustody.api.v1.BridgeMessage
+	10, // 31: opencustody.api.v1.Operator.Status:input_type -> opencustody.api.v1.StatusRequest
+	13, // 32: opencustody.api.v1.Operator.ListDevices:input_type -> opencustody.api.v1.ListDevicesRequest
+	16, // 33: opencustody.api.v1.Operator.Pair:input_type -> opencustody.api.v1.PairClientMessage
+	22, // 34: opencustody.api.v1.Operator.RevokeDevice:input_type -> opencustody.api.v1.RevokeDeviceRequest
+	26, // 35: opencustody.api.v1.Custody.CreateWallet:input_type -> opencustody.api.v1.CreateWalletRequest
+	27, // 36: opencustody.api.v1.Custody.NewAddress:input_type -> opencustody.api.v1.NewAddressRequest
+	29, // 37: opencustody.api.v1.Custody.GetWallet:input_type -> opencustody.api.v1.GetWalletRequest
+	30, // 38: opencustody.api.v1.Custody.ListWallets:input_type -> opencustody.api.v1.ListWalletsRequest
+	32, // 39: opencustody.api.v1.Custody.Submit:input_type -> opencustody.api.v1.SubmitRequest
+	38, // 40: opencustody.api.v1.Custody.ListRequests:input_type -> opencustody.api.v1.ListRequestsRequest
+	40, // 41: opencustody.api.v1.Custody.GetRequest:input_type -> opencustody.api.v1.GetRequestRequest
+	41, // 42: opencustody.api.v1.Audit.ListAudit:input_type -> opencustody.api.v1.ListAuditRequest
+	45, // 43: opencustody.api.v1.Audit.VerifyAudit:input_type -> opencustody.api.v1.VerifyAuditRequest
+	4,  // 44: opencustody.api.v1.Relay.Connect:output_type -> opencustody.api.v1.CoreMessage
+	11, // 45: opencustody.api.v1.Operator.Status:output_type -> opencustody.api.v1.StatusResponse
+	14, // 46: opencustody.api.v1.Operator.ListDevices:output_type -> opencustody.api.v1.ListDevicesResponse
+	17, // 47: opencustody.api.v1.Operator.Pair:output_type -> opencustody.api.v1.PairServerMessage
+	23, // 48: opencustody.api.v1.Operator.RevokeDevice:output_type -> opencustody.api.v1.RevokeDeviceResponse
+	24, // 49: opencustody.api.v1.Custody.CreateWallet:output_type -> opencustody.api.v1.Wallet
+	28, // 50: opencustody.api.v1.Custody.NewAddress:output_type -> opencustody.api.v1.NewAddressResponse
+	24, // 51: opencustody.api.v1.Custody.GetWallet:output_type -> opencustody.api.v1.Wallet
+	31, // 52: opencustody.api.v1.Custody.ListWallets:output_type -> opencustody.api.v1.ListWalletsResponse
+	33, // 53: opencustody.api.v1.Custody.Submit:output_type -> opencustody.api.v1.Request
+	39, // 54: opencustody.api.v1.Custody.ListRequests:output_type -> opencustody.api.v1.ListRequestsResponse
+	33, // 55: opencustody.api.v1.Custody.GetRequest:output_type -> opencustody.api.v1.Request
+	44, // 56: opencustody.api.v1.Audit.ListAudit:output_type -> opencustody.api.v1.ListAuditResponse
+	47, // 57: opencustody.api.v1.Audit.VerifyAudit:output_type -> opencustody.api.v1.VerifyAuditResponse
+	44, // [44:58] is the sub-list for method output_type
+	30, // [30:44] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_api_proto_init() }
@@ -3084,9 +3575,9 @@ func file_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_proto_rawDesc), len(file_api_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   38,
+			NumMessages:   45,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   4,
 		},
 		GoTypes:           file_api_proto_goTypes,
 		DependencyIndexes: file_api_proto_depIdxs,
