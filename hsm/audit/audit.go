@@ -239,7 +239,8 @@ func decodeEntry(body []byte) (*Entry, error) {
 }
 
 // Append adds ev to the chain and returns the new entry. Every
-// CheckpointEvery entries it also signs a checkpoint.
+// CheckpointEvery entries it also signs a checkpoint; if that fails, Append
+// returns the entry, which is stored, and the checkpoint's error.
 func (l *Log) Append(ctx context.Context, ev Event) (*Entry, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

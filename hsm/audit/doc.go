@@ -80,7 +80,9 @@
 // A security event must not vanish silently, and must not block the
 // operation that caused it either: the custody daemon logs a failed Append
 // at error level with the event and counts it in a metric, and the next
-// Verify shows no entry for it. Errors read "audit: ..." and name the
+// Verify shows no entry for it. If the newest entry fails verification,
+// Append refuses to chain onto it, and every later Append fails (loudly)
+// until an operator has looked. Errors read "audit: ..." and name the
 // sequence number concerned.
 //
 // A Log is safe for concurrent use.

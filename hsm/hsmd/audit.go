@@ -27,7 +27,12 @@ func (s *Server) record(ctx context.Context, kind, subject, detail string) {
 		return
 	}
 	ev := audit.Event{Kind: kind, Subject: clip(subject, audit.MaxSubjectLen), Detail: clip(detail, audit.MaxDetailLen)}
-	if _, err := s.cfg.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
+	ent, err := s.cfg.Audit.Append(context.WithoutCancel(ctx), ev)
+	switch {
+	case err != nil && ent != nil:
+		s.metrics.auditFailures.Inc()
+		s.log.Error("audit entry written but its checkpoint failed", "seq", ent.Seq, "err", err)
+	case err != nil:
 		s.auditFailed(ev, err)
 	}
 }
