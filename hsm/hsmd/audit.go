@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
@@ -74,6 +75,28 @@ func clip(s string, n int) string {
 		s = s[:len(s)-1]
 	}
 	return strings.ToValidUTF8(s, "")
+}
+
+// checkpointLoop signs a checkpoint of the audit log's newest entry every
+// TickInterval, if it has none yet.
+func (s *Server) checkpointLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			s.checkpoint(ctx)
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (s *Server) checkpoint(ctx context.Context) {
+	if _, err := s.cfg.Audit.Checkpoint(ctx); err != nil && ctx.Err() == nil {
+		s.metrics.auditFailures.Inc()
+		s.log.Error("cannot checkpoint the audit log", "err", err)
+	}
 }
 
 // auditService serves the Audit API.

@@ -85,7 +85,9 @@ type Config struct {
 	TickInterval time.Duration
 	// Audit receives the security events (pairings, revocations,
 	// requests, prompts, answers, signatures) and serves the audit API;
-	// nil turns the audit log off.
+	// nil turns the audit log off. hsmd also checkpoints it every
+	// TickInterval and when it stops, so that fewer entries are left
+	// unsigned.
 	Audit *audit.Log
 }
 
@@ -199,7 +201,15 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	defer stop()
 	s.log.Info("hsmd listening", "address", l.Addr().String(), "cert", s.certFingerprint, "hsm", s.cfg.Core.HSMFingerprint(), "ceremony", s.cfg.Core.Ceremony())
 	s.background(s.tickLoop)
+	if s.cfg.Audit != nil {
+		s.background(s.checkpointLoop)
+	}
 	err := s.grpc.Serve(l)
+	if s.cfg.Audit != nil {
+		// Wait for the events still being written, then sign the tail.
+		s.Stop()
+		s.checkpoint(context.Background())
+	}
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
 	}

@@ -374,3 +374,24 @@ func TestAuditAPI(t *testing.T) {
 		t.Fatalf("problems %v, want two at entry 2 (mac and hash)", rep.GetProblems())
 	}
 }
+
+// hsmd signs a checkpoint of the audit log's tail when it stops.
+func TestAuditCheckpointOnStop(t *testing.T) {
+	e := start(t, false)
+	for i := range 3 {
+		if _, err := e.audit.Append(t.Context(), audit.Event{Kind: audit.KindRevocation, Subject: fmt.Sprintf("dev-%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.srv.Stop()
+	until(t, t.Context(), "a checkpoint of entry 3", func() error {
+		rep, err := e.audit.Verify(t.Context())
+		if err != nil {
+			return err
+		}
+		if !rep.OK() || rep.LastCheckpoint != 3 {
+			return fmt.Errorf("report %+v", rep)
+		}
+		return nil
+	})
+}
