@@ -1,13 +1,14 @@
 // The gRPC API of hsmd, the custody core.
 //
 // Two faces, each behind its own bearer token:
-//   - Relay: a bridge's single bidirectional stream. The bridge announces the
-//     devices it can reach and carries their envelopes both ways. Everything
-//     that matters inside those envelopes is Noise ciphertext the bridge
-//     cannot read or forge.
-//   - Operator: what operators and integrators call (status, devices,
-//     pairing, revocation), and Custody (wallets, addresses, requests to
-//     sign transactions), with the same operator token.
+//   - the bridge token opens Relay: a bridge's single bidirectional stream.
+//     The bridge announces the devices it can reach and carries their
+//     envelopes both ways. Everything that matters inside those envelopes is
+//     Noise ciphertext the bridge cannot read or forge.
+//   - the operator token opens what operators and integrators call:
+//     Operator (status, devices, pairing, revocation), Custody (wallets,
+//     addresses, requests to sign transactions) and Audit (the hash-chained
+//     log of security events and its verification).
 //
 // Field numbers are part of the API: never reuse or renumber them.
 
