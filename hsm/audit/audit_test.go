@@ -13,6 +13,7 @@ import (
 
 	"github.com/opencustodynet/opencustody/hsm"
 	"github.com/opencustodynet/opencustody/hsm/audit"
+	"github.com/opencustodynet/opencustody/hsm/hsmtest"
 	"github.com/opencustodynet/opencustody/hsm/records"
 	"github.com/opencustodynet/opencustody/hsm/softhsm/softhsmtest"
 	"github.com/opencustodynet/opencustody/protocol/pb"
@@ -54,35 +55,13 @@ type env struct {
 
 func newEnv(t *testing.T, every uint64) *env {
 	t.Helper()
-	ctx := t.Context()
-	tok := softhsmtest.NewTestToken(t)
-	store, err := hsm.Open(ctx, hsm.Config{URI: tok.URI})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	for _, k := range []hsm.GenerateKeyRequest{{Label: "identity", Algorithm: hsm.ECDSAP256}, {Label: "records", Algorithm: hsm.HMACSHA256}} {
-		if _, err := store.GenerateKey(ctx, k); err != nil {
-			t.Fatal(err)
-		}
-	}
-	id, err := hsm.NewIdentitySigner(ctx, store, "identity")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	db, err := records.OpenSQLite(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	rs := records.New(db, hsm.RecordAuthenticator{A: store, Key: "records"})
-	cfg := audit.Config{Records: rs, Rows: db, Identity: id, CheckpointEvery: every}
+	c := hsmtest.NewCore(t)
+	cfg := audit.Config{Records: c.Records, Rows: c.DB, Identity: c.Identity, CheckpointEvery: every}
 	l, err := audit.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{log: l, dbPath: filepath.Join(dir, "opencustody.db"), store: store, cfg: cfg}
+	return &env{log: l, dbPath: filepath.Join(c.Dir, records.SQLiteFile), store: c.Store, cfg: cfg}
 }
 
 func (e *env) appendN(t *testing.T, n int) {

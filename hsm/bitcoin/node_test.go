@@ -14,28 +14,12 @@ import (
 	"github.com/opencustodynet/opencustody/hsm"
 	"github.com/opencustodynet/opencustody/hsm/bitcoin"
 	"github.com/opencustodynet/opencustody/hsm/bitcoin/btcdtest"
-	"github.com/opencustodynet/opencustody/hsm/softhsm/softhsmtest"
+	"github.com/opencustodynet/opencustody/hsm/hsmtest"
 )
-
-// openStore opens a fresh SoftHSM2 token.
-func openStore(t *testing.T) *hsm.PKCS11Store {
-	t.Helper()
-	tok := softhsmtest.NewTestToken(t)
-	s, err := hsm.Open(t.Context(), hsm.Config{URI: tok.URI})
-	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
-	return s
-}
 
 func TestKeysInHSM(t *testing.T) {
 	ctx := t.Context()
-	store := openStore(t)
+	store := hsmtest.Store(t)
 	k, err := bitcoin.NewKey(ctx, store, bitcoin.NewKeyRequest{Label: "custody-1"})
 	if err != nil {
 		t.Fatal(err)
@@ -91,7 +75,7 @@ type nodeCoin struct {
 // mempool and a block.
 func TestNode(t *testing.T) {
 	ctx := t.Context()
-	store := openStore(t)
+	store := hsmtest.Store(t)
 	keyA, err := bitcoin.NewKey(ctx, store, bitcoin.NewKeyRequest{Label: "custody-a"})
 	if err != nil {
 		t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 	"github.com/opencustodynet/opencustody/hsm/audit"
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/hsm/hsmd"
+	"github.com/opencustodynet/opencustody/hsm/hsmtest"
 	"github.com/opencustodynet/opencustody/hsm/records"
 	"github.com/opencustodynet/opencustody/hsm/softhsm/softhsmtest"
 	"github.com/opencustodynet/opencustody/protocol"
@@ -77,29 +78,8 @@ func start(t *testing.T, ceremony bool) *env {
 // request records, custody keys in the token).
 func startWith(t *testing.T, ceremony, approvals bool) *env {
 	t.Helper()
-	ctx := t.Context()
-	tok := softhsmtest.NewTestToken(t)
-	store, err := hsm.Open(ctx, hsm.Config{URI: tok.URI})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	for _, k := range []hsm.GenerateKeyRequest{{Label: "identity", Algorithm: hsm.ECDSAP256}, {Label: "records", Algorithm: hsm.HMACSHA256}} {
-		if _, err := store.GenerateKey(ctx, k); err != nil {
-			t.Fatal(err)
-		}
-	}
-	id, err := hsm.NewIdentitySigner(ctx, store, "identity")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	db, err := records.OpenSQLite(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	rs := records.New(db, hsm.RecordAuthenticator{A: store, Key: "records"})
+	c := hsmtest.NewCore(t)
+	store, id, db, rs, dir := c.Store, c.Identity, c.DB, c.Records, c.Dir
 	ds := hsmd.DeviceStore{Records: rs}
 	cfg := core.Config{Identity: id, Devices: ds, Ceremony: ceremony}
 	if approvals {
