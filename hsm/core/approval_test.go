@@ -635,3 +635,49 @@ func FuzzAnswer(f *testing.F) {
 		}
 	})
 }
+
+// A request stored as approved without the approvals to prove it — a core
+// bug, or a store that lies — is never signed: the signing step counts
+// verified approvals itself.
+func TestSigningRecountsApprovals(t *testing.T) {
+	for name, forge := range map[string]func(r *RequestRecord){
+		"state only": func(r *RequestRecord) {},
+		"answer copied to another user": func(r *RequestRecord) {
+			a := r.Answers[0]
+			a.User, a.DeviceID = "bob", promptedDevice(r, "bob")
+			r.Answers = append(r.Answers, a)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			w := newWorld(t)
+			sub := w.submit(w.transfer("x"))
+			if _, err := w.answer(sub.Request.ID, "alice", w.approval("alice", w.promptFor(sub, "alice"), signed.Approve, 1, nil)); err != nil {
+				t.Fatal(err)
+			}
+			r := w.request(sub.Request.ID)
+			forge(r)
+			r.State = RequestApproved
+			if err := w.requests.UpdateRequest(context.Background(), r); err != nil {
+				t.Fatal(err)
+			}
+			_, _ = w.core.Tick(context.Background())
+			got := w.request(sub.Request.ID)
+			if got.State != RequestFailed || !strings.Contains(got.Error, "not enough verified approvals") {
+				t.Fatalf("state %s (%s), want failed for want of approvals", got.State, got.Error)
+			}
+			if n := w.custody.signatures(); n != 0 {
+				t.Fatalf("%d signatures", n)
+			}
+		})
+	}
+}
+
+// promptedDevice returns the device id the request prompted for user.
+func promptedDevice(r *RequestRecord, user string) string {
+	for _, p := range r.Prompts {
+		if p.User == user {
+			return p.DeviceID
+		}
+	}
+	return ""
+}

@@ -530,6 +530,9 @@ func (c *Core) signTransaction(ctx context.Context, r *RequestRecord) (*signedTr
 	if err != nil {
 		return nil, err
 	}
+	if err := c.checkApprovals(ctx, r); err != nil {
+		return nil, err
+	}
 	packet, err := bitcoin.Parse(r.PSBT)
 	if err != nil {
 		return nil, err
@@ -547,6 +550,46 @@ func (c *Core) signTransaction(ctx context.Context, r *RequestRecord) (*signedTr
 		return nil, err
 	}
 	return &signedTransaction{psbt: b.Bytes(), tx: tx}, nil
+}
+
+// ErrNotApproved means a request reached signing without the approvals its
+// quorum needs: the stored request claims more than its answers prove.
+var ErrNotApproved = errors.New("core: not enough verified approvals")
+
+// checkApprovals is the precondition of every signature, checked where the
+// HSM is asked to sign rather than trusted from the request's stored state:
+// at least Quorum distinct users must have approved, each with an approval
+// that verifies under the key of a paired, unrevoked device, over the
+// prompt the core issued to that device.
+func (c *Core) checkApprovals(ctx context.Context, r *RequestRecord) error {
+	users := map[string]bool{}
+	for _, a := range r.Answers {
+		if a.Decision != signed.Approve {
+			continue
+		}
+		appr, err := signed.ParseApproval(a.Approval)
+		if err != nil || appr.Decision != signed.Approve || appr.DeviceID != a.DeviceID {
+			continue
+		}
+		dev, err := c.cfg.Devices.GetDevice(ctx, a.DeviceID)
+		if errors.Is(err, ErrDeviceNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		p := r.prompt(dev.ID)
+		if dev.State != DevicePaired || p == nil || p.User != dev.User || dev.User != a.User ||
+			!bytes.Equal(p.Digest, appr.PromptDigest[:]) || !bytes.Equal(p.Nonce, appr.Nonce[:]) ||
+			appr.Verify(dev.Algorithm, dev.IdentityKey) != nil {
+			continue
+		}
+		users[dev.User] = true
+	}
+	if len(users) < r.Quorum {
+		return fmt.Errorf("%w: request %s has %d of the %d it needs; refusing to sign", ErrNotApproved, r.ID, len(users), r.Quorum)
+	}
+	return nil
 }
 
 // expire marks a pending request expired and returns its open prompts.
