@@ -39,6 +39,13 @@ type Config struct {
 	// Keys no address can be made; without Custody nothing is signed.
 	Custody hsm.Signer
 	Keys    hsm.KeyManager
+	// Changes holds admin changes and the governance record (the admin
+	// quorum). Without it, admin changes fail with [ErrNoGovernance].
+	Changes ChangeStore
+	// ChangeHandlers adds change kinds to the core's own (see
+	// [ChangeHandler]); a kind the core defines itself cannot be
+	// replaced.
+	ChangeHandlers map[ChangeKind]ChangeHandler
 	// PromptExpiry is how long a request's prompts may be answered;
 	// zero means DefaultPromptExpiry.
 	PromptExpiry time.Duration

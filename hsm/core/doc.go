@@ -98,4 +98,44 @@
 //
 // Policy beyond m-of-n (amount tiers, allow-lists, velocity limits) is not
 // yet evaluated.
+//
+// # Admin changes
+//
+// Changes to how the HSM is governed (a wallet's policy, and kinds other
+// packages add, such as registering a backup target) are not made by an
+// operator's call but proposed, and carried out only once the admin quorum
+// approved them on their own devices. The admin quorum is the governance
+// record's ([GovernanceRecord]), set at the key ceremony
+// ([Core.SetAdminQuorum], ceremony mode only); the admins are the users
+// with a paired, unrevoked device of role admin.
+//
+// Each kind of change ([ChangeKind]) has a [ChangeHandler], trusted code
+// of the core: [ChangeHandler.Describe] checks a proposed payload and
+// builds the fields the admins' screens show (a readable diff: nothing the
+// proposer wrote for the screen). Kinds the core defines itself come
+// first; [Config.ChangeHandlers] adds others.
+//
+//   - [Core.ProposeChange] stores a pending [ChangeRecord] and returns its
+//     prompts ([signed.PromptAdmin], title [ChangeTitle]), one per admin
+//     device except the initiator's: the initiator may not approve their
+//     own change. The payload of each prompt is SHA-256 of the change
+//     statement ([ChangeStatement]), which binds the change's id, kind,
+//     subject, initiator and payload. The daemon delivers the prompts
+//     like a transfer's; ids start with "chg-" ([IsChangeID]).
+//   - [Core.Answer] takes the admins' answers like any other: the same
+//     checks, plus the device's role must still be admin. One rejection
+//     stops the change. When the approving admins reach the quorum, the
+//     core recounts the verified approvals and, for a handler that is a
+//     [ChangeApplier], applies the change at once: it ends applied (with
+//     a Result) or failed. [AnswerResult.Change] says what became of it.
+//   - A change whose handler is not a ChangeApplier stays approved: the
+//     daemon carries it out (it may need I/O, such as talking to another
+//     HSM), after [Core.ApprovedChange] recounted its approvals, and
+//     reports with [Core.CompleteChange].
+//   - [Core.Tick] expires overdue changes and applies approved ones a
+//     crash interrupted; [Core.PendingPrompts] includes admin prompts;
+//     [Core.Change] and [Core.Changes] read them.
+//
+// Change records and the governance record are kept in [Config.Changes],
+// authenticated by the HSM record key like every other record.
 package core

@@ -359,8 +359,13 @@ type Answer struct {
 // AnswerResult is what an accepted answer did.
 type AnswerResult struct {
 	// Request is the request after the answer (and, once the quorum is
-	// met, after signing: signed, or failed with its Error).
-	Request  *RequestRecord
+	// met, after signing: signed, or failed with its Error). It is nil
+	// for an answer to an admin change.
+	Request *RequestRecord
+	// Change is the admin change after the answer (and, once the admin
+	// quorum is met, after the core applied it), for an answer to an
+	// admin prompt; nil otherwise.
+	Change   *ChangeRecord
 	User     string
 	Decision signed.Decision
 	// Withdraw lists prompts nobody needs to answer any more: all of them
@@ -417,6 +422,9 @@ func (c *Core) Answer(ctx context.Context, a Answer) (*AnswerResult, error) {
 	}
 	if err := appr.Verify(dev.Algorithm, dev.IdentityKey); err != nil {
 		return nil, fail(ErrBadApproval, "%v", err)
+	}
+	if IsChangeID(a.RequestID) {
+		return c.answerChange(ctx, dev, appr, a, fail)
 	}
 	r, err := c.cfg.Requests.GetRequest(ctx, a.RequestID)
 	if err != nil {
@@ -602,9 +610,10 @@ func (c *Core) expire(ctx context.Context, r *RequestRecord) ([]PromptRef, error
 	return withdraw, nil
 }
 
-// Tick stores the expiry of pending requests past their expiry, and signs
-// requests left approved but unsigned (by a crash between the two
-// writes). It returns the prompts to withdraw from devices. The daemon
+// Tick stores the expiry of pending requests and admin changes past their
+// expiry, signs requests left approved but unsigned (by a crash between
+// the two writes), and applies approved admin changes a crash left
+// unapplied. It returns the prompts to withdraw from devices. The daemon
 // calls it now and then; reads already show an overdue request as
 // expired.
 func (c *Core) Tick(ctx context.Context) ([]PromptRef, error) {
@@ -630,6 +639,9 @@ func (c *Core) Tick(ctx context.Context) ([]PromptRef, error) {
 			errs = append(errs, c.sign(ctx, r))
 		}
 	}
+	w, err := c.tickChanges(ctx)
+	withdraw = append(withdraw, w...)
+	errs = append(errs, err)
 	return withdraw, errors.Join(errs...)
 }
 
@@ -668,8 +680,8 @@ func (c *Core) Requests(ctx context.Context) ([]*RequestRecord, error) {
 }
 
 // PendingPrompts returns the prompts a device has yet to answer, oldest
-// request first: those of pending, unexpired requests that neither the
-// device nor its user answered. The daemon sends them when the device's
+// request first, then admin changes: those of pending, unexpired requests
+// and changes that neither the device nor its user answered. The daemon sends them when the device's
 // channel comes up.
 func (c *Core) PendingPrompts(ctx context.Context, deviceID string) ([]*signed.Prompt, error) {
 	rs, err := c.Requests(ctx)
@@ -691,5 +703,9 @@ func (c *Core) PendingPrompts(ctx context.Context, deviceID string) ([]*signed.P
 		}
 		out = append(out, sp)
 	}
-	return out, nil
+	cps, err := c.pendingChangePrompts(ctx, deviceID)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, cps...), nil
 }

@@ -56,6 +56,15 @@ func (s *Server) answer(ctx context.Context, a core.Answer) {
 		s.metrics.answers.WithLabelValues("refused").Inc()
 		log.Warn("answer refused", "err", err)
 		s.record(ctx, audit.KindRefused, a.RequestID, fmt.Sprintf("answer from device %s refused: %v", a.Device, err))
+	} else if ch := res.Change; ch != nil {
+		s.metrics.answers.WithLabelValues(res.Decision.String()).Inc()
+		log.Info("admin answer accepted", "user", res.User, "decision", res.Decision.String(), "kind", string(ch.Kind), "state", string(ch.State), "approved_by", ch.ApprovedBy())
+		kind := audit.KindApproval
+		if res.Decision == signed.Reject {
+			kind = audit.KindRejection
+		}
+		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s by admin %s on device %s; change %s", res.Decision, res.User, a.Device, ch.State))
+		s.changeOutcome(ctx, ch)
 	} else {
 		r := res.Request
 		s.metrics.answers.WithLabelValues(res.Decision.String()).Inc()
@@ -113,5 +122,27 @@ func (s *Server) tickLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
+	}
+}
+
+// changeOutcome logs and audits what became of an admin change once an
+// answer closed or approved it.
+func (s *Server) changeOutcome(ctx context.Context, ch *core.ChangeRecord) {
+	kind := audit.KindChange
+	if ch.Kind == core.ChangePolicy {
+		kind = audit.KindPolicy
+	}
+	switch ch.State {
+	case core.ChangeApplied:
+		s.log.Info("admin change applied", "change", ch.ID, "kind", string(ch.Kind), "subject", ch.Subject, "result", ch.Result)
+		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s %s applied: %s", ch.Kind, ch.Subject, ch.Result))
+	case core.ChangeFailed:
+		s.log.Error("admin change approved but not applied", "change", ch.ID, "kind", string(ch.Kind), "err", ch.Error)
+		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s %s approved but not applied: %s", ch.Kind, ch.Subject, ch.Error))
+	case core.ChangeApproved:
+		s.log.Info("admin change approved; the daemon carries it out", "change", ch.ID, "kind", string(ch.Kind), "subject", ch.Subject)
+		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s %s approved by %v", ch.Kind, ch.Subject, ch.ApprovedBy()))
+	case core.ChangeRejected:
+		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s %s rejected by %v", ch.Kind, ch.Subject, ch.RejectedBy()))
 	}
 }
