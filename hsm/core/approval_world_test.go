@@ -460,6 +460,7 @@ func (w *world) react(name string, events []Event) {
 			w.answers = append(w.answers, answerOutcome{device: name, res: res, err: err})
 			if res != nil {
 				w.withdraw(res.Withdraw)
+				w.deliverPrompts(res.Prompts)
 			}
 		case PromptFailed:
 			w.failed = append(w.failed, e)
@@ -497,7 +498,7 @@ func (w *world) transfer(tag string) []byte {
 
 func (w *world) submit(psbt []byte) *Submitted {
 	w.t.Helper()
-	sub, err := w.core.Submit(context.Background(), SubmitRequest{Wallet: "treasury", PSBT: psbt})
+	sub, err := w.core.Submit(context.Background(), SubmitRequest{Wallet: "treasury", Initiator: "operator", PSBT: psbt})
 	if err != nil {
 		w.t.Fatal(err)
 	}

@@ -292,7 +292,9 @@ func (c *Core) handler(kind ChangeKind) (ChangeHandler, bool) {
 }
 
 // builtinHandlers are the change kinds the core itself defines.
-func (c *Core) builtinHandlers() map[ChangeKind]ChangeHandler { return nil }
+func (c *Core) builtinHandlers() map[ChangeKind]ChangeHandler {
+	return map[ChangeKind]ChangeHandler{ChangePolicy: policyHandler{c}}
+}
 
 // ProposeChange stores a pending admin change and returns it with its
 // prompts: one per paired, unrevoked admin device, except the
@@ -484,7 +486,9 @@ func (c *Core) answerChange(ctx context.Context, dev *DeviceRecord, appr *signed
 		return nil, fmt.Errorf("core: change %s: store the answer of device %s: %w", ch.ID, dev.ID, err)
 	}
 	if ch.State == ChangeApproved {
-		if err := c.applyChange(ctx, ch); err != nil {
+		err := c.applyChange(ctx, ch)
+		res.Withdraw = append(res.Withdraw, c.takeWithdrawals()...)
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -548,11 +552,18 @@ func (c *Core) finishChange(ctx context.Context, ch *ChangeRecord, result string
 // verifies under the key of a paired, unrevoked admin device, over the
 // prompt the core issued to that device.
 func (c *Core) checkChangeApprovals(ctx context.Context, ch *ChangeRecord) error {
-	users, err := c.verifiedApprovers(ctx, ch.Prompts, ch.Answers, func(d *DeviceRecord) bool {
+	verified, err := c.verifiedAnswers(ctx, ch.Prompts, ch.Answers, func(d *DeviceRecord) bool {
 		return d.Role == RoleAdmin && d.User != ch.Initiator
 	})
 	if err != nil {
 		return err
+	}
+	var users []string
+	for _, v := range verified {
+		if v.Decision == signed.Reject {
+			return fmt.Errorf("%w: change %s was rejected by %s; refusing to apply it", ErrNotApproved, ch.ID, v.User)
+		}
+		users = append(users, v.User)
 	}
 	digest := sha256.Sum256(ChangeStatement(ch.ID, ch.Kind, ch.Subject, ch.Initiator, ch.Payload))
 	if !bytes.Equal(digest[:], ch.Digest) {
@@ -564,11 +575,11 @@ func (c *Core) checkChangeApprovals(ctx context.Context, ch *ChangeRecord) error
 	return nil
 }
 
-// verifiedApprovers returns the users whose approvals verify: each under
+// verifiedAnswers returns the answers whose signatures verify: each under
 // the key of a paired, unrevoked device that ok accepts, over the prompt
 // the core issued to that device, in the order they answered, with the
 // time of their answer.
-func (c *Core) verifiedApprovers(ctx context.Context, prompts []PromptRecord, answers []AnswerRecord, ok func(*DeviceRecord) bool) ([]verifiedAnswer, error) {
+func (c *Core) verifiedAnswers(ctx context.Context, prompts []PromptRecord, answers []AnswerRecord, ok func(*DeviceRecord) bool) ([]verifiedAnswer, error) {
 	var out []verifiedAnswer
 	for _, a := range answers {
 		appr, err := signed.ParseApproval(a.Approval)
@@ -591,9 +602,7 @@ func (c *Core) verifiedApprovers(ctx context.Context, prompts []PromptRecord, an
 		if slices.ContainsFunc(out, func(v verifiedAnswer) bool { return v.User == dev.User }) {
 			continue
 		}
-		if appr.Decision == signed.Approve {
-			out = append(out, verifiedAnswer{User: dev.User, Decision: appr.Decision, At: a.At})
-		}
+		out = append(out, verifiedAnswer{User: dev.User, Decision: appr.Decision, At: a.At})
 	}
 	return out, nil
 }
@@ -696,6 +705,7 @@ func (c *Core) tickChanges(ctx context.Context) ([]PromptRef, error) {
 				}
 			}
 			errs = append(errs, c.applyChange(ctx, ch))
+			withdraw = append(withdraw, c.takeWithdrawals()...)
 		}
 	}
 	return withdraw, errors.Join(errs...)

@@ -76,6 +76,10 @@ type Core struct {
 	// HSM calls, so that a request is signed at most once and an answer
 	// counted once. Reads do not take it. Lock order: reqMu, then mu.
 	reqMu sync.Mutex
+	// withdrawQueue holds the prompts of requests a policy change
+	// withdrew, until the call that applied it returns them; guarded by
+	// reqMu.
+	withdrawQueue []PromptRef
 
 	mu     sync.Mutex // guards static, cred
 	static noise.DHKey

@@ -83,7 +83,8 @@
 // device has not answered are sent again when its channel comes up
 // ([Core.PendingPrompts]).
 //
-// [Core.Answer] decides. It accepts an answer only from the paired,
+// [Core.Answer] decides, under the wallet's policy (see Policy below).
+// It accepts an answer only from the paired,
 // unrevoked device whose channel carried it and whose identity key signed
 // it, for the exact prompt (digest and nonce) the core issued to that
 // device, before the request's expiry, once per user, and with a counter
@@ -96,8 +97,46 @@
 // come back with the prompts to withdraw ([Link.WithdrawPrompt]).
 // [Core.Tick] stores expiries and finishes a signing a crash interrupted.
 //
-// Policy beyond m-of-n (amount tiers, allow-lists, velocity limits) is not
-// yet evaluated.
+// # Policy
+//
+// Who must approve is the wallet's policy (package policy): approver
+// groups, rules combining them, amount tiers, an allow-list, velocity
+// limits, prompt expiry, a time lock and single veto. A wallet made with
+// approvers and a quorum has the default policy of that m of n
+// ([policy.Default]); [CreateWalletRequest.Policy] or an admin change
+// ([ChangePolicy], [Core.ProposePolicy]) sets a document. Each policy
+// has a version, 1 at creation and one more per change.
+//
+// The core evaluates the policy ([policy.Policy.Evaluate]) at every step,
+// with the wallet's signed transfers as velocity history: at submission
+// (a transfer the policy refuses is refused with [ErrPolicyRefused]; one
+// whose rule the users with a paired device, the initiator excepted,
+// cannot meet with [ErrQuorumUnreachable]); after every accepted answer
+// (rejected, failed if now refused, approved, or still pending, with
+// prompts for the next step of a sequential rule in
+// [AnswerResult.Prompts]); and again in the signing step, on the answers
+// whose signatures it verifies anew, which must approve the transfer with
+// its time lock passed. An approved request whose time lock has not
+// ended is signed by [Core.Tick] once it has. [Core.ExplainTransfer]
+// says which rule applies to a PSBT and what it needs, without storing
+// or signing anything.
+//
+// The initiator: [SubmitRequest.Initiator] names the user on whose behalf
+// a request is submitted. The Custody API's callers share the operator
+// token, so the core cannot verify the name; it only ever makes the
+// policy stricter: the initiator gets no prompt and their answers never
+// count (and may not approve their own admin change either).
+//
+// Pending requests and policy changes: a request is evaluated only under
+// the policy version it was submitted with ([RequestRecord.PolicyVersion]),
+// and applying a policy change withdraws every pending or time-locked
+// request of the wallet ([RequestWithdrawn]; its prompts are withdrawn
+// from the devices); the initiator submits it again under the new policy.
+// Approvals are given under the rules the approvers knew: re-evaluating
+// them under a looser policy would sign on fewer approvals than they
+// expected, and under a stricter one (a departed approver removed) would
+// still count the departed approver's approval. The signing step refuses
+// a request whose version is no longer the wallet's, whatever its state.
 //
 // # Admin changes
 //

@@ -424,7 +424,7 @@ func TestApprovalPathOverRelay(t *testing.T) {
 
 	// 2 of 3 approve: signed, and the node takes it.
 	prev, index := coinbase(0)
-	req, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "treasury", Psbt: spend(t, prev, index, p2wpkh(addrs[1].GetPublicKey()))})
+	req, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "treasury", Initiator: "operator", Psbt: spend(t, prev, index, p2wpkh(addrs[1].GetPublicKey()))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -482,7 +482,7 @@ func TestApprovalPathOverRelay(t *testing.T) {
 		return nil
 	})
 	prev2, index2 := coinbase(1)
-	req2, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "treasury", Psbt: spend(t, prev2, index2, p2wpkh(addrs[1].GetPublicKey()))})
+	req2, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "treasury", Initiator: "operator", Psbt: spend(t, prev2, index2, p2wpkh(addrs[1].GetPublicKey()))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -566,7 +566,7 @@ func TestCustodyAPIErrors(t *testing.T) {
 	if _, err := cust.CreateWallet(ctx, &apipb.CreateWalletRequest{Name: "w", Network: "simnet", Approvers: []string{"alice"}, Quorum: 1}); status.Code(err) != codes.AlreadyExists {
 		t.Fatalf("existing wallet: %v", err)
 	}
-	if _, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Psbt: []byte("not a psbt")}); status.Code(err) != codes.FailedPrecondition {
+	if _, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Initiator: "operator", Psbt: []byte("not a psbt")}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("garbage PSBT: %v", err)
 	}
 	// The bridge token does not open the Custody API.
@@ -601,7 +601,7 @@ func TestTamperedApprovalRecordsAreRefused(t *testing.T) {
 	h := chainhash.HashH([]byte("funding"))
 	prev.AddTxIn(wire.NewTxIn(wire.NewOutPoint(&h, 0), nil, nil))
 	prev.AddTxOut(wire.NewTxOut(100_000_000, p2wpkh(a.GetAddress().GetPublicKey())))
-	req, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Psbt: spend(t, prev, 0, p2wpkh(a.GetAddress().GetPublicKey()))})
+	req, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Initiator: "operator", Psbt: spend(t, prev, 0, p2wpkh(a.GetAddress().GetPublicKey()))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -625,7 +625,7 @@ func TestTamperedApprovalRecordsAreRefused(t *testing.T) {
 	if _, err := cust.GetWallet(ctx, &apipb.GetWalletRequest{Name: "w"}); status.Code(err) != codes.DataLoss {
 		t.Fatalf("wallet with a lowered quorum: %v, want DataLoss", err)
 	}
-	if _, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Psbt: spend(t, prev, 0, p2wpkh(a.GetAddress().GetPublicKey()))}); status.Code(err) != codes.DataLoss {
+	if _, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Initiator: "operator", Psbt: spend(t, prev, 0, p2wpkh(a.GetAddress().GetPublicKey()))}); status.Code(err) != codes.DataLoss {
 		t.Fatalf("submit to a tampered wallet: %v, want DataLoss", err)
 	}
 	edit("request", `"state":"pending"`, `"state":"approved"`)

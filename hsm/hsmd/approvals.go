@@ -88,6 +88,7 @@ func (s *Server) answer(ctx context.Context, a core.Answer) {
 	}
 	if res != nil {
 		s.withdraw(ctx, res.Withdraw)
+		s.sendPrompts(ctx, res.Prompts)
 	}
 }
 
@@ -109,6 +110,7 @@ func (s *Server) tickLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.TickInterval)
 	defer t.Stop()
 	for {
+		approved := s.approvedRequests(ctx)
 		withdraw, err := s.cfg.Core.Tick(ctx)
 		switch {
 		case errors.Is(err, core.ErrNoApprovalPath):
@@ -117,6 +119,7 @@ func (s *Server) tickLoop(ctx context.Context) {
 			s.log.Error("request upkeep failed", "err", err)
 		}
 		s.withdraw(ctx, withdraw)
+		s.recordTicked(ctx, approved)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
@@ -144,5 +147,40 @@ func (s *Server) changeOutcome(ctx context.Context, ch *core.ChangeRecord) {
 		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s %s approved by %v", ch.Kind, ch.Subject, ch.ApprovedBy()))
 	case core.ChangeRejected:
 		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s %s rejected by %v", ch.Kind, ch.Subject, ch.RejectedBy()))
+	}
+}
+
+// approvedRequests lists the ids of the requests approved but not signed
+// yet (time-locked, or interrupted), which Tick may sign.
+func (s *Server) approvedRequests(ctx context.Context) []string {
+	rs, err := s.cfg.Core.Requests(ctx)
+	if err != nil {
+		return nil
+	}
+	var ids []string
+	for _, r := range rs {
+		if r.State == core.RequestApproved {
+			ids = append(ids, r.ID)
+		}
+	}
+	return ids
+}
+
+// recordTicked audits what Tick did to the requests that were approved
+// before it: signed (a time lock ended) or failed.
+func (s *Server) recordTicked(ctx context.Context, ids []string) {
+	for _, id := range ids {
+		r, err := s.cfg.Core.Request(ctx, id)
+		if err != nil {
+			continue
+		}
+		switch r.State {
+		case core.RequestSigned:
+			s.log.Info("request signed", "request", r.ID, "txid", r.TxID)
+			s.record(ctx, audit.KindSignature, r.ID, "signed: txid "+r.TxID)
+		case core.RequestFailed:
+			s.log.Error("request approved but not signed", "request", r.ID, "err", r.Error)
+			s.record(ctx, audit.KindSignature, r.ID, "approved but not signed: "+r.Error)
+		}
 	}
 }

@@ -221,3 +221,23 @@ func pairingError(err error) error {
 	}
 	return status.Error(codes.Aborted, "hsmd: pairing failed: "+err.Error())
 }
+
+func (o *operatorService) GetChange(ctx context.Context, req *apipb.GetChangeRequest) (*apipb.Change, error) {
+	ch, err := o.s.cfg.Core.Change(ctx, req.GetId())
+	if err != nil {
+		return nil, custodyError(err)
+	}
+	return changeMessage(ch), nil
+}
+
+func (o *operatorService) ListChanges(ctx context.Context, _ *apipb.ListChangesRequest) (*apipb.ListChangesResponse, error) {
+	chs, err := o.s.cfg.Core.Changes(ctx)
+	if err != nil {
+		return nil, custodyError(err)
+	}
+	out := &apipb.ListChangesResponse{}
+	for _, ch := range chs {
+		out.Changes = append(out.Changes, changeMessage(ch))
+	}
+	return out, nil
+}
