@@ -88,7 +88,7 @@ func TestPolicyInTheCore(t *testing.T) {
 		initiator string
 		amount    int64
 		answers   []string
-		refused   error  // Submit's error
+		refused   error // Submit's error
 		want      RequestState
 		prompted  []string // users prompted in the end
 		says      string   // in the request's Error
