@@ -151,10 +151,6 @@ func (r *RequestRecord) answered(deviceID, user string) bool {
 	return slices.ContainsFunc(r.Answers, func(a AnswerRecord) bool { return a.DeviceID == deviceID || a.User == user })
 }
 
-func (r *RequestRecord) answeredByDevice(deviceID string) bool {
-	return slices.ContainsFunc(r.Answers, func(a AnswerRecord) bool { return a.DeviceID == deviceID })
-}
-
 // open lists the prompts still waiting for an answer: those whose device
 // and user have not answered.
 func (r *RequestRecord) open() []PromptRef {
