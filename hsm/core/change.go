@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,12 @@ type ChangeKind string
 // ChangePolicy replaces a wallet's policy: its subject is the wallet's
 // name, its payload the new policy document (see [PolicyChange]).
 const ChangePolicy ChangeKind = "policy"
+
+// ChangePairing pairs a device outside ceremony mode: its subject is the
+// device's id, its payload the [DeviceRecord] to store (JSON). The
+// admins' screens show the device's fingerprint, to compare with the new
+// device's own screen.
+const ChangePairing ChangeKind = "pairing"
 
 // ChangeState is the lifecycle of an admin change.
 type ChangeState string
@@ -250,7 +257,7 @@ func (c *Core) SetAdminQuorum(ctx context.Context, n int) (*GovernanceRecord, er
 	if err := c.changes(); err != nil {
 		return nil, err
 	}
-	if !c.cfg.Ceremony {
+	if !c.Ceremony() {
 		return nil, fmt.Errorf("core: the admin quorum is set only at the key ceremony: %w", ErrNotCeremony)
 	}
 	if n < 1 {
@@ -293,7 +300,7 @@ func (c *Core) handler(kind ChangeKind) (ChangeHandler, bool) {
 
 // builtinHandlers are the change kinds the core itself defines.
 func (c *Core) builtinHandlers() map[ChangeKind]ChangeHandler {
-	return map[ChangeKind]ChangeHandler{ChangePolicy: policyHandler{c}}
+	return map[ChangeKind]ChangeHandler{ChangePolicy: policyHandler{c}, ChangePairing: pairingHandler{c}}
 }
 
 // ProposeChange stores a pending admin change and returns it with its
@@ -794,4 +801,89 @@ func usersWith(answers []AnswerRecord, d signed.Decision) []string {
 		}
 	}
 	return out
+}
+
+// pairingHandler is the core's handler of [ChangePairing].
+type pairingHandler struct{ c *Core }
+
+func (h pairingHandler) parse(ctx context.Context, subject string, payload []byte) (*DeviceRecord, error) {
+	var rec DeviceRecord
+	if err := json.Unmarshal(payload, &rec); err != nil {
+		return nil, fmt.Errorf("pairing: %w", err)
+	}
+	if rec.ID != subject || DeviceID(rec.IdentityKey) != rec.ID {
+		return nil, fmt.Errorf("pairing: the record is not device %s's", subject)
+	}
+	if _, err := ParseRole(string(rec.Role)); err != nil {
+		return nil, err
+	}
+	if err := checkUserName("user", rec.User); err != nil {
+		return nil, err
+	}
+	if rec.State != DevicePaired {
+		return nil, fmt.Errorf("pairing: state %q", rec.State)
+	}
+	switch old, err := h.c.cfg.Devices.GetDevice(ctx, rec.ID); {
+	case err == nil && old.State == DeviceRevoked:
+		return nil, fmt.Errorf("%w: device %s cannot be paired again", ErrRevoked, rec.ID)
+	case err == nil:
+		return nil, fmt.Errorf("%w: device %s belongs to %s", ErrAlreadyPaired, rec.ID, old.User)
+	case !errors.Is(err, ErrDeviceNotFound):
+		return nil, err
+	}
+	return &rec, nil
+}
+
+// Describe shows the new device: its fingerprint (which the people
+// compare with the device's own screen), user, role, and what attested it.
+func (h pairingHandler) Describe(ctx context.Context, subject string, payload []byte) ([]signed.Field, error) {
+	rec, err := h.parse(ctx, subject, payload)
+	if err != nil {
+		return nil, err
+	}
+	att := "none"
+	if a := rec.Attestation; a != nil {
+		att = fmt.Sprintf("%s (%s) %s", a.Root, a.RootFingerprint, a.Subject)
+		if a.Development {
+			att += " - development root: attested by nobody"
+		}
+	}
+	model := rec.Model
+	if rec.Emulator {
+		model += " (emulator)"
+	}
+	return []signed.Field{
+		{Label: "Pair device", Value: rec.ID},
+		{Label: "Fingerprint", Value: rec.Fingerprint()},
+		{Label: "User", Value: rec.User},
+		{Label: "Role", Value: string(rec.Role)},
+		{Label: "Model (claimed)", Value: clipField(model)},
+		{Label: "Attestation", Value: clipField(att)},
+	}, nil
+}
+
+// Apply stores the device's record, if the device is still unpaired.
+func (h pairingHandler) Apply(ctx context.Context, ch *ChangeRecord) (string, error) {
+	rec, err := h.parse(ctx, ch.Subject, ch.Payload)
+	if err != nil {
+		return "", err
+	}
+	rec.PairedAt = h.c.cfg.Now().UTC()
+	if err := h.c.cfg.Devices.CreateDevice(ctx, rec); err != nil {
+		return "", fmt.Errorf("store pairing: %w", err)
+	}
+	return fmt.Sprintf("device %s paired to %s as %s, fingerprint %s", rec.ID, rec.User, rec.Role, rec.Fingerprint()), nil
+}
+
+// clipField cuts a claimed text to a field's length.
+func clipField(s string) string {
+	if len(s) > signed.MaxFieldValue {
+		s = s[:signed.MaxFieldValue]
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
 }

@@ -277,3 +277,90 @@ func TestAdminChangeExpiresAndRefusesApprovers(t *testing.T) {
 		t.Fatal(fmt.Sprint("no prompt withdrawn: ", w.failed))
 	}
 }
+
+// Outside ceremony mode, a pairing is an admin change: both people confirm
+// the code, the device pins the HSM, and the record is stored only once
+// the admin quorum approved on their devices, which show the new device's
+// fingerprint. Until then the device gets no channel.
+func TestPairingThroughAdmins(t *testing.T) {
+	for _, reject := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reject=%v", reject), func(t *testing.T) {
+			w, _ := adminWorld(t)
+			ctx := context.Background()
+			d := newTestDevice(t)
+			d.now = w.clock.Now
+			l := w.core.Attach(d.features())
+			out, err := l.StartPairing(ctx, "erin", RoleApprover)
+			events, err := pump(t, l, d, out, err)
+			if err != nil {
+				t.Fatal(err)
+			}
+			code, ok := find[PairingCode](events)
+			if !ok {
+				t.Fatalf("no code: %v", events)
+			}
+			d.decide(t, l)
+			out, err = l.OperatorDecision(ctx, true)
+			events, err = pump(t, l, d, out, err)
+			if err != nil {
+				t.Fatal(err)
+			}
+			prop, ok := find[PairingProposed](events)
+			if !ok || prop.Change == nil {
+				t.Fatalf("no PairingProposed: %v", events)
+			}
+			if _, ok := find[PairingDone](events); ok {
+				t.Fatal("paired without the admins")
+			}
+			if _, err := w.devices.GetDevice(ctx, d.id()); !errors.Is(err, ErrDeviceNotFound) {
+				t.Fatalf("stored before the admins approved: %v", err)
+			}
+			ch := prop.Change.Change
+			if ch.Kind != ChangePairing || ch.Initiator != "erin" || len(ch.Admins) != 3 {
+				t.Fatalf("change %+v", ch)
+			}
+			var shown []string
+			for _, f := range prop.Change.Prompts[0].Fields {
+				shown = append(shown, f.Label+": "+f.Value)
+			}
+			for _, want := range []string{"Fingerprint: " + code.DeviceFingerprint, "User: erin", "Role: approver", "Kind: pairing"} {
+				if !slices.Contains(shown, want) {
+					t.Errorf("admin prompt lacks %q: %v", want, shown)
+				}
+			}
+			// No channel for the device yet.
+			l2 := w.core.Attach(d.features())
+			out, err = l2.Open(ctx)
+			if events, _ := pump(t, l2, d, out, err); len(events) != 0 {
+				t.Fatalf("a device awaiting the admins got %v", events)
+			}
+			w.deliverPrompts(prop.Change.Prompts)
+			if reject {
+				w.press("root1", signed.Reject)
+				if got := w.change(ch.ID); got.State != ChangeRejected {
+					t.Fatalf("%s", got.State)
+				}
+				if _, err := w.devices.GetDevice(ctx, d.id()); !errors.Is(err, ErrDeviceNotFound) {
+					t.Fatal("stored a rejected pairing")
+				}
+				return
+			}
+			w.press("root1", signed.Approve)
+			w.press("root2", signed.Approve)
+			got := w.change(ch.ID)
+			if got.State != ChangeApplied || !strings.Contains(got.Result, "paired to erin as approver") {
+				t.Fatalf("%s %q %q", got.State, got.Result, got.Error)
+			}
+			rec, err := w.devices.GetDevice(ctx, d.id())
+			if err != nil || rec.User != "erin" || rec.State != DevicePaired || rec.Fingerprint() != code.DeviceFingerprint {
+				t.Fatalf("%+v %v", rec, err)
+			}
+			l3 := w.core.Attach(d.features())
+			out, err = l3.Open(ctx)
+			events, err = pump(t, l3, d, out, err)
+			if _, ok := find[ChannelUp](events); !ok || err != nil {
+				t.Fatalf("no channel after the admins approved: %v %v", events, err)
+			}
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flynn/noise"
@@ -81,6 +82,9 @@ type Core struct {
 	// reqMu.
 	withdrawQueue []PromptRef
 
+	// ceremony starts as Config.Ceremony; EndCeremony clears it.
+	ceremony atomic.Bool
+
 	mu     sync.Mutex // guards static, cred
 	static noise.DHKey
 	cred   *signed.Credential
@@ -103,7 +107,9 @@ func New(cfg Config) (*Core, error) {
 	if cfg.PromptExpiry <= 0 {
 		cfg.PromptExpiry = DefaultPromptExpiry
 	}
-	return &Core{cfg: cfg}, nil
+	c := &Core{cfg: cfg}
+	c.ceremony.Store(cfg.Ceremony)
+	return c, nil
 }
 
 // HSMFingerprint is the fingerprint of the HSM identity key, the one
@@ -113,7 +119,12 @@ func (c *Core) HSMFingerprint() string {
 }
 
 // Ceremony reports whether direct pairing is allowed.
-func (c *Core) Ceremony() bool { return c.cfg.Ceremony }
+func (c *Core) Ceremony() bool { return c.ceremony.Load() }
+
+// EndCeremony ends ceremony mode for good, as if hsmd were restarted
+// without --ceremony: from now on pairings and the admin quorum go
+// through the admins. There is no way back.
+func (c *Core) EndCeremony() { c.ceremony.Store(false) }
 
 // credential returns the current Noise static key and its credential,
 // making a new pair (signed inside the HSM) when none exists or the current

@@ -40,7 +40,13 @@
 // device's user and the operator confirmed the same six-digit code (package
 // pairing). Direct pairing is allowed only in ceremony mode
 // ([Config.Ceremony]): the key ceremony at the HSM's console that pairs the
-// first admins.
+// first admins and sets the admin quorum ([Core.EndCeremony] ends it).
+// Outside it, once an admin quorum is set, the same steps end in an admin
+// change ([ChangePairing], event [PairingProposed]) instead of a stored
+// record: the device pins the HSM key, the admins' screens show its
+// fingerprint, user and role, and the record is stored, and the device
+// given a channel, only once the admin quorum approved. A device whose
+// pairing the admins rejected must be reset before it is paired again.
 //
 // # Attestation
 //

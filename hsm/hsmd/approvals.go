@@ -131,12 +131,17 @@ func (s *Server) tickLoop(ctx context.Context) {
 // changeOutcome logs and audits what became of an admin change once an
 // answer closed or approved it.
 func (s *Server) changeOutcome(ctx context.Context, ch *core.ChangeRecord) {
-	kind := audit.KindChange
-	if ch.Kind == core.ChangePolicy {
-		kind = audit.KindPolicy
-	}
+	kind := changeAuditKind(ch.Kind)
 	switch ch.State {
 	case core.ChangeApplied:
+		if ch.Kind == core.ChangePairing {
+			// The device is paired now: open its channel if it is here.
+			if d := s.device(ch.Subject); d != nil {
+				if err := d.call(func(l *core.Link) (core.Output, error) { return l.Open(ctx) }); err != nil && !errors.Is(err, errDetached) {
+					s.log.Warn("cannot open the newly paired device's channel", "device", ch.Subject, "err", err)
+				}
+			}
+		}
 		s.log.Info("admin change applied", "change", ch.ID, "kind", string(ch.Kind), "subject", ch.Subject, "result", ch.Result)
 		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s %s applied: %s", ch.Kind, ch.Subject, ch.Result))
 	case core.ChangeFailed:
@@ -183,4 +188,15 @@ func (s *Server) recordTicked(ctx context.Context, ids []string) {
 			s.record(ctx, audit.KindSignature, r.ID, "approved but not signed: "+r.Error)
 		}
 	}
+}
+
+// changeAuditKind is the audit kind of an admin change's events.
+func changeAuditKind(k core.ChangeKind) string {
+	switch k {
+	case core.ChangePolicy:
+		return audit.KindPolicy
+	case core.ChangePairing:
+		return audit.KindPairing
+	}
+	return audit.KindChange
 }

@@ -197,10 +197,7 @@ func (c *custodyService) TestPolicy(ctx context.Context, req *apipb.TestPolicyRe
 // the admins' devices.
 func (s *Server) proposed(ctx context.Context, prop *core.Proposed) {
 	ch := prop.Change
-	kind := audit.KindChange
-	if ch.Kind == core.ChangePolicy {
-		kind = audit.KindPolicy
-	}
+	kind := changeAuditKind(ch.Kind)
 	var shown []string
 	for _, f := range ch.Fields {
 		shown = append(shown, f.Label+": "+f.Value)

@@ -193,3 +193,59 @@ func (w *world) waitChange(id string, ok func(*apipb.Change) bool) *apipb.Change
 	})
 	return c
 }
+
+// After the key ceremony, a new device is paired through the admin
+// quorum: the operator and the device's user confirm the code as before,
+// then the admins' devices show the new device's fingerprint, and only
+// once they approved is it paired and given a channel.
+func TestE2EPairingThroughAdmins(t *testing.T) {
+	w := newWorld(t, 3)
+	alice, bob, carol := w.emus[0], w.emus[1], w.emus[2]
+	w.pair(w.hsmd, alice, "alice", apipb.Role_ROLE_ADMIN)
+	w.pair(w.hsmd, bob, "bob", apipb.Role_ROLE_ADMIN)
+	w.waitChannel(w.hsmd, alice, true)
+	w.waitChannel(w.hsmd, bob, true)
+	if _, err := w.hsmd.core.SetAdminQuorum(w.ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	w.hsmd.core.EndCeremony()
+	if _, err := w.hsmd.core.SetAdminQuorum(w.ctx, 1); err == nil {
+		t.Fatal("the admin quorum was changed after the ceremony")
+	}
+
+	p, err := w.startPair(w.hsmd, carol, "carol", apipb.Role_ROLE_APPROVER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.pairingScreen(carol)
+	if _, err := carol.dl.ConfirmAll(w.ctx); err != nil {
+		t.Fatal(err)
+	}
+	res, err := p.decide(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.GetChangeId()
+	if id == "" || res.GetDevice().GetState() != apipb.DeviceState_DEVICE_STATE_UNPAIRED {
+		t.Fatalf("pair result %v", res)
+	}
+	if ds, _ := w.devices(w.hsmd); ds[carol.id].GetState() != apipb.DeviceState_DEVICE_STATE_UNPAIRED {
+		t.Fatalf("carol listed %v before the admins approved", ds[carol.id])
+	}
+	for _, e := range []*emu{alice, bob} {
+		text := screenText(w.promptScreen(e, id))
+		for _, want := range []string{"Kind: pairing", "Fingerprint: " + p.code.GetDeviceFingerprint(), "User: carol", "Role: approver"} {
+			if !strings.Contains(text, want) {
+				t.Errorf("device %s: the pairing's screen lacks %q:\n%s", e.id, want, text)
+			}
+		}
+		if _, err := e.dl.ConfirmAll(w.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.waitChange(id, func(c *apipb.Change) bool { return c.GetState() == "applied" })
+	w.waitChannel(w.hsmd, carol, true)
+	if kinds := w.hsmd.auditKinds(t, id); len(kinds) < 4 || kinds[0] != audit.KindPairing || kinds[len(kinds)-1] != audit.KindPairing {
+		t.Fatalf("audit of the pairing: %v", kinds)
+	}
+}

@@ -188,6 +188,11 @@ func (o *operatorService) Pair(stream apipb.Operator_PairServer) error {
 			case core.PairingDone:
 				finished = true
 				return stream.Send(&apipb.PairServerMessage{Msg: &apipb.PairServerMessage_Result{Result: &apipb.PairResult{Device: deviceMessage(e.Device)}}})
+			case core.PairingProposed:
+				finished = true
+				dev := deviceMessage(e.Device)
+				dev.State = apipb.DeviceState_DEVICE_STATE_UNPAIRED
+				return stream.Send(&apipb.PairServerMessage{Msg: &apipb.PairServerMessage_Result{Result: &apipb.PairResult{Device: dev, ChangeId: e.Change.Change.ID}}})
 			case core.PairingFailed:
 				finished = true
 				return pairingError(e.Err)

@@ -1774,8 +1774,12 @@ func (x *PairDecision) GetConfirmed() bool {
 }
 
 type PairResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Device        *Device                `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Device *Device                `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	// Outside ceremony mode, the pairing is an admin change (see Change):
+	// its id. The device is paired (and its state PAIRED) only once the
+	// admin quorum approved it on their devices; until then it is UNPAIRED.
+	ChangeId      string `protobuf:"bytes,2,opt,name=change_id,json=changeId,proto3" json:"change_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1815,6 +1819,13 @@ func (x *PairResult) GetDevice() *Device {
 		return x.Device
 	}
 	return nil
+}
+
+func (x *PairResult) GetChangeId() string {
+	if x != nil {
+		return x.ChangeId
+	}
+	return ""
 }
 
 type RevokeDeviceRequest struct {
@@ -4063,10 +4074,11 @@ const file_api_proto_rawDesc = "" +
 	"\x0fhsm_fingerprint\x18\x02 \x01(\tR\x0ehsmFingerprint\x12-\n" +
 	"\x12device_fingerprint\x18\x03 \x01(\tR\x11deviceFingerprint\",\n" +
 	"\fPairDecision\x12\x1c\n" +
-	"\tconfirmed\x18\x01 \x01(\bR\tconfirmed\"@\n" +
+	"\tconfirmed\x18\x01 \x01(\bR\tconfirmed\"]\n" +
 	"\n" +
 	"PairResult\x122\n" +
-	"\x06device\x18\x01 \x01(\v2\x1a.opencustody.api.v1.DeviceR\x06device\"2\n" +
+	"\x06device\x18\x01 \x01(\v2\x1a.opencustody.api.v1.DeviceR\x06device\x12\x1b\n" +
+	"\tchange_id\x18\x02 \x01(\tR\bchangeId\"2\n" +
 	"\x13RevokeDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"J\n" +
 	"\x14RevokeDeviceResponse\x122\n" +

@@ -158,7 +158,9 @@ type OperatorClient interface {
 	// Pair binds a connected device to a user. The client sends PairStart,
 	// receives PairCode, shows the code to the operator, sends the
 	// operator's PairDecision, and receives PairResult. Closing the stream
-	// aborts the pairing.
+	// aborts the pairing. In ceremony mode the device is paired at once;
+	// otherwise the pairing becomes an admin change (PairResult.change_id)
+	// that the admin quorum approves on their devices.
 	Pair(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PairClientMessage, PairServerMessage], error)
 	// RevokeDevice refuses a device's channel and approvals from now on.
 	RevokeDevice(ctx context.Context, in *RevokeDeviceRequest, opts ...grpc.CallOption) (*RevokeDeviceResponse, error)
@@ -252,7 +254,9 @@ type OperatorServer interface {
 	// Pair binds a connected device to a user. The client sends PairStart,
 	// receives PairCode, shows the code to the operator, sends the
 	// operator's PairDecision, and receives PairResult. Closing the stream
-	// aborts the pairing.
+	// aborts the pairing. In ceremony mode the device is paired at once;
+	// otherwise the pairing becomes an admin change (PairResult.change_id)
+	// that the admin quorum approves on their devices.
 	Pair(grpc.BidiStreamingServer[PairClientMessage, PairServerMessage]) error
 	// RevokeDevice refuses a device's channel and approvals from now on.
 	RevokeDevice(context.Context, *RevokeDeviceRequest) (*RevokeDeviceResponse, error)
