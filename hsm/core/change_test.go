@@ -1,7 +1,9 @@
 package core
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"slices"
@@ -362,5 +364,24 @@ func TestPairingThroughAdmins(t *testing.T) {
 				t.Fatalf("no channel after the admins approved: %v %v", events, err)
 			}
 		})
+	}
+}
+
+// The change statement is the one firmware-spec/approval.md §6.1 defines.
+func TestChangeStatementLayout(t *testing.T) {
+	payload := []byte(`{"base_version":1}`)
+	h := sha256.Sum256(payload)
+	want := []byte("OpenCustody change v1\x00")
+	want = append(want, 12)
+	want = append(want, "chg-00112233"...)
+	want = append(want, 6)
+	want = append(want, "policy"...)
+	want = append(want, 0, 8)
+	want = append(want, "treasury"...)
+	want = append(want, 5)
+	want = append(want, "alice"...)
+	want = append(want, h[:]...)
+	if got := ChangeStatement("chg-00112233", ChangePolicy, "treasury", "alice", payload); !bytes.Equal(got, want) {
+		t.Fatalf("statement\n%x\nwant\n%x", got, want)
 	}
 }
