@@ -47,6 +47,37 @@ func (s *Server) sendPending(ctx context.Context, d *deviceConn, deviceID string
 	}
 }
 
+// queueAnswer hands a device's answer to the core after the answers the
+// device sent before it, one at a time. A device answers the next prompt
+// while the core still checks its last answer, and the core refuses an
+// answer whose counter is not above the last it accepted: checked out of
+// order, honest approvals would be refused as stale and their requests
+// left waiting for answers the device has already given.
+func (s *Server) queueAnswer(a core.Answer) {
+	s.answersMu.Lock()
+	defer s.answersMu.Unlock()
+	q, busy := s.answers[a.Device]
+	s.answers[a.Device] = append(q, a)
+	if busy {
+		return // the device's worker takes it in turn
+	}
+	s.background(func(ctx context.Context) {
+		for {
+			s.answersMu.Lock()
+			q := s.answers[a.Device]
+			if len(q) == 0 {
+				delete(s.answers, a.Device)
+				s.answersMu.Unlock()
+				return
+			}
+			next := q[0]
+			s.answers[a.Device] = q[1:]
+			s.answersMu.Unlock()
+			s.check(ctx, next)
+		}
+	})
+}
+
 // answer has the core verify and apply a device's answer, then withdraws
 // the prompts it made moot.
 func (s *Server) answer(ctx context.Context, a core.Answer) {

@@ -136,8 +136,7 @@ func (d *deviceConn) event(e core.Event) {
 		log.Info("device shows a prompt", "request", e.RequestID)
 		d.s.recordLater(audit.KindPrompt, e.RequestID, "shown on device "+d.id)
 	case core.ApprovalReceived:
-		a := e.Answer
-		d.s.background(func(ctx context.Context) { d.s.answer(ctx, a) })
+		d.s.queueAnswer(e.Answer)
 	case core.PromptFailed:
 		if e.Withdrawn {
 			log.Info("prompt withdrawn from the device", "request", e.RequestID)
