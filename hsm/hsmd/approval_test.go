@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -635,5 +636,69 @@ func TestTamperedApprovalRecordsAreRefused(t *testing.T) {
 	// The core's upkeep refuses it too: nothing gets signed.
 	if _, err := e.core.Tick(ctx); err == nil {
 		t.Fatal("Tick used a tampered request")
+	}
+}
+
+// A hostile database cannot lower the admin quorum or approve an admin
+// change: the governance and change records are authenticated, and the
+// core refuses them, saying which failed.
+func TestTamperedChangeRecordsAreRefused(t *testing.T) {
+	e := startWith(t, true, true)
+	ctx := t.Context()
+	if _, err := e.core.SetAdminQuorum(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	cust := apipb.NewCustodyClient(e.dial(t, "operator"))
+	op := apipb.NewOperatorClient(e.dial(t, "operator"))
+	alice := newRelayDevice(t, "emu-a", "alice", pb.Algorithm_ALGORITHM_ECDSA_P256, e.identity.PublicKey())
+	bob := newRelayDevice(t, "emu-b", "bob", pb.Algorithm_ALGORITHM_ECDSA_P256, e.identity.PublicKey())
+	pairDevices(t, e, alice, bob)
+	for _, name := range []string{"root1", "root2"} {
+		rec := newRelayDevice(t, name, name, pb.Algorithm_ALGORITHM_ED25519, e.identity.PublicKey()).record()
+		rec.Role = core.RoleAdmin
+		if err := e.devices.CreateDevice(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cust.CreateWallet(ctx, &apipb.CreateWalletRequest{Name: "w", Network: "simnet", Approvers: []string{"alice", "bob"}, Quorum: 2}); err != nil {
+		t.Fatal(err)
+	}
+	doc := []byte("version: 1\ngroups: {g: {members: [alice, bob], quorum: 1}}\nrequire: g\n")
+	ch, err := cust.ProposePolicy(ctx, &apipb.ProposePolicyRequest{Wallet: "w", Document: doc, Initiator: "olivia"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch.GetQuorum() != 2 || len(ch.GetAdmins()) != 2 {
+		t.Fatalf("change %v", ch)
+	}
+
+	db, err := sql.Open("sqlite", filepath.Join(e.dataDir, "opencustody.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	edit := func(kind, from, to string) {
+		t.Helper()
+		res, err := db.Exec(`UPDATE records SET body = CAST(replace(CAST(body AS TEXT), ?, ?) AS BLOB) WHERE kind = ?`, from, to, kind)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			t.Fatalf("no %s record edited", kind)
+		}
+	}
+	edit("change", `"state":"pending"`, `"state":"approved"`)
+	if _, err := op.GetChange(ctx, &apipb.GetChangeRequest{Id: ch.GetId()}); status.Code(err) != codes.DataLoss || !strings.Contains(err.Error(), ch.GetId()) {
+		t.Fatalf("change marked approved: %v, want DataLoss naming it", err)
+	}
+	if _, err := e.core.Tick(ctx); err == nil {
+		t.Fatal("Tick used a tampered change")
+	}
+	if p, err := cust.GetPolicy(ctx, &apipb.GetPolicyRequest{Wallet: "w"}); err != nil || p.GetVersion() != 1 {
+		t.Fatalf("policy after a forged approval: %v %v", p, err)
+	}
+	edit("governance", `"admin_quorum":2`, `"admin_quorum":1`)
+	if _, err := cust.ProposePolicy(ctx, &apipb.ProposePolicyRequest{Wallet: "w", Document: doc, Initiator: "olivia"}); status.Code(err) != codes.DataLoss || !strings.Contains(err.Error(), "governance") {
+		t.Fatalf("lowered admin quorum: %v, want DataLoss naming the governance record", err)
 	}
 }
