@@ -66,20 +66,22 @@
 //
 // A wallet ([WalletRecord]) is a set of custody keys on one Bitcoin
 // network, one key per address ([Core.NewAddress] makes each in the HSM),
-// and who approves its transfers: m of n users ([Core.CreateWallet]; every
-// approver must have a paired device). Quorums count users, not devices: a
-// user with several devices answers once.
+// and who approves its transfers: m of n users, or a policy document
+// ([Core.CreateWallet]; every approver must have a paired device). Quorums
+// count users, not devices: a user with several devices answers once.
 //
 // # Approving a transfer
 //
 // [Core.Submit] takes a PSBT from an untrusted submitter. Package bitcoin
 // checks that the wallet can sign it and derives its summary from the
-// transaction and the wallet alone; the core stores a pending request and
-// builds one prompt per paired device of the wallet's approvers: the
+// transaction and the wallet alone; the core evaluates the wallet's policy,
+// stores a pending request and builds one prompt per paired device of the
+// approvers its rule asks first (never the initiator's): the
 // fields of [TransferFields] (wallet, request, each destination and
 // amount, change, fee, expiry: nothing the submitter wrote), the summary's
 // canonical encoding as payload, a fresh nonce, the device's id and the
-// request's expiry ([Config.PromptExpiry]), signed by the HSM identity key
+// request's expiry (the policy's, or [Config.PromptExpiry]), signed by the
+// HSM identity key
 // (package signed defines the bytes; firmware-spec/approval.md is the
 // device's side).
 //
@@ -89,19 +91,21 @@
 // device has not answered are sent again when its channel comes up
 // ([Core.PendingPrompts]).
 //
-// [Core.Answer] decides, under the wallet's policy (see Policy below).
-// It accepts an answer only from the paired,
-// unrevoked device whose channel carried it and whose identity key signed
+// [Core.Answer] decides, under the wallet's policy (see Policy below). It
+// accepts an answer only from the paired, unrevoked device whose channel
+// carried it and whose identity key signed
 // it, for the exact prompt (digest and nonce) the core issued to that
 // device, before the request's expiry, once per user, and with a counter
 // above the last one the device used (stored before anything else). A
-// rejection closes the request. When the approving users reach the
-// quorum, the HSM signs every input through [bitcoin.Sign], which signs
+// rejection closes the request (single veto, unless the policy turns it
+// off). When the policy's rule is met and its time lock has passed, the
+// HSM signs every input through [bitcoin.Sign], which signs
 // only a transaction whose summary is the approved one; the request ends
 // signed, with the finalized PSBT and the transaction, or failed. Answers
 // that close a request, or that make a user's other devices' prompts moot,
 // come back with the prompts to withdraw ([Link.WithdrawPrompt]).
-// [Core.Tick] stores expiries and finishes a signing a crash interrupted.
+// [Core.Tick] stores expiries, signs requests whose time lock ended, and
+// finishes a signing a crash interrupted.
 //
 // # Policy
 //
