@@ -79,6 +79,10 @@ func TestE2EPolicyTiersVetoAndAdminQuorum(t *testing.T) {
 		}
 	}
 	w.confirm(alice, small.GetId())
+	r := w.waitRequestState(w.hsmd, small.GetId(), "alice's approval counted", func(r *apipb.Request) bool { return len(r.GetApprovedBy()) == 1 })
+	if r.GetState() != apipb.RequestState_REQUEST_STATE_PENDING || !strings.Contains(strings.Join(r.GetPolicyMissing(), ";"), "ops: 1 more of bob") {
+		t.Fatalf("after alice alone: %v, missing %v", r.GetState(), r.GetPolicyMissing())
+	}
 	w.confirm(bob, small.GetId())
 	w.waitRequestState(w.hsmd, small.GetId(), "signed", signedState)
 
@@ -89,7 +93,7 @@ func TestE2EPolicyTiersVetoAndAdminQuorum(t *testing.T) {
 	}
 	w.confirm(alice, large.GetId())
 	w.confirm(bob, large.GetId())
-	r := w.waitRequestState(w.hsmd, large.GetId(), "dave asked", func(r *apipb.Request) bool { return len(r.GetPrompts()) == 3 })
+	r = w.waitRequestState(w.hsmd, large.GetId(), "dave asked", func(r *apipb.Request) bool { return len(r.GetPrompts()) == 3 })
 	if r.GetState() != apipb.RequestState_REQUEST_STATE_PENDING || !strings.Contains(strings.Join(r.GetPolicyMissing(), ";"), "execs: 1 more of dave") {
 		t.Fatalf("after ops: %v, missing %v", r.GetState(), r.GetPolicyMissing())
 	}
