@@ -163,7 +163,10 @@ func (m *memChanges) PutGovernance(_ context.Context, g *GovernanceRecord) error
 	return err
 }
 
-type memRequests struct{ s *jsonStore[RequestRecord] }
+type memRequests struct {
+	s      *jsonStore[RequestRecord]
+	spends *jsonStore[SpendLedger]
+}
 
 func setRequestVersion(r *RequestRecord, v uint64) { r.Version = v }
 
@@ -178,6 +181,26 @@ func (m memRequests) CreateRequest(_ context.Context, r *RequestRecord) error {
 	r.Version = v
 	return err
 }
+func (m memRequests) Spends(_ context.Context, wallet string) (*SpendLedger, error) {
+	l, err := m.spends.get(wallet, func(l *SpendLedger, v uint64) { l.Version = v })
+	if errors.Is(err, errNoLedger) {
+		return &SpendLedger{Wallet: wallet, Spends: []LedgerSpend{}}, nil
+	}
+	return l, err
+}
+
+func (m memRequests) UpdateSpends(_ context.Context, l *SpendLedger) error {
+	v, err := m.spends.put(l.Wallet, l, l.Version == 0, l.Version)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrLedgerConflict, err)
+	}
+	l.Version = v
+	return nil
+}
+
+// errNoLedger: a wallet has no spend ledger yet.
+var errNoLedger = errors.New("no spend ledger")
+
 func (m memRequests) UpdateRequest(_ context.Context, r *RequestRecord) error {
 	v, err := m.s.put(r.ID, r, false, r.Version)
 	if err == nil {
@@ -362,7 +385,7 @@ func newWorld(t testing.TB, names ...string) *world {
 		t.Fatal(err)
 	}
 	w := &world{rnd: rnd,
-		t: t, identity: id, devices: newMemDevices(), requests: memRequests{newJSONStore[RequestRecord](ErrRequestNotFound)},
+		t: t, identity: id, devices: newMemDevices(), requests: memRequests{newJSONStore[RequestRecord](ErrRequestNotFound), newJSONStore[SpendLedger](errNoLedger)},
 		changes: newMemChanges(), handlers: map[ChangeKind]ChangeHandler{},
 		custody: newSoftCustody(), clock: &clock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)},
 		dev: map[string]*testDevice{}, links: map[string]*Link{}, users: map[string]string{},

@@ -187,6 +187,13 @@ type RequestStore interface {
 	CreateRequest(ctx context.Context, r *RequestRecord) error
 	// UpdateRequest replaces the record read at r.Version.
 	UpdateRequest(ctx context.Context, r *RequestRecord) error
+	// Spends returns the wallet's spend ledger, authenticated like the
+	// requests; a wallet without one gets an empty ledger (Version 0).
+	Spends(ctx context.Context, wallet string) (*SpendLedger, error)
+	// UpdateSpends stores l over the version it was read at (0: a new
+	// ledger). If another writer stored the wallet's ledger meanwhile, it
+	// changes nothing and returns an error wrapping [ErrLedgerConflict].
+	UpdateSpends(ctx context.Context, l *SpendLedger) error
 }
 
 // Errors of the approval path. Errors from [Core.Answer] wrap one of them
@@ -606,6 +613,16 @@ func (c *Core) decide(ctx context.Context, r *RequestRecord, res *AnswerResult) 
 // could not be stored, or when ctx ended the signing (the request then
 // stays approved, for [Core.Tick]).
 func (c *Core) sign(ctx context.Context, r *RequestRecord) error {
+	// The spend is recorded first, so that the velocity check at signing
+	// counts exactly the spends recorded before it, whichever hsmd
+	// instance recorded them.
+	sum, err := r.ParsedSummary()
+	if err != nil {
+		return fmt.Errorf("core: request %s: stored summary: %w", r.ID, err)
+	}
+	if err := c.recordSpend(ctx, r, int64(sum.SentTotal)); err != nil {
+		return fmt.Errorf("core: request %s: not signed, it stays approved: %w", r.ID, err)
+	}
 	signedTx, err := c.signTransaction(ctx, r)
 	if err != nil && ctx.Err() != nil {
 		// Interrupted, not refused: the request stays approved and the
@@ -614,6 +631,10 @@ func (c *Core) sign(ctx context.Context, r *RequestRecord) error {
 	}
 	now := c.cfg.Now().UTC()
 	if err != nil {
+		if ferr := c.forgetSpend(ctx, r); ferr != nil {
+			// Counted though not sent: stricter, and said.
+			err = fmt.Errorf("%w (its spend stays counted against the velocity limits: %w)", err, ferr)
+		}
 		r.State, r.FinishedAt, r.Error = RequestFailed, now, err.Error()
 	} else {
 		r.State, r.FinishedAt = RequestSigned, now

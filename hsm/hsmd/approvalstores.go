@@ -16,6 +16,7 @@ const (
 	requestKind    = "request"
 	changeKind     = "change"
 	governanceKind = "governance"
+	spendsKind     = "spends"
 	governanceKey  = "admins"
 )
 
@@ -279,5 +280,40 @@ func (s ChangeStore) PutGovernance(ctx context.Context, g *core.GovernanceRecord
 		return err
 	}
 	g.Version = v
+	return nil
+}
+
+// Spends implements core.RequestStore: the wallet's spend ledger, kind
+// "spends" keyed by wallet name, authenticated like the requests (a
+// hostile database cannot lower what a wallet has sent).
+func (s RequestStore) Spends(ctx context.Context, wallet string) (*core.SpendLedger, error) {
+	l := &core.SpendLedger{}
+	v, err := getRecord(ctx, s.Records, spendsKind, wallet, records.ErrNotFound, l, func() string { return l.Wallet })
+	if errors.Is(err, records.ErrNotFound) {
+		return &core.SpendLedger{Wallet: wallet, Spends: []core.LedgerSpend{}}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	l.Version = v
+	return l, nil
+}
+
+// UpdateSpends implements core.RequestStore.
+func (s RequestStore) UpdateSpends(ctx context.Context, l *core.SpendLedger) error {
+	var v uint64
+	var err error
+	if l.Version == 0 {
+		v, err = createRecord(ctx, s.Records, spendsKind, l.Wallet, l)
+	} else {
+		v, err = updateRecord(ctx, s.Records, spendsKind, l.Wallet, l.Version, l)
+	}
+	if errors.Is(err, records.ErrExists) || errors.Is(err, records.ErrConflict) {
+		return fmt.Errorf("%w: wallet %s: %w", core.ErrLedgerConflict, l.Wallet, err)
+	}
+	if err != nil {
+		return err
+	}
+	l.Version = v
 	return nil
 }
