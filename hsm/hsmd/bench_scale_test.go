@@ -103,14 +103,8 @@ func rss(t *testing.T, pid int) (now, peak float64) {
 }
 
 func TestBenchReportScale(t *testing.T) {
-	benchEnabled(t)
-	devices, pending := 1000, 10000
-	if n, err := strconv.Atoi(os.Getenv("OPENCUSTODY_BENCH_DEVICES")); err == nil {
-		devices = n
-	}
-	if n, err := strconv.Atoi(os.Getenv("OPENCUSTODY_BENCH_PENDING")); err == nil {
-		pending = n
-	}
+	b := benchSize(t)
+	devices, pending := b.devices, b.pending
 	ctx := t.Context()
 
 	// The devices: users u0..; u0-u2 approve the wallet whose requests
@@ -289,7 +283,7 @@ func TestBenchReportScale(t *testing.T) {
 
 	// Approvals while loaded: one at a time, submit until signed.
 	var lat []time.Duration
-	for range 30 {
+	for range b.latencyRuns {
 		t0 := time.Now()
 		r, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "live", Psbt: benchPSBT(t, live)})
 		if err != nil {
@@ -313,9 +307,9 @@ func TestBenchReportScale(t *testing.T) {
 	slices.Sort(lat)
 	final, peak := rss(t, pid)
 
-	benchRow(fmt.Sprintf("scale: %d devices connected (channels up)", len(devs)), fmt.Sprintf("in %.1f s", connectTime.Seconds()), "", "")
-	benchRow(fmt.Sprintf("scale: %d requests submitted, left pending", pending), fmt.Sprintf("%.0f /s", submitRate), "", "")
-	benchRow("scale: hsmd RSS idle / devices up / loaded", fmt.Sprintf("%.0f / %.0f / %.0f MiB", idle, connected, loaded), "", "")
-	benchRow("scale: hsmd RSS at the end, and its peak", fmt.Sprintf("%.0f MiB, peak %.0f", final, peak), "<= 256 MiB", holds(peak <= 256))
-	benchRow("scale: approval latency p50 / p99 while loaded", fmt.Sprintf("%.1f / %.1f ms", ms(percentile(lat, 0.5)), ms(percentile(lat, 0.99))), "", "")
+	b.row(fmt.Sprintf("scale: %d devices connected (channels up)", len(devs)), fmt.Sprintf("in %.1f s", connectTime.Seconds()), "", "")
+	b.row(fmt.Sprintf("scale: %d requests submitted, left pending", pending), fmt.Sprintf("%.0f /s", submitRate), "", "")
+	b.row("scale: hsmd RSS idle / devices up / loaded", fmt.Sprintf("%.0f / %.0f / %.0f MiB", idle, connected, loaded), "", "")
+	b.row("scale: hsmd RSS at the end, and its peak", fmt.Sprintf("%.0f MiB, peak %.0f", final, peak), "<= 256 MiB", holds(peak <= 256))
+	b.row("scale: approval latency p50 / p99 while loaded", fmt.Sprintf("%.1f / %.1f ms", ms(percentile(lat, 0.5)), ms(percentile(lat, 0.99))), "", "")
 }
