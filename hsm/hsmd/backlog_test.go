@@ -36,7 +36,7 @@ func TestE2EBacklogOfRequestsAllSigned(t *testing.T) {
 	for c := range 3 {
 		wg.Go(func() {
 			for i := c; i < requests; i += 3 {
-				r, err := cust.Submit(w.ctx, &apipb.SubmitRequest{Wallet: "treasury", Psbt: benchPSBT(t, addrs)})
+				r, err := cust.Submit(w.ctx, &apipb.SubmitRequest{Wallet: "treasury", Initiator: "operator", Psbt: benchPSBT(t, addrs)})
 				if err != nil {
 					t.Error(err)
 					return

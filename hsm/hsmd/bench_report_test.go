@@ -149,7 +149,7 @@ func TestBenchReportPipeline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	submit := func() {
-		if _, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "bench", Psbt: benchPSBT(t, addrs)}); err != nil {
+		if _, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "bench", Initiator: "operator", Psbt: benchPSBT(t, addrs)}); err != nil {
 			t.Error(err)
 		}
 	}
