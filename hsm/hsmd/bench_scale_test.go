@@ -267,7 +267,7 @@ func TestBenchReportScale(t *testing.T) {
 	for c := range 4 {
 		wg.Go(func() {
 			for i := c; i < pending; i += 4 {
-				if _, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "held", Psbt: benchPSBT(t, held)}); err != nil {
+				if _, err := cust.Submit(ctx, &apipb.SubmitRequest{Initiator: "operator", Wallet: "held", Psbt: benchPSBT(t, held)}); err != nil {
 					t.Error(err)
 					return
 				}
@@ -285,7 +285,7 @@ func TestBenchReportScale(t *testing.T) {
 	var lat []time.Duration
 	for range b.latencyRuns {
 		t0 := time.Now()
-		r, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "live", Psbt: benchPSBT(t, live)})
+		r, err := cust.Submit(ctx, &apipb.SubmitRequest{Initiator: "operator", Wallet: "live", Psbt: benchPSBT(t, live)})
 		if err != nil {
 			t.Fatal(err)
 		}
