@@ -17,7 +17,7 @@ export GOTOOLCHAIN := local
 FUZZTIME ?= 10s
 BENCHTIME ?= 1s
 
-.PHONY: all setup build demo test lint fmt-check vet staticcheck unit proto fuzz bench clean
+.PHONY: all setup build demo test lint fmt-check vet staticcheck unit proto fuzz bench bench-all clean
 
 all: build
 
@@ -76,8 +76,12 @@ proto: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 fuzz:
 	@bash scripts/fuzz.sh $(FUZZTIME)
 
-## bench: run the benchmarks
+## bench: measure the speed and memory figures and print them as one table (scripts/bench.sh)
 bench: setup
+	@BENCHTIME=$(BENCHTIME) bash scripts/bench.sh
+
+## bench-all: every Go benchmark in the module, as go test prints them
+bench-all: setup
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
 
 clean:

@@ -29,17 +29,36 @@ import (
 	"github.com/opencustodynet/opencustody/protocol/apipb"
 )
 
-// benchEnabled skips t unless `make bench` (OPENCUSTODY_BENCH=1) runs it:
-// the figures take a while and mean nothing under -race.
-func benchEnabled(t *testing.T) {
-	t.Helper()
-	if os.Getenv("OPENCUSTODY_BENCH") == "" {
-		t.Skip("a benchmark report: run it with make bench (OPENCUSTODY_BENCH=1)")
-	}
+// benchScale is how much work a benchmark report does. `make bench`
+// (OPENCUSTODY_BENCH=1) runs the real sizes; `make test` runs a small
+// version of each report, so that the reports keep working, and prints
+// nothing: its figures would mean nothing under -race.
+type benchScale struct {
+	full                    bool
+	rateFor                 time.Duration // how long each HSM rate is measured
+	latencyRuns, throughput int           // approvals measured one at a time, and as a backlog
+	devices, pending        int           // the scale report's connected devices and pending requests
 }
 
-// benchRow prints one row of the report table.
-func benchRow(figure, value, target, holds string) {
+func benchSize(t *testing.T) benchScale {
+	if os.Getenv("OPENCUSTODY_BENCH") == "" {
+		return benchScale{rateFor: 50 * time.Millisecond, latencyRuns: 5, throughput: 20, devices: 20, pending: 40}
+	}
+	b := benchScale{full: true, rateFor: time.Second, latencyRuns: 100, throughput: 200, devices: 1000, pending: 10000}
+	if n, err := strconv.Atoi(os.Getenv("OPENCUSTODY_BENCH_DEVICES")); err == nil {
+		b.devices = n
+	}
+	if n, err := strconv.Atoi(os.Getenv("OPENCUSTODY_BENCH_PENDING")); err == nil {
+		b.pending = n
+	}
+	return b
+}
+
+// row prints one row of the report table, in a full run.
+func (b benchScale) row(figure, value, target, holds string) {
+	if !b.full {
+		return
+	}
 	fmt.Printf("BENCH | %-52s | %-22s | %-12s | %s\n", figure, value, target, holds)
 }
 
@@ -52,10 +71,10 @@ func holds(ok bool) string {
 
 // hsmRate measures how many times a second op runs back to back on one
 // session.
-func hsmRate(t *testing.T, op func() error) float64 {
+func (b benchScale) hsmRate(t *testing.T, op func() error) float64 {
 	t.Helper()
 	n, start := 0, time.Now()
-	for time.Since(start) < time.Second || n < 200 {
+	for time.Since(start) < b.rateFor || n < 20 {
 		if err := op(); err != nil {
 			t.Fatal(err)
 		}
@@ -110,7 +129,7 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 }
 
 func TestBenchReportPipeline(t *testing.T) {
-	benchEnabled(t)
+	b := benchSize(t)
 	w := newWorld(t, 3)
 	users := []string{"alice", "bob", "carol"}
 	for i, e := range w.emus {
@@ -143,11 +162,11 @@ func TestBenchReportPipeline(t *testing.T) {
 	}
 	digest := sha256.Sum256([]byte("bench"))
 	signRate := map[hsm.Algorithm]float64{
-		hsm.ECDSAP256: hsmRate(t, func() error {
+		hsm.ECDSAP256: b.hsmRate(t, func() error {
 			_, err := store.Sign(ctx, hsm.SignRequest{Key: hsmtest.IdentityKey, Digest: digest[:]})
 			return err
 		}),
-		hsm.ECDSASecp256k1: hsmRate(t, func() error {
+		hsm.ECDSASecp256k1: b.hsmRate(t, func() error {
 			_, err := store.Sign(ctx, hsm.SignRequest{Key: "bench-custody", Digest: digest[:]})
 			return err
 		}),
@@ -157,17 +176,17 @@ func TestBenchReportPipeline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	macRate := hsmRate(t, func() error {
+	macRate := b.hsmRate(t, func() error {
 		_, err := store.MAC(ctx, hsm.MACRequest{Key: hsmtest.RecordKey, Data: record})
 		return err
 	})
-	verifyRate := hsmRate(t, func() error {
+	verifyRate := b.hsmRate(t, func() error {
 		return store.VerifyMAC(ctx, hsm.VerifyMACRequest{Key: hsmtest.RecordKey, Data: record, MAC: mac})
 	})
-	benchRow("HSM: P-256 sign (identity key: prompts, checkpoints)", fmt.Sprintf("%.0f /s", signRate[hsm.ECDSAP256]), "", "")
-	benchRow("HSM: secp256k1 sign (custody key: inputs)", fmt.Sprintf("%.0f /s", signRate[hsm.ECDSASecp256k1]), "", "")
-	benchRow("HSM: HMAC-SHA256 (record key: store a record)", fmt.Sprintf("%.0f /s", macRate), "", "")
-	benchRow("HSM: HMAC-SHA256 verify (record key: read a record)", fmt.Sprintf("%.0f /s", verifyRate), "", "")
+	b.row("HSM: P-256 sign (identity key: prompts, checkpoints)", fmt.Sprintf("%.0f /s", signRate[hsm.ECDSAP256]), "", "")
+	b.row("HSM: secp256k1 sign (custody key: inputs)", fmt.Sprintf("%.0f /s", signRate[hsm.ECDSASecp256k1]), "", "")
+	b.row("HSM: HMAC-SHA256 (record key: store a record)", fmt.Sprintf("%.0f /s", macRate), "", "")
+	b.row("HSM: HMAC-SHA256 verify (record key: read a record)", fmt.Sprintf("%.0f /s", verifyRate), "", "")
 
 	// Warm up: connections, caches, the first prompts.
 	for range 5 {
@@ -177,7 +196,7 @@ func TestBenchReportPipeline(t *testing.T) {
 
 	// Latency: one request at a time, submit until hsmd has stored its
 	// signed transaction.
-	const latencyRuns = 100
+	latencyRuns := b.latencyRuns
 	var lat []time.Duration
 	for i := range latencyRuns {
 		t0 := time.Now()
@@ -187,12 +206,12 @@ func TestBenchReportPipeline(t *testing.T) {
 	}
 	slices.Sort(lat)
 	p50, p99 := percentile(lat, 0.50), percentile(lat, 0.99)
-	benchRow("approval latency p50, submit to signed (2-of-3)", fmt.Sprintf("%.1f ms", ms(p50)), "<= 15 ms", holds(p50 <= 15*time.Millisecond))
-	benchRow("approval latency p99, submit to signed (2-of-3)", fmt.Sprintf("%.1f ms", ms(p99)), "<= 40 ms", holds(p99 <= 40*time.Millisecond))
+	b.row("approval latency p50, submit to signed (2-of-3)", fmt.Sprintf("%.1f ms", ms(p50)), "<= 15 ms", holds(p50 <= 15*time.Millisecond))
+	b.row("approval latency p99, submit to signed (2-of-3)", fmt.Sprintf("%.1f ms", ms(p99)), "<= 40 ms", holds(p99 <= 40*time.Millisecond))
 
 	// Throughput: a backlog of requests submitted by four clients at once,
 	// until all are signed; the HSM operations they cost are counted.
-	const requests = 200
+	requests := b.throughput
 	base := signedCount(t, w.hsmd)
 	before := store.Operations()
 	t0 := time.Now()
@@ -208,11 +227,11 @@ func TestBenchReportPipeline(t *testing.T) {
 	waitSigned(t, ctx, w.hsmd, base+requests)
 	elapsed := time.Since(t0)
 	ops := store.Operations().Sub(before)
-	throughput := requests / elapsed.Seconds()
+	throughput := float64(requests) / elapsed.Seconds()
 
 	// The ceiling: the HSM doing nothing but this work, one operation
 	// after another, at the rates measured above.
-	per := func(n uint64) float64 { return float64(n) / requests }
+	per := func(n uint64) float64 { return float64(n) / float64(requests) }
 	hsmSeconds := per(ops.MAC)/macRate + per(ops.VerifyMAC)/verifyRate
 	for alg, n := range ops.Sign {
 		r, ok := signRate[alg]
@@ -222,10 +241,10 @@ func TestBenchReportPipeline(t *testing.T) {
 		hsmSeconds += per(n) / r
 	}
 	ceiling := 1 / hsmSeconds
-	benchRow("HSM work per approval", fmt.Sprintf("%.1f sign, %.1f MAC, %.1f verify", per(ops.Sign[hsm.ECDSAP256]+ops.Sign[hsm.ECDSASecp256k1]), per(ops.MAC), per(ops.VerifyMAC)), "", "")
-	benchRow("HSM-bound ceiling (from the rates above)", fmt.Sprintf("%.0f approvals/s", ceiling), "", "")
-	benchRow("pipeline throughput (2-of-3, 3 emulators, bridge)", fmt.Sprintf("%.0f approvals/s", throughput), "", "")
-	benchRow("pipeline / HSM-bound ceiling", fmt.Sprintf("%.2f", throughput/ceiling), ">= 0.80", holds(throughput/ceiling >= 0.8))
+	b.row("HSM work per approval", fmt.Sprintf("%.1f sign, %.1f MAC, %.1f verify", per(ops.Sign[hsm.ECDSAP256]+ops.Sign[hsm.ECDSASecp256k1]), per(ops.MAC), per(ops.VerifyMAC)), "", "")
+	b.row("HSM-bound ceiling (from the rates above)", fmt.Sprintf("%.0f approvals/s", ceiling), "", "")
+	b.row("pipeline throughput (2-of-3, 3 emulators, bridge)", fmt.Sprintf("%.0f approvals/s", throughput), "", "")
+	b.row("pipeline / HSM-bound ceiling", fmt.Sprintf("%.2f", throughput/ceiling), ">= 0.80", holds(throughput/ceiling >= 0.8))
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
