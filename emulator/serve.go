@@ -61,6 +61,8 @@ type Options struct {
 	Logger *slog.Logger
 	// KeepaliveInterval, see [Config].
 	KeepaliveInterval time.Duration
+	// Quirk, see [Config]: a device that breaks one rule on purpose.
+	Quirk Quirk
 }
 
 // SeededRand returns a deterministic random stream derived from seed, for
@@ -108,7 +110,7 @@ func Start(opts Options) (*Emulator, error) {
 	if created {
 		log.Info("emulator: new device state", "dir", opts.StateDir, "algorithm", store.Algorithm(), "device_id", store.Identity().DeviceID())
 	}
-	dev, err := New(Config{Store: store, Rand: rnd, Logger: log, KeepaliveInterval: opts.KeepaliveInterval})
+	dev, err := New(Config{Store: store, Rand: rnd, Logger: log, KeepaliveInterval: opts.KeepaliveInterval, Quirk: opts.Quirk})
 	if err != nil {
 		return nil, err
 	}

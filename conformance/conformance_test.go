@@ -1,0 +1,111 @@
+package conformance_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/opencustodynet/opencustody/conformance"
+	"github.com/opencustodynet/opencustody/device"
+	"github.com/opencustodynet/opencustody/emulator"
+	"github.com/opencustodynet/opencustody/emulator/debuglink"
+)
+
+// quirkFailures is what each quirk of the emulator must make the suite
+// report as not passed: failed, or skipped because a test it needs
+// failed. Every other test must pass.
+var quirkFailures = map[emulator.Quirk][]string{
+	emulator.QuirkNone:              nil,
+	emulator.QuirkAcceptUnsigned:    {"prompt/unsigned", "prompt/wrong-signer", "prompt/altered"},
+	emulator.QuirkAcceptOtherDevice: {"prompt/wrong-device"},
+	emulator.QuirkIgnoreExpiry:      {"prompt/expired"},
+	emulator.QuirkAcceptReplayed:    {"prompt/replayed", "state/answered-persist"},
+	emulator.QuirkReuseCounter: {"prompt/approve", "prompt/reject", "prompt/replayed", "prompt/confirm-last-page",
+		"state/power-cycle", "state/answered-persist"},
+	emulator.QuirkNoPersistence:  {"state/power-cycle", "state/answered-persist"},
+	emulator.QuirkIgnoreSequence: {"framing/wrong-sequence"},
+	emulator.QuirkBadErrorCodes: {"framing/init-bad-length", "framing/too-long", "framing/unknown-command",
+		"framing/unexpected-cont", "framing/wrong-sequence", "framing/interleaved", "framing/wrong-channel",
+		"framing/broadcast-misuse", "framing/unallocated-channel", "framing/timeout"},
+	emulator.QuirkNoTimeout:      {"framing/timeout"},
+	emulator.QuirkIgnoreCancel:   {"device/cancel-command"},
+	emulator.QuirkNoKeepalive:    {"device/keepalive"},
+	emulator.QuirkAcceptAnyHSM:   {"channel/other-hsm"},
+	emulator.QuirkAcceptStale:    {"channel/stale-credential"},
+	emulator.QuirkConfirmAnyPage: {"prompt/confirm-last-page"},
+}
+
+func runAgainst(t *testing.T, q emulator.Quirk) *conformance.Report {
+	t.Helper()
+	emu, err := emulator.Start(emulator.Options{StateDir: t.TempDir(), DebugLink: true, Quirk: q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { emu.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	rep, err := conformance.Run(ctx, conformance.Config{
+		Open:     func(context.Context) (device.Transport, error) { return device.DialUDP(emu.Addr().String()) },
+		Operator: conformance.DebugLinkOperator{Client: debuglink.New(emu.DebugURL())},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+// TestEmulatorPasses runs the suite against the correct emulator: every
+// test passes.
+func TestEmulatorPasses(t *testing.T) {
+	rep := runAgainst(t, emulator.QuirkNone)
+	for _, r := range rep.Results {
+		if r.Status != conformance.Pass {
+			t.Errorf("%s (%s): %s: %s", r.ID, r.Section, r.Status, r.Detail)
+		}
+	}
+	if len(rep.Results) != len(conformance.Tests()) || rep.Passed != len(conformance.Tests()) {
+		t.Errorf("passed %d of %d tests", rep.Passed, len(conformance.Tests()))
+	}
+}
+
+// TestQuirks runs the suite against each quirk of the emulator and checks
+// that exactly the tests the quirk breaks do not pass, so that each of
+// those tests can fail.
+func TestQuirks(t *testing.T) {
+	for _, q := range emulator.Quirks {
+		if _, ok := quirkFailures[q]; !ok {
+			t.Errorf("quirk %s has no entry in quirkFailures", q)
+		}
+	}
+	ids := map[string]bool{}
+	for _, tc := range conformance.Tests() {
+		ids[tc.ID] = true
+	}
+	for q, want := range quirkFailures {
+		for _, id := range want {
+			if !ids[id] {
+				t.Errorf("quirk %s: expects unknown test %s", q, id)
+			}
+		}
+		if q == emulator.QuirkNone {
+			continue
+		}
+		t.Run(string(q), func(t *testing.T) {
+			t.Parallel()
+			rep := runAgainst(t, q)
+			got := rep.Failures()
+			want := slices.Clone(want)
+			slices.Sort(got)
+			slices.Sort(want)
+			if !slices.Equal(got, want) {
+				for _, r := range rep.Results {
+					if r.Status != conformance.Pass {
+						t.Logf("%s: %s: %s", r.ID, r.Status, r.Detail)
+					}
+				}
+				t.Errorf("not passed:\n got %v\nwant %v", got, want)
+			}
+		})
+	}
+}
