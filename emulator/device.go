@@ -163,6 +163,8 @@ type Device struct {
 	rules    []Rule
 	view     View
 	changed  chan struct{} // closed and replaced when view changes
+	logViews bool          // keep every view in viewLog (screen recording)
+	viewLog  []View        // views shown since the recorder last took them
 }
 
 // New creates a device from cfg and shows its home screen.
@@ -727,6 +729,9 @@ func (d *Device) View() (View, <-chan struct{}) {
 
 func (d *Device) setView(kind string, pages []Page, page int, buttons []Button, fields map[string]string) {
 	d.view = View{Seq: d.view.Seq + 1, Kind: kind, Page: pages[page], Buttons: buttons, Text: documentText(pages), Fields: fields}
+	if d.logViews {
+		d.viewLog = append(d.viewLog, d.view)
+	}
 	close(d.changed)
 	d.changed = make(chan struct{})
 }

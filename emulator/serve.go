@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -63,6 +64,13 @@ type Options struct {
 	KeepaliveInterval time.Duration
 	// Quirk, see [Config]: a device that breaks one rule on purpose.
 	Quirk Quirk
+	// WebAddr, if set, serves the web view (the live screen and its
+	// buttons, for people) on this loopback address, "127.0.0.1:PORT";
+	// other addresses are refused. See [WebHandler] and [Emulator.WebURL].
+	WebAddr string
+	// RecordDir, if set, receives one PNG per screen change, named by the
+	// screen's sequence number (000001.png, …). The directory is created.
+	RecordDir string
 }
 
 // SeededRand returns a deterministic random stream derived from seed, for
@@ -81,6 +89,9 @@ type Emulator struct {
 	conn  *net.UDPConn
 	debug *http.Server
 	dln   net.Listener
+	web   *http.Server
+	wln   net.Listener
+	token string // the web view's per-run token
 	log   *slog.Logger
 
 	cancel context.CancelFunc
@@ -143,6 +154,38 @@ func Start(opts Options) (*Emulator, error) {
 			}
 		})
 	}
+	if opts.RecordDir != "" {
+		if err := os.MkdirAll(opts.RecordDir, 0o755); err != nil {
+			e.closeEarly()
+			return nil, fmt.Errorf("emulator: record directory: %w", err)
+		}
+		dev.startViewLog()
+		e.wg.Go(func() { dev.recordScreens(opts.RecordDir, ctx.Done()) })
+	}
+	if opts.WebAddr != "" {
+		ap, err := ParseWebAddr(opts.WebAddr)
+		if err != nil {
+			e.closeEarly()
+			return nil, err
+		}
+		ln, err := net.Listen("tcp", ap.String())
+		if err != nil {
+			e.closeEarly()
+			return nil, fmt.Errorf("emulator: web view: %w", err)
+		}
+		if e.token, err = newWebToken(); err != nil {
+			ln.Close()
+			e.closeEarly()
+			return nil, err
+		}
+		e.wln = ln
+		e.web = &http.Server{Handler: WebHandler(dev, e.token, webHosts(ln)), ReadHeaderTimeout: 10 * time.Second}
+		e.wg.Go(func() {
+			if err := e.web.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("emulator: web view stopped", "err", err)
+			}
+		})
+	}
 	e.wg.Go(func() { e.readLoop() })
 	e.wg.Go(func() { dev.tickLoop(ctx) })
 	log.Info("emulator: listening", "udp", conn.LocalAddr().String(), "debug_link", e.DebugURL())
@@ -167,6 +210,18 @@ func (e *Emulator) DebugURL() string {
 	return "http://" + e.dln.Addr().String()
 }
 
+// WebURL returns the web view's URL, "http://127.0.0.1:PORT/", or "" when
+// it is not served.
+func (e *Emulator) WebURL() string {
+	if e.wln == nil {
+		return ""
+	}
+	return "http://" + e.wln.Addr().String() + "/"
+}
+
+// closeEarly undoes a Start that failed half-way.
+func (e *Emulator) closeEarly() { e.Close() }
+
 // Close stops the emulator and waits for its goroutines. The state is
 // always on disk already.
 func (e *Emulator) Close() error {
@@ -175,6 +230,9 @@ func (e *Emulator) Close() error {
 		e.conn.Close()
 		if e.debug != nil {
 			e.debug.Close()
+		}
+		if e.web != nil {
+			e.web.Close()
 		}
 		e.wg.Wait()
 	})
