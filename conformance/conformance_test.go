@@ -2,7 +2,11 @@ package conformance_test
 
 import (
 	"context"
+	"flag"
+	"fmt"
+	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -107,5 +111,46 @@ func TestQuirks(t *testing.T) {
 				t.Errorf("not passed:\n got %v\nwant %v", got, want)
 			}
 		})
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite the generated part of firmware-spec/conformance.md")
+
+// TestConformanceDoc checks that firmware-spec/conformance.md lists every
+// test as it is; -update rewrites the list.
+func TestConformanceDoc(t *testing.T) {
+	const file = "../firmware-spec/conformance.md"
+	const begin = "<!-- BEGIN GENERATED: go test ./conformance -run TestConformanceDoc -update -->\n"
+	const end = "<!-- END GENERATED -->\n"
+	var b strings.Builder
+	b.WriteString("| test | section | checks | needs |\n|---|---|---|---|\n")
+	for _, tc := range conformance.Tests() {
+		var needs []string
+		if tc.Person {
+			needs = append(needs, "person")
+		}
+		if tc.Screen {
+			needs = append(needs, "screen")
+		}
+		needs = append(needs, tc.Needs...)
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", tc.ID, tc.Section, tc.Title, strings.Join(needs, ", "))
+	}
+	doc, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(doc)
+	i, j := strings.Index(s, begin), strings.Index(s, end)
+	if i < 0 || j < i {
+		t.Fatalf("%s: generated-part markers missing", file)
+	}
+	if s[i+len(begin):j] == b.String() {
+		return
+	}
+	if !*update {
+		t.Fatalf("%s does not list the tests as they are (run go test ./conformance -run TestConformanceDoc -update)", file)
+	}
+	if err := os.WriteFile(file, []byte(s[:i+len(begin)]+b.String()+s[j:]), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
