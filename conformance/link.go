@@ -28,7 +28,6 @@ type link struct {
 	reports chan []byte // reports from the device; closed when reading fails
 	readErr error       // why reports was closed; written before the close
 	reasm   map[uint32]*framing.Reassembler
-	pending []*framing.Message // messages read but not yet taken
 }
 
 func newLink(t device.Transport) *link {
@@ -75,11 +74,6 @@ func (l *link) send(cid uint32, cmd framing.Command, data []byte) error {
 // next returns the next complete message the device sent on any channel,
 // waiting up to wait.
 func (l *link) next(ctx context.Context, wait time.Duration) (*framing.Message, error) {
-	if len(l.pending) > 0 {
-		m := l.pending[0]
-		l.pending = l.pending[1:]
-		return m, nil
-	}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
@@ -111,9 +105,6 @@ func (l *link) next(ctx context.Context, wait time.Duration) (*framing.Message, 
 		}
 	}
 }
-
-// unread puts m back to be returned by the next call of next.
-func (l *link) unread(m *framing.Message) { l.pending = append([]*framing.Message{m}, l.pending...) }
 
 // describe names a message for failure reports.
 func describe(m *framing.Message) string {

@@ -262,7 +262,7 @@ func neededBySelected(id string, only map[string]bool) bool {
 // features of a device, checked once at the start.
 func checkFeatures(f *pb.Features) error {
 	if f.GetProtocolVersionMin() > 1 || f.GetProtocolVersionMax() < 1 {
-		return fmt.Errorf("Features says protocol versions %d to %d, which excludes 1", f.GetProtocolVersionMin(), f.GetProtocolVersionMax())
+		return fmt.Errorf("the Features say protocol versions %d to %d, which excludes 1", f.GetProtocolVersionMin(), f.GetProtocolVersionMax())
 	}
 	return nil
 }

@@ -337,7 +337,7 @@ var pairingTests = []Test{
 			}
 			s, err := wantType[*pb.Success]("Ping in a full session", a)
 			if err == nil && s.GetMessage() != "paired" {
-				err = fmt.Errorf("Ping echoed %q", s.GetMessage())
+				err = fmt.Errorf("the Ping echoed %q", s.GetMessage())
 			}
 			return err
 		}},

@@ -56,7 +56,7 @@ var deviceTests = []Test{
 			}
 			s, err := wantType[*pb.Success]("Ping", a)
 			if err == nil && s.GetMessage() != "conformance" {
-				err = fmt.Errorf("Ping echoed %q, want %q", s.GetMessage(), "conformance")
+				err = fmt.Errorf("the Ping echoed %q, want %q", s.GetMessage(), "conformance")
 			}
 			return err
 		}},

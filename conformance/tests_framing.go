@@ -301,7 +301,7 @@ var envelopeTests = []Test{
 				return err
 			}
 			if m.Cmd != framing.CmdMsg {
-				return fmt.Errorf("Ping answered %s", describe(m))
+				return fmt.Errorf("the Ping was answered %s", describe(m))
 			}
 			env, err := protocol.DecodeEnvelope(m.Data)
 			if err != nil {
