@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strings"
@@ -152,5 +153,75 @@ func TestConformanceDoc(t *testing.T) {
 	}
 	if err := os.WriteFile(file, []byte(s[:i+len(begin)]+b.String()+s[j:]), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// person plays the user of a device for a TerminalOperator: it reads the
+// instructions the suite prints and carries them out through the debug
+// link, as someone at the device would.
+type person struct {
+	t     *testing.T
+	dl    *debuglink.Client
+	enter io.Writer // the operator's In
+}
+
+func (p *person) Write(b []byte) (int, error) {
+	s := string(b)
+	op := conformance.DebugLinkOperator{Client: p.dl}
+	ctx := context.Background()
+	switch {
+	case strings.Contains(s, "press CONFIRM"):
+		go func() {
+			if err := op.Press(ctx, s, conformance.Confirm); err != nil {
+				p.t.Errorf("pressing confirm: %v", err)
+			}
+		}()
+	case strings.Contains(s, "Press REJECT"):
+		go func() {
+			if err := op.Press(ctx, s, conformance.Reject); err != nil {
+				p.t.Errorf("pressing reject: %v", err)
+			}
+		}()
+	case strings.Contains(s, "unplug the device"):
+		go func() {
+			if err := op.PowerCycle(ctx); err != nil {
+				p.t.Errorf("power cycle: %v", err)
+			}
+			io.WriteString(p.enter, "\n")
+		}()
+	default:
+		p.t.Errorf("the suite printed an instruction nobody understands: %q", s)
+	}
+	return len(b), nil
+}
+
+// TestTerminalOperator runs the suite as on hardware: a person reads the
+// instructions on the terminal and presses the buttons. Everything passes
+// but the test that must read the screen, which is skipped.
+func TestTerminalOperator(t *testing.T) {
+	emu, err := emulator.Start(emulator.Options{StateDir: t.TempDir(), DebugLink: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer emu.Close()
+	in, enter := io.Pipe()
+	defer enter.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	rep, err := conformance.Run(ctx, conformance.Config{
+		Open:     func(context.Context) (device.Transport, error) { return device.DialUDP(emu.Addr().String()) },
+		Operator: &conformance.TerminalOperator{In: in, Out: &person{t: t, dl: debuglink.New(emu.DebugURL()), enter: enter}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rep.Results {
+		want := conformance.Pass
+		if r.ID == "prompt/confirm-last-page" {
+			want = conformance.Skip
+		}
+		if r.Status != want {
+			t.Errorf("%s: %s (%s), want %s", r.ID, r.Status, r.Detail, want)
+		}
 	}
 }

@@ -44,9 +44,8 @@ type Config struct {
 	UserTimeout   time.Duration
 	// Progress, if set, is called after each test with its result.
 	Progress func(Result)
-	// Only, if not empty, runs only the tests with these ids (and reports
-	// the others as skipped). The suite still pairs the device when a
-	// chosen test needs it.
+	// Only, if not empty, runs only the tests with these ids and the
+	// tests they need (pairing, say); the report lists only those.
 	Only []string
 }
 
@@ -178,11 +177,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		only[id] = true
 	}
 	for _, tc := range Tests() {
+		if len(only) > 0 && !only[tc.ID] && !neededBySelected(tc.ID, only) {
+			continue
+		}
 		res := Result{ID: tc.ID, Section: tc.Section, Title: tc.Title}
 		start := time.Now()
 		switch missing := missingNeeds(tc, passed); {
-		case len(only) > 0 && !only[tc.ID] && !neededBySelected(tc.ID, only):
-			res.Status, res.Detail = Skip, "not selected"
 		case missing != "":
 			res.Status, res.Detail = Skip, "needs "+missing+", which did not pass"
 		case tc.Screen && s.screen == nil:

@@ -97,7 +97,7 @@ Exits 0 when every test passed, 1 when one failed or was skipped.`,
 			if !g.json {
 				fmt.Fprintf(g.streams.Out, "conformance: %s (%s)\n", info.ID, info.Path)
 				cfg.Progress = func(r conformance.Result) {
-					fmt.Fprintf(g.streams.Out, "%-4s %-28s %-34s %s\n", strings.ToUpper(string(r.Status)), r.ID, r.Section, r.Title)
+					fmt.Fprintf(g.streams.Out, "%-4s %s: %s (%s)\n", strings.ToUpper(string(r.Status)), r.ID, r.Title, r.Section)
 					if r.Detail != "" && r.Status != conformance.Pass {
 						fmt.Fprintf(g.streams.Out, "     %s\n", r.Detail)
 					}
