@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -25,13 +26,15 @@ var errNoAnswer = errors.New("no answer from the device")
 // included.
 type link struct {
 	t       device.Transport
-	reports chan []byte // reports from the device; closed when reading fails
-	readErr error       // why reports was closed; written before the close
+	reports chan []byte   // reports from the device; closed when reading fails
+	readErr error         // why reports was closed; written before the close
+	done    chan struct{} // closed by close
+	once    sync.Once
 	reasm   map[uint32]*framing.Reassembler
 }
 
 func newLink(t device.Transport) *link {
-	l := &link{t: t, reports: make(chan []byte, 1024), reasm: map[uint32]*framing.Reassembler{}}
+	l := &link{t: t, reports: make(chan []byte, 1024), done: make(chan struct{}), reasm: map[uint32]*framing.Reassembler{}}
 	go func() {
 		defer close(l.reports)
 		for {
@@ -41,13 +44,25 @@ func newLink(t device.Transport) *link {
 				l.readErr = err
 				return
 			}
-			l.reports <- buf[:n]
+			select {
+			case l.reports <- buf[:n]:
+			case <-l.done:
+				l.readErr = device.ErrClosed
+				return
+			}
 		}
 	}()
 	return l
 }
 
-func (l *link) close() error { return l.t.Close() }
+func (l *link) close() error {
+	var err error
+	l.once.Do(func() {
+		close(l.done)
+		err = l.t.Close()
+	})
+	return err
+}
 
 // write sends one raw report.
 func (l *link) write(r []byte) error {

@@ -227,7 +227,7 @@ func (t *T) expectError(cid uint32, code framing.ErrorCode, why string) error {
 	return nil
 }
 
-// probe sends a PING with unique data on the suite's channel and checks
+// expectSilence sends a PING with unique data on the suite's channel and checks
 // that the echo is the first thing the device sends: whatever the test did
 // before got no answer.
 func (t *T) expectSilence(why string) error {
@@ -293,7 +293,7 @@ func (t *T) callRaw(cid uint32, data []byte) (proto.Message, error) {
 	return t.answer(cid, t.cfg.AnswerTimeout)
 }
 
-// want checks that a is a Failure with code.
+// wantFailure checks that a is a Failure with code.
 func wantFailure(what string, a proto.Message, code pb.FailureCode) error {
 	f, ok := a.(*pb.Failure)
 	if !ok || f.GetCode() != code {
@@ -430,7 +430,7 @@ func (t *T) inside(a proto.Message) (proto.Message, error) {
 	return m, nil
 }
 
-// press asks the operator to press button on what, then waits for the
+// pressSecure asks the operator to press button on what, then waits for the
 // answer through the secure channel.
 func (t *T) pressSecure(what, button string) (proto.Message, error) {
 	ctx, cancel := context.WithTimeout(t.ctx, t.cfg.UserTimeout)
