@@ -188,14 +188,7 @@ func (s *Site) backupKey(ctx context.Context) ([]byte, error) {
 // has one, and returns the enrollment to hand to the source site, signed
 // by the HSM identity key. created says whether the key is new.
 func (s *Site) Enroll(ctx context.Context) (e *Enrollment, created bool, err error) {
-	point, err := s.backupKey(ctx)
-	if errors.Is(err, ErrNotEnrolled) {
-		info, gerr := s.HSM.GenerateKey(ctx, hsm.GenerateKeyRequest{Label: s.agreementKey(), Algorithm: hsm.ECDHP256})
-		if gerr != nil {
-			return nil, false, gerr
-		}
-		point, created, err = info.PublicKey.Bytes(), true, nil
-	}
+	point, created, err := s.ensureBackupKey(ctx)
 	if err != nil {
 		return nil, false, err
 	}
@@ -207,6 +200,20 @@ func (s *Site) Enroll(ctx context.Context) (e *Enrollment, created bool, err err
 		return nil, false, err
 	}
 	return e, created, nil
+}
+
+// ensureBackupKey returns the site's backup key point, made in the HSM
+// first if there is none.
+func (s *Site) ensureBackupKey(ctx context.Context) (point []byte, created bool, err error) {
+	point, err = s.backupKey(ctx)
+	if errors.Is(err, ErrNotEnrolled) {
+		info, gerr := s.HSM.GenerateKey(ctx, hsm.GenerateKeyRequest{Label: s.agreementKey(), Algorithm: hsm.ECDHP256})
+		if gerr != nil {
+			return nil, false, gerr
+		}
+		return info.PublicKey.Bytes(), true, nil
+	}
+	return point, false, err
 }
 
 // ParseFingerprint normalises a fingerprint as people type it (groups of
@@ -239,7 +246,9 @@ func (s *Site) approve(ctx context.Context, c Change) error {
 
 // Register makes the enrolled HSM a backup target of this site once the
 // admin quorum approved it. The enrollment's signature must verify; the
-// people approving compare its fingerprints with the target site's.
+// people approving compare its fingerprints with the target site's. This
+// site's own backup key is made in the HSM too, if it has none: exports
+// agree their wrapping key with it.
 func (s *Site) Register(ctx context.Context, e *Enrollment) error {
 	if err := e.Verify(); err != nil {
 		return err
@@ -248,6 +257,9 @@ func (s *Site) Register(ctx context.Context, e *Enrollment) error {
 		return errors.New("backup: the enrollment is this HSM's own: enroll the other site's HSM")
 	}
 	if err := s.approve(ctx, Change{Kind: RegisterTarget, Target: e}); err != nil {
+		return err
+	}
+	if _, _, err := s.ensureBackupKey(ctx); err != nil {
 		return err
 	}
 	body, err := e.Marshal()

@@ -122,9 +122,6 @@ func pair(t *testing.T, src, dst *testSite) *backup.Enrollment {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := src.Enroll(t.Context()); err != nil {
-		t.Fatal(err)
-	}
 	if err := src.Register(t.Context(), parsed); err != nil {
 		t.Fatalf("Register: %v", err)
 	}

@@ -133,20 +133,21 @@ func (e *Enrollment) Marshal() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: EnrollmentPEMType, Headers: map[string]string{
-		"Identity":   e.Identity.Fingerprint(),
-		"Backup-Key": BackupKeyFingerprint(e.BackupKey),
-	}, Bytes: der}), nil
+	return pem.EncodeToMemory(&pem.Block{Type: EnrollmentPEMType, Headers: e.headers(), Bytes: der}), nil
+}
+
+func (e *Enrollment) headers() map[string]string {
+	return map[string]string{"Identity": e.Identity.Fingerprint(), "Backup-Key": BackupKeyFingerprint(e.BackupKey)}
 }
 
 // ParseEnrollment reads an enrollment file. It checks the structure only:
 // call [Enrollment.Verify].
 func ParseEnrollment(file []byte) (*Enrollment, error) {
-	der, err := pemBody(file, EnrollmentPEMType)
+	block, err := pemBody(file, EnrollmentPEMType)
 	if err != nil {
 		return nil, err
 	}
-	s := cryptobyte.String(der)
+	s := cryptobyte.String(block.Bytes)
 	var e Enrollment
 	var token []byte
 	var created uint64
@@ -162,6 +163,9 @@ func ParseEnrollment(file []byte) (*Enrollment, error) {
 		return nil, fmt.Errorf("%w: enrollment: time out of range", ErrFormat)
 	}
 	e.Token, e.CreatedAt = string(token), time.Unix(int64(created), 0).UTC()
+	if err := checkHeaders(block, e.headers()); err != nil {
+		return nil, err
+	}
 	return &e, nil
 }
 
@@ -278,10 +282,11 @@ func (b *Bundle) Marshal() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: BundlePEMType, Headers: map[string]string{
-		"Source": b.Source.Fingerprint(),
-		"Target": b.Target.Fingerprint(),
-	}, Bytes: der}), nil
+	return pem.EncodeToMemory(&pem.Block{Type: BundlePEMType, Headers: b.headers(), Bytes: der}), nil
+}
+
+func (b *Bundle) headers() map[string]string {
+	return map[string]string{"Source": b.Source.Fingerprint(), "Target": b.Target.Fingerprint()}
 }
 
 // ParseBundle reads a bundle file. It checks the structure only: the
@@ -291,11 +296,11 @@ func ParseBundle(file []byte) (*Bundle, error) {
 	if len(file) > MaxBundleSize*2 {
 		return nil, fmt.Errorf("%w: bundle is %d bytes, more than %d", ErrFormat, len(file), MaxBundleSize*2)
 	}
-	der, err := pemBody(file, BundlePEMType)
+	block, err := pemBody(file, BundlePEMType)
 	if err != nil {
 		return nil, err
 	}
-	s := cryptobyte.String(der)
+	s := cryptobyte.String(block.Bytes)
 	var b Bundle
 	var created uint64
 	var id []byte
@@ -344,10 +349,13 @@ func ParseBundle(file []byte) (*Bundle, error) {
 	if !readBytes16(&s, &b.Signature) || !s.Empty() {
 		return nil, fmt.Errorf("%w: bundle signature", ErrFormat)
 	}
+	if err := checkHeaders(block, b.headers()); err != nil {
+		return nil, err
+	}
 	return &b, nil
 }
 
-func pemBody(file []byte, typ string) ([]byte, error) {
+func pemBody(file []byte, typ string) (*pem.Block, error) {
 	block, rest := pem.Decode(file)
 	if block == nil || block.Type != typ {
 		return nil, fmt.Errorf("%w: not a %s file", ErrFormat, typ)
@@ -355,7 +363,19 @@ func pemBody(file []byte, typ string) ([]byte, error) {
 	if len(bytes.TrimSpace(rest)) != 0 {
 		return nil, fmt.Errorf("%w: data after the %s block", ErrFormat, typ)
 	}
-	return block.Bytes, nil
+	return block, nil
+}
+
+// checkHeaders: the PEM headers are for people reading the file and are
+// not signed, so each must say what the signed body says; any other header
+// is refused.
+func checkHeaders(block *pem.Block, want map[string]string) error {
+	for k, v := range block.Headers {
+		if w, ok := want[k]; !ok || v != w {
+			return fmt.Errorf("%w: header %q says %q, but the signed content says %q", ErrFormat, k, v, w)
+		}
+	}
+	return nil
 }
 
 func addHSMKey(b *cryptobyte.Builder, k HSMKey) {
