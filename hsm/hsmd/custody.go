@@ -49,12 +49,12 @@ func (c *custodyService) CreateWallet(ctx context.Context, req *apipb.CreateWall
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	w, err := c.s.cfg.Core.CreateWallet(ctx, core.CreateWalletRequest{
-		Name: req.GetName(), Network: n, Approvers: req.GetApprovers(), Quorum: int(req.GetQuorum()),
+		Name: req.GetName(), Network: n, Approvers: req.GetApprovers(), Quorum: int(req.GetQuorum()), Backupable: req.GetBackupable(),
 	})
 	if err != nil {
 		return nil, custodyError(err)
 	}
-	c.s.log.Info("wallet created", "wallet", w.Name, "network", w.Network.String(), "approvers", w.Approvers, "quorum", w.Quorum)
+	c.s.log.Info("wallet created", "wallet", w.Name, "network", w.Network.String(), "approvers", w.Approvers, "quorum", w.Quorum, "backupable", w.Backupable)
 	return walletMessage(w)
 }
 
@@ -142,7 +142,7 @@ func (c *custodyService) GetRequest(ctx context.Context, req *apipb.GetRequestRe
 func walletMessage(w *core.WalletRecord) (*apipb.Wallet, error) {
 	m := &apipb.Wallet{
 		Name: w.Name, Network: w.Network.String(), Approvers: w.Approvers, Quorum: uint32(w.Quorum),
-		CreatedAt: w.CreatedAt.Unix(),
+		CreatedAt: w.CreatedAt.Unix(), Backupable: w.Backupable,
 	}
 	for _, k := range w.Keys {
 		a, err := addressMessage(w, k)

@@ -1566,7 +1566,11 @@ type Wallet struct {
 	Quorum    uint32           `protobuf:"varint,4,opt,name=quorum,proto3" json:"quorum,omitempty"`
 	Addresses []*WalletAddress `protobuf:"bytes,5,rep,name=addresses,proto3" json:"addresses,omitempty"`
 	// Unix seconds.
-	CreatedAt     int64 `protobuf:"varint,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	CreatedAt int64 `protobuf:"varint,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// The wallet's custody keys are made backup-able: they can leave the HSM
+	// wrapped for a registered backup HSM ('opencustody backup'), and in no
+	// other form.
+	Backupable    bool `protobuf:"varint,7,opt,name=backupable,proto3" json:"backupable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1641,6 +1645,13 @@ func (x *Wallet) GetCreatedAt() int64 {
 		return x.CreatedAt
 	}
 	return 0
+}
+
+func (x *Wallet) GetBackupable() bool {
+	if x != nil {
+		return x.Backupable
+	}
+	return false
 }
 
 type WalletAddress struct {
@@ -1722,11 +1733,14 @@ func (x *WalletAddress) GetCreatedAt() int64 {
 }
 
 type CreateWalletRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Network       string                 `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"`
-	Approvers     []string               `protobuf:"bytes,3,rep,name=approvers,proto3" json:"approvers,omitempty"`
-	Quorum        uint32                 `protobuf:"varint,4,opt,name=quorum,proto3" json:"quorum,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Network   string                 `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"`
+	Approvers []string               `protobuf:"bytes,3,rep,name=approvers,proto3" json:"approvers,omitempty"`
+	Quorum    uint32                 `protobuf:"varint,4,opt,name=quorum,proto3" json:"quorum,omitempty"`
+	// Make the wallet's custody keys backup-able (see Wallet.backupable).
+	// Decided at creation: a key cannot become backup-able later.
+	Backupable    bool `protobuf:"varint,5,opt,name=backupable,proto3" json:"backupable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1787,6 +1801,13 @@ func (x *CreateWalletRequest) GetQuorum() uint32 {
 		return x.Quorum
 	}
 	return 0
+}
+
+func (x *CreateWalletRequest) GetBackupable() bool {
+	if x != nil {
+		return x.Backupable
+	}
+	return false
 }
 
 type NewAddressRequest struct {
@@ -3247,7 +3268,7 @@ const file_api_proto_rawDesc = "" +
 	"\x13RevokeDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"J\n" +
 	"\x14RevokeDeviceResponse\x122\n" +
-	"\x06device\x18\x01 \x01(\v2\x1a.opencustody.api.v1.DeviceR\x06device\"\xcc\x01\n" +
+	"\x06device\x18\x01 \x01(\v2\x1a.opencustody.api.v1.DeviceR\x06device\"\xec\x01\n" +
 	"\x06Wallet\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x1c\n" +
@@ -3255,7 +3276,10 @@ const file_api_proto_rawDesc = "" +
 	"\x06quorum\x18\x04 \x01(\rR\x06quorum\x12?\n" +
 	"\taddresses\x18\x05 \x03(\v2!.opencustody.api.v1.WalletAddressR\taddresses\x12\x1d\n" +
 	"\n" +
-	"created_at\x18\x06 \x01(\x03R\tcreatedAt\"\x96\x01\n" +
+	"created_at\x18\x06 \x01(\x03R\tcreatedAt\x12\x1e\n" +
+	"\n" +
+	"backupable\x18\a \x01(\bR\n" +
+	"backupable\"\x96\x01\n" +
 	"\rWalletAddress\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1d\n" +
@@ -3263,12 +3287,15 @@ const file_api_proto_rawDesc = "" +
 	"public_key\x18\x03 \x01(\fR\tpublicKey\x12\x17\n" +
 	"\akey_ref\x18\x04 \x01(\tR\x06keyRef\x12\x1d\n" +
 	"\n" +
-	"created_at\x18\x05 \x01(\x03R\tcreatedAt\"y\n" +
+	"created_at\x18\x05 \x01(\x03R\tcreatedAt\"\x99\x01\n" +
 	"\x13CreateWalletRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x1c\n" +
 	"\tapprovers\x18\x03 \x03(\tR\tapprovers\x12\x16\n" +
-	"\x06quorum\x18\x04 \x01(\rR\x06quorum\"+\n" +
+	"\x06quorum\x18\x04 \x01(\rR\x06quorum\x12\x1e\n" +
+	"\n" +
+	"backupable\x18\x05 \x01(\bR\n" +
+	"backupable\"+\n" +
 	"\x11NewAddressRequest\x12\x16\n" +
 	"\x06wallet\x18\x01 \x01(\tR\x06wallet\"i\n" +
 	"\x12NewAddressResponse\x12\x16\n" +

@@ -19,12 +19,13 @@ func init() { commands = append(commands, newWalletCommand) }
 
 // walletJSON is a wallet as hsmd knows it, for --json output.
 type walletJSON struct {
-	Name      string        `json:"name"`
-	Network   string        `json:"network"`
-	Approvers []string      `json:"approvers"`
-	Quorum    uint32        `json:"quorum"`
-	CreatedAt string        `json:"created_at"`
-	Addresses []addressJSON `json:"addresses"`
+	Name       string        `json:"name"`
+	Network    string        `json:"network"`
+	Approvers  []string      `json:"approvers"`
+	Quorum     uint32        `json:"quorum"`
+	CreatedAt  string        `json:"created_at"`
+	Backupable bool          `json:"backupable"`
+	Addresses  []addressJSON `json:"addresses"`
 }
 
 type addressJSON struct {
@@ -49,7 +50,7 @@ func newAddressJSON(a *apipb.WalletAddress) addressJSON {
 
 func newWalletJSON(w *apipb.Wallet) *walletJSON {
 	j := &walletJSON{Name: w.GetName(), Network: w.GetNetwork(), Approvers: w.GetApprovers(), Quorum: w.GetQuorum(),
-		CreatedAt: unixTime(w.GetCreatedAt()), Addresses: []addressJSON{}}
+		CreatedAt: unixTime(w.GetCreatedAt()), Backupable: w.GetBackupable(), Addresses: []addressJSON{}}
 	if j.Approvers == nil {
 		j.Approvers = []string{}
 	}
@@ -64,6 +65,11 @@ func printWallet(w io.Writer, j *walletJSON) error {
 	fmt.Fprintf(w, "wallet %s (%s)\n", j.Name, j.Network)
 	fmt.Fprintf(w, "approvers: %s; quorum %d of %d\n", strings.Join(j.Approvers, ", "), j.Quorum, len(j.Approvers))
 	fmt.Fprintf(w, "created:   %s\n", j.CreatedAt)
+	if j.Backupable {
+		fmt.Fprintln(w, "backup:    its keys are backup-able (wrapped for a registered backup HSM only)")
+	} else {
+		fmt.Fprintln(w, "backup:    no; its keys never leave this HSM")
+	}
 	if len(j.Addresses) == 0 {
 		fmt.Fprintf(w, "no addresses yet: make one with 'opencustody wallet address %s'\n", j.Name)
 		return nil
@@ -91,10 +97,11 @@ record key: a hostile database cannot add an approver or lower a quorum.`,
 
 func newWalletCreateCommand(g *globals) *cobra.Command {
 	var (
-		f         hsmdFlags
-		approvers []string
-		quorum    uint32
-		network   string
+		f          hsmdFlags
+		approvers  []string
+		quorum     uint32
+		network    string
+		backupable bool
 	)
 	c := &cobra.Command{
 		Use:   "create NAME --approvers USER,... --quorum M",
@@ -102,7 +109,11 @@ func newWalletCreateCommand(g *globals) *cobra.Command {
 		Long: `create stores a new wallet: QUORUM of the APPROVERS must approve each of its
 transfers on their devices. Every approver must be a user with a paired device
 ('opencustody devices list'). The wallet has no address until 'opencustody
-wallet address NAME'.`,
+wallet address NAME'.
+
+--backupable makes each of the wallet's custody keys backup-able: it can leave
+the HSM wrapped for a registered backup HSM ('opencustody backup'), and in no
+other form. Decide now: a key cannot be made backup-able later.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			if len(approvers) == 0 || quorum == 0 {
@@ -110,7 +121,7 @@ wallet address NAME'.`,
 			}
 			var w *apipb.Wallet
 			err := g.withCustody(c.Context(), &f, 30*time.Second, func(ctx context.Context, cl apipb.CustodyClient) (err error) {
-				w, err = cl.CreateWallet(ctx, &apipb.CreateWalletRequest{Name: args[0], Network: network, Approvers: approvers, Quorum: quorum})
+				w, err = cl.CreateWallet(ctx, &apipb.CreateWalletRequest{Name: args[0], Network: network, Approvers: approvers, Quorum: quorum, Backupable: backupable})
 				return err
 			})
 			if err != nil {
@@ -128,6 +139,7 @@ wallet address NAME'.`,
 	c.Flags().StringSliceVar(&approvers, "approvers", nil, "users who approve transfers, comma separated")
 	c.Flags().Uint32Var(&quorum, "quorum", 0, "how many of the approvers must approve each transfer")
 	c.Flags().StringVar(&network, "network", "mainnet", "mainnet, testnet3, signet, regtest or simnet")
+	c.Flags().BoolVar(&backupable, "backupable", false, "make the wallet's custody keys backup-able to a second HSM")
 	addJSONFlag(c, g)
 	return c
 }
