@@ -43,6 +43,8 @@ type env struct {
 	devices  hsmd.DeviceStore
 	store    *hsm.PKCS11Store
 	audit    *audit.Log
+	records  *records.Store
+	token    *softhsmtest.Token
 }
 
 // auditKinds returns the kinds of the audit entries about subject, in
@@ -109,7 +111,7 @@ func startWith(t *testing.T, ceremony, approvals bool) *env {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return &env{srv: srv, core: cr, addr: l.Addr().String(), dataDir: dir, identity: id, devices: ds, store: store, audit: al}
+	return &env{srv: srv, core: cr, addr: l.Addr().String(), dataDir: dir, identity: id, devices: ds, store: store, audit: al, records: rs, token: c.Token}
 }
 
 func (e *env) dial(t *testing.T, tokenFile string) *grpc.ClientConn {
