@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/crypto/cryptobyte"
+
 	"github.com/opencustodynet/opencustody/hsm"
 	"github.com/opencustodynet/opencustody/hsm/records"
 	"github.com/opencustodynet/opencustody/protocol/signed"
@@ -104,11 +106,42 @@ func (c Change) Fields() []Field {
 	return f
 }
 
+// changeDomain starts [Change.Canonical].
+const changeDomain = "OpenCustody backup change v1\x00"
+
+// Canonical is the change's canonical encoding: the payload an admin
+// prompt (signed.PromptAdmin) carries, so an approval binds the exact
+// target keys and key list, not only what fits on a screen:
+//
+//	"OpenCustody backup change v1\x00" || kind uint8 ||
+//	target alg uint8 || uint8-prefixed identity key || uint8-prefixed backup key ||
+//	uint16 n || n × uint16-prefixed label (carried) || uint16 n || n × label (kept)
+func (c Change) Canonical() ([]byte, error) {
+	if c.Target == nil {
+		return nil, errors.New("backup: change without a target")
+	}
+	var b cryptobyte.Builder
+	b.AddBytes([]byte(changeDomain))
+	b.AddUint8(uint8(c.Kind))
+	addHSMKey(&b, c.Target.Identity)
+	b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(c.Target.BackupKey) })
+	for _, list := range [][]string{c.Keys, c.Kept} {
+		b.AddUint16(uint16(len(list)))
+		for _, l := range list {
+			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(l)) })
+		}
+	}
+	if len(c.Keys) > 0xffff || len(c.Kept) > 0xffff {
+		return nil, errors.New("backup: change lists too many keys")
+	}
+	return b.Bytes()
+}
+
 // Approver gates the backup changes behind the admin quorum.
 //
 // Approve must return nil only when the wallet admins' quorum has approved
-// exactly c (its kind, and the target's fingerprints as [Change.Fields]
-// show them) on their own paired devices, and otherwise an error wrapping
+// exactly c on their own paired devices (prompts showing [Change.Fields],
+// with [Change.Canonical] as their payload), and otherwise an error wrapping
 // [ErrNotApproved] (declined, expired, not enough admins). It may block
 // while the admins decide; ctx bounds the wait.
 type Approver interface {

@@ -174,6 +174,17 @@ func TestRoundTripNode(t *testing.T) {
 
 	file := exportFile(t, src, dst)
 	ex := src.appr.asked[1]
+	// The payload an admin prompt would carry binds the target's keys and
+	// the key list: it differs between the two changes and for another
+	// target.
+	c0, err0 := src.appr.asked[0].Canonical()
+	c1, err1 := ex.Canonical()
+	other := ex
+	other.Target = &backup.Enrollment{Identity: ex.Target.Identity, BackupKey: point(t)}
+	c2, err2 := other.Canonical()
+	if err0 != nil || err1 != nil || err2 != nil || bytes.Equal(c0, c1) || bytes.Equal(c1, c2) {
+		t.Fatalf("change encodings: %v %v %v", err0, err1, err2)
+	}
 	if ex.Kind != backup.ExportToTarget || len(ex.Keys) != 2 || len(ex.Kept) != 1 || ex.Kept[0] != "opencustody-treasury-1" {
 		t.Fatalf("export asked the quorum %+v", ex)
 	}
