@@ -87,21 +87,19 @@ type Change struct {
 	Keys, Kept []string
 }
 
-// Field is one line of what an approval device shows for a change.
-type Field struct{ Label, Value string }
-
 // Fields are the lines an admin's device shows for c: built from the
 // verified enrollment and the key list, nothing an operator typed.
-func (c Change) Fields() []Field {
-	f := []Field{{"Action", c.Kind.String()}}
+func (c Change) Fields() []signed.Field {
+	f := []signed.Field{{Label: "Action", Value: c.Kind.String()}}
 	if c.Target != nil {
-		f = append(f, Field{"Target HSM", c.Target.Identity.Fingerprint()}, Field{"Backup key", BackupKeyFingerprint(c.Target.BackupKey)})
+		f = append(f, signed.Field{Label: "Target HSM", Value: c.Target.Identity.Fingerprint()},
+			signed.Field{Label: "Backup key", Value: BackupKeyFingerprint(c.Target.BackupKey)})
 		if c.Target.Token != "" {
-			f = append(f, Field{"Token", c.Target.Token})
+			f = append(f, signed.Field{Label: "Token", Value: c.Target.Token})
 		}
 	}
 	if c.Kind == ExportToTarget {
-		f = append(f, Field{"Keys leaving", fmt.Sprint(len(c.Keys))}, Field{"Keys kept", fmt.Sprint(len(c.Kept))})
+		f = append(f, signed.Field{Label: "Keys leaving", Value: fmt.Sprint(len(c.Keys))}, signed.Field{Label: "Keys kept", Value: fmt.Sprint(len(c.Kept))})
 	}
 	return f
 }
@@ -109,32 +107,133 @@ func (c Change) Fields() []Field {
 // changeDomain starts [Change.Canonical].
 const changeDomain = "OpenCustody backup change v1\x00"
 
-// Canonical is the change's canonical encoding: the payload an admin
-// prompt (signed.PromptAdmin) carries, so an approval binds the exact
-// target keys and key list, not only what fits on a screen:
+// Canonical is the change's canonical encoding: the payload of the admin
+// change that approves it, so that an approval binds the exact target
+// (its signed enrollment) and key lists, not only what fits on a screen:
 //
 //	"OpenCustody backup change v1\x00" || kind uint8 ||
-//	target alg uint8 || uint8-prefixed identity key || uint8-prefixed backup key ||
-//	uint16 n || n × uint16-prefixed label (carried) || uint16 n || n × label (kept)
+//	uint16-prefixed enrollment file ||
+//	uint16 n || n × uint16-prefixed label (keys leaving) ||
+//	uint16 n || n × uint16-prefixed label (keys kept)
+//
+// [ParseChange] reads it back.
 func (c Change) Canonical() ([]byte, error) {
 	if c.Target == nil {
 		return nil, errors.New("backup: change without a target")
 	}
+	if len(c.Keys) > 0xffff || len(c.Kept) > 0xffff {
+		return nil, errors.New("backup: change lists too many keys")
+	}
+	enr, err := c.Target.Marshal()
+	if err != nil {
+		return nil, err
+	}
 	var b cryptobyte.Builder
 	b.AddBytes([]byte(changeDomain))
 	b.AddUint8(uint8(c.Kind))
-	addHSMKey(&b, c.Target.Identity)
-	b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(c.Target.BackupKey) })
+	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(enr) })
 	for _, list := range [][]string{c.Keys, c.Kept} {
 		b.AddUint16(uint16(len(list)))
 		for _, l := range list {
 			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(l)) })
 		}
 	}
-	if len(c.Keys) > 0xffff || len(c.Kept) > 0xffff {
-		return nil, errors.New("backup: change lists too many keys")
-	}
 	return b.Bytes()
+}
+
+// ParseChange reads [Change.Canonical]. It checks the structure, not the
+// enrollment's signature: see [Site.DescribeChange].
+func ParseChange(payload []byte) (Change, error) {
+	s := cryptobyte.String(payload)
+	var kind uint8
+	var enr []byte
+	if !readDomain(&s, changeDomain) || !s.ReadUint8(&kind) || !readBytes16(&s, &enr) {
+		return Change{}, fmt.Errorf("%w: backup change", ErrFormat)
+	}
+	c := Change{Kind: ChangeKind(kind)}
+	if c.Kind != RegisterTarget && c.Kind != ExportToTarget {
+		return Change{}, fmt.Errorf("%w: backup change kind %d", ErrFormat, kind)
+	}
+	var err error
+	if c.Target, err = ParseEnrollment(enr); err != nil {
+		return Change{}, err
+	}
+	for _, list := range []*[]string{&c.Keys, &c.Kept} {
+		var n uint16
+		if !s.ReadUint16(&n) {
+			return Change{}, fmt.Errorf("%w: backup change key list", ErrFormat)
+		}
+		for range n {
+			var l []byte
+			if !readBytes16(&s, &l) {
+				return Change{}, fmt.Errorf("%w: backup change key list", ErrFormat)
+			}
+			*list = append(*list, string(l))
+		}
+	}
+	if !s.Empty() {
+		return Change{}, fmt.Errorf("%w: data after the backup change", ErrFormat)
+	}
+	return c, nil
+}
+
+// Kinds of admin change, as the admin-change mechanism names them; the
+// subject of each is the target's identity fingerprint and the payload
+// [Change.Canonical].
+const (
+	AdminChangeRegister = "backup-register"
+	AdminChangeExport   = "backup-export"
+)
+
+// DescribeChange checks a proposed backup change against this site and
+// returns the fields the admins' devices show for it: the payload must be
+// a [Change.Canonical] of kind, whose enrollment verifies and names
+// subject; an export must be to a registered target with that same
+// enrollment, and list exactly the keys an export would carry and keep
+// now. It is what the admin-change mechanism's handler for the two kinds
+// calls, and what an [Approver] checks an approved change against.
+func (s *Site) DescribeChange(ctx context.Context, kind ChangeKind, subject string, payload []byte) ([]signed.Field, error) {
+	c, err := ParseChange(payload)
+	if err != nil {
+		return nil, err
+	}
+	if c.Kind != kind {
+		return nil, fmt.Errorf("backup: the change is a %s, not a %s", c.Kind, kind)
+	}
+	if err := c.Target.Verify(); err != nil {
+		return nil, err
+	}
+	want, err := ParseFingerprint(subject)
+	if err != nil {
+		return nil, err
+	}
+	if fingerprintHex(c.Target.Identity) != want {
+		return nil, fmt.Errorf("backup: the change's subject %s is not its target %s", subject, c.Target.Identity.Fingerprint())
+	}
+	if kind == ExportToTarget {
+		r, err := s.Records.Get(ctx, TargetKind, want)
+		if errors.Is(err, records.ErrNotFound) {
+			return nil, fmt.Errorf("%w: %s", ErrUnknownTarget, subject)
+		}
+		if err != nil {
+			return nil, err
+		}
+		reg, err := s.target(r)
+		if err != nil {
+			return nil, err
+		}
+		if !bytes.Equal(reg.BackupKey, c.Target.BackupKey) || !reg.Identity.equal(c.Target.Identity) {
+			return nil, fmt.Errorf("backup: the change's target is not the registered %s", subject)
+		}
+		plan, err := s.Plan(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Equal(labels(plan.Carried), c.Keys) || !slices.Equal(labels(plan.Kept), c.Kept) {
+			return nil, errors.New("backup: the change's key lists are not the keys an export carries and keeps now")
+		}
+	}
+	return c.Fields(), nil
 }
 
 // Approver gates the backup changes behind the admin quorum.

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -174,16 +175,40 @@ func TestRoundTripNode(t *testing.T) {
 
 	file := exportFile(t, src, dst)
 	ex := src.appr.asked[1]
-	// The payload an admin prompt would carry binds the target's keys and
-	// the key list: it differs between the two changes and for another
-	// target.
-	c0, err0 := src.appr.asked[0].Canonical()
-	c1, err1 := ex.Canonical()
-	other := ex
-	other.Target = &backup.Enrollment{Identity: ex.Target.Identity, BackupKey: point(t)}
-	c2, err2 := other.Canonical()
-	if err0 != nil || err1 != nil || err2 != nil || bytes.Equal(c0, c1) || bytes.Equal(c1, c2) {
-		t.Fatalf("change encodings: %v %v %v", err0, err1, err2)
+	// Each change's payload, as the admin-change mechanism would carry it,
+	// describes itself to this site, and binds the target and key lists.
+	for _, c := range src.appr.asked {
+		payload, err := c.Canonical()
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := backup.ParseChange(payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again, _ := back.Canonical(); !bytes.Equal(again, payload) {
+			t.Fatalf("%s: the change does not round-trip", c.Kind)
+		}
+		fields, err := src.DescribeChange(ctx, c.Kind, dst.fingerprint(), payload)
+		if err != nil {
+			t.Fatalf("%s: DescribeChange: %v", c.Kind, err)
+		}
+		if !strings.Contains(fmt.Sprint(fields), dst.fingerprint()) {
+			t.Fatalf("%s: fields %v do not show the target", c.Kind, fields)
+		}
+		if _, err := src.DescribeChange(ctx, c.Kind, src.fingerprint(), payload); err == nil {
+			t.Fatalf("%s: described under another subject", c.Kind)
+		}
+		other := map[backup.ChangeKind]backup.ChangeKind{backup.RegisterTarget: backup.ExportToTarget, backup.ExportToTarget: backup.RegisterTarget}[c.Kind]
+		if _, err := src.DescribeChange(ctx, other, dst.fingerprint(), payload); err == nil {
+			t.Fatalf("%s: described as a %s", c.Kind, other)
+		}
+	}
+	stale := ex
+	stale.Keys = stale.Keys[:1]
+	payload, _ := stale.Canonical()
+	if _, err := src.DescribeChange(ctx, backup.ExportToTarget, dst.fingerprint(), payload); err == nil || !strings.Contains(err.Error(), "key lists") {
+		t.Fatalf("an export change with another key list: %v", err)
 	}
 	if ex.Kind != backup.ExportToTarget || len(ex.Keys) != 2 || len(ex.Kept) != 1 || ex.Kept[0] != "opencustody-treasury-1" {
 		t.Fatalf("export asked the quorum %+v", ex)
@@ -521,6 +546,39 @@ func FuzzParseEnrollment(f *testing.F) {
 		again, err := backup.ParseEnrollment(out)
 		if err != nil || again.Identity.Fingerprint() != e.Identity.Fingerprint() || !bytes.Equal(again.Signature, e.Signature) {
 			t.Fatalf("round trip: %v", err)
+		}
+	})
+}
+
+// FuzzParseChange: the same invariants for admin change payloads.
+func FuzzParseChange(f *testing.F) {
+	id := softKey(f)
+	e := &backup.Enrollment{Identity: backup.HSMKey{Algorithm: id.Algorithm(), Key: id.PublicKey()}, BackupKey: point(f), Token: "dr-site", CreatedAt: time.Unix(1_800_000_000, 0)}
+	if err := e.Sign(id); err != nil {
+		f.Fatal(err)
+	}
+	for _, c := range []backup.Change{{Kind: backup.RegisterTarget, Target: e}, {Kind: backup.ExportToTarget, Target: e, Keys: []string{"a", "b"}, Kept: []string{"c"}}} {
+		p, err := c.Canonical()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(p)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := backup.ParseChange(data)
+		if err != nil {
+			return
+		}
+		out, err := c.Canonical()
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := backup.ParseChange(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out2, _ := again.Canonical(); !bytes.Equal(out, out2) {
+			t.Fatal("round trip differs")
 		}
 	})
 }
