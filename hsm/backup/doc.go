@@ -54,5 +54,17 @@
 //
 // [Approver] is where the admin quorum decides: [Site.Register] and
 // [Site.Export] proceed only when it returns nil, and a Site without one
-// refuses both.
+// refuses both. The two changes are admin changes of kinds
+// [AdminChangeRegister] and [AdminChangeExport], whose subject is the
+// target's identity fingerprint and whose payload is [Change.Canonical]:
+// the target's signed enrollment and the lists of keys leaving and kept.
+// [Site.DescribeChange] is the trusted check behind both kinds: it
+// verifies the payload against the site's own state and returns the
+// fields the admins' devices show ([Change.Fields]); an Approver must
+// check that the change the admins approved has exactly the payload of
+// the change it is asked about.
+//
+// Until admin changes are approved on devices in this version, the CLI
+// offers only a ceremony approver (--ceremony, at the HSM's console),
+// which says on the terminal that no admin quorum was asked.
 package backup
