@@ -1570,7 +1570,7 @@ type Wallet struct {
 	// The wallet's custody keys are made backup-able: they can leave the HSM
 	// wrapped for a registered backup HSM ('opencustody backup'), and in no
 	// other form.
-	Backupable    bool `protobuf:"varint,7,opt,name=backupable,proto3" json:"backupable,omitempty"`
+	Backupable    bool `protobuf:"varint,8,opt,name=backupable,proto3" json:"backupable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1740,7 +1740,7 @@ type CreateWalletRequest struct {
 	Quorum    uint32                 `protobuf:"varint,4,opt,name=quorum,proto3" json:"quorum,omitempty"`
 	// Make the wallet's custody keys backup-able (see Wallet.backupable).
 	// Decided at creation: a key cannot become backup-able later.
-	Backupable    bool `protobuf:"varint,5,opt,name=backupable,proto3" json:"backupable,omitempty"`
+	Backupable    bool `protobuf:"varint,6,opt,name=backupable,proto3" json:"backupable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3278,7 +3278,7 @@ const file_api_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x06 \x01(\x03R\tcreatedAt\x12\x1e\n" +
 	"\n" +
-	"backupable\x18\a \x01(\bR\n" +
+	"backupable\x18\b \x01(\bR\n" +
 	"backupable\"\x96\x01\n" +
 	"\rWalletAddress\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x18\n" +
@@ -3294,7 +3294,7 @@ const file_api_proto_rawDesc = "" +
 	"\tapprovers\x18\x03 \x03(\tR\tapprovers\x12\x16\n" +
 	"\x06quorum\x18\x04 \x01(\rR\x06quorum\x12\x1e\n" +
 	"\n" +
-	"backupable\x18\x05 \x01(\bR\n" +
+	"backupable\x18\x06 \x01(\bR\n" +
 	"backupable\"+\n" +
 	"\x11NewAddressRequest\x12\x16\n" +
 	"\x06wallet\x18\x01 \x01(\tR\x06wallet\"i\n" +
