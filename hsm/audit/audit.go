@@ -33,7 +33,8 @@ const (
 	KindApproval   = "approval"
 	KindRejection  = "rejection"
 	KindSignature  = "signature"
-	KindPolicy     = "policy"
+	KindPolicy     = "policy"       // a policy change proposed, approved, applied or refused
+	KindChange     = "admin-change" // any other admin change
 	KindLogin      = "login-failure"
 	KindRefused    = "answer-refused" // a device answer the core did not accept
 )

@@ -490,18 +490,18 @@ func TestSubmitRefuses(t *testing.T) {
 			wire.NewTxOut(200_000_000, foreignScript("dest"))}),
 	} {
 		t.Run(name, func(t *testing.T) {
-			if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "treasury", PSBT: psbt}); !errors.Is(err, ErrTransactionRefused) {
+			if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "treasury", Initiator: "operator", PSBT: psbt}); !errors.Is(err, ErrTransactionRefused) {
 				t.Fatalf("got %v, want ErrTransactionRefused", err)
 			}
 		})
 	}
-	if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "nope", PSBT: w.transfer("a")}); !errors.Is(err, ErrWalletNotFound) {
+	if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "nope", Initiator: "operator", PSBT: w.transfer("a")}); !errors.Is(err, ErrWalletNotFound) {
 		t.Fatalf("unknown wallet: %v", err)
 	}
 	if _, err := w.core.CreateWallet(ctx, CreateWalletRequest{Name: "empty", Network: 5, Approvers: []string{"alice"}, Quorum: 1}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "empty", PSBT: w.transfer("a")}); !errors.Is(err, ErrTransactionRefused) || !strings.Contains(err.Error(), "no address") {
+	if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "empty", Initiator: "operator", PSBT: w.transfer("a")}); !errors.Is(err, ErrTransactionRefused) || !strings.Contains(err.Error(), "no address") {
 		t.Fatalf("wallet without address: %v", err)
 	}
 	// With two of three approvers revoked, a quorum of two cannot be met.
@@ -510,7 +510,7 @@ func TestSubmitRefuses(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "treasury", PSBT: w.transfer("a")}); !errors.Is(err, ErrQuorumUnreachable) || !strings.Contains(err.Error(), "only 1 of its approvers") {
+	if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "treasury", Initiator: "operator", PSBT: w.transfer("a")}); !errors.Is(err, ErrQuorumUnreachable) || !strings.Contains(err.Error(), "only 1 of its approvers") {
 		t.Fatalf("quorum out of reach: %v", err)
 	}
 	if rs, _ := w.core.Requests(ctx); len(rs) != 0 {
@@ -580,7 +580,7 @@ func TestWalletCreation(t *testing.T) {
 func TestNoApprovalPath(t *testing.T) {
 	c, _ := newTestCore(t, false)
 	ctx := context.Background()
-	if _, err := c.Submit(ctx, SubmitRequest{Wallet: "w"}); !errors.Is(err, ErrNoApprovalPath) {
+	if _, err := c.Submit(ctx, SubmitRequest{Wallet: "w", Initiator: "operator"}); !errors.Is(err, ErrNoApprovalPath) {
 		t.Fatal(err)
 	}
 	if _, err := c.Answer(ctx, Answer{}); !errors.Is(err, ErrNoApprovalPath) {

@@ -122,6 +122,47 @@ func (m memWallets) UpdateWallet(_ context.Context, w *WalletRecord) error {
 	return err
 }
 
+type memChanges struct {
+	s   *jsonStore[ChangeRecord]
+	gov *jsonStore[GovernanceRecord]
+}
+
+func newMemChanges() *memChanges {
+	return &memChanges{newJSONStore[ChangeRecord](ErrChangeNotFound), newJSONStore[GovernanceRecord](ErrNoGovernance)}
+}
+
+func setChangeVersion(ch *ChangeRecord, v uint64)        { ch.Version = v }
+func setGovernanceVersion(g *GovernanceRecord, v uint64) { g.Version = v }
+
+func (m *memChanges) GetChange(_ context.Context, id string) (*ChangeRecord, error) {
+	return m.s.get(id, setChangeVersion)
+}
+func (m *memChanges) ListChanges(context.Context) ([]*ChangeRecord, error) {
+	return m.s.list(setChangeVersion)
+}
+func (m *memChanges) CreateChange(_ context.Context, ch *ChangeRecord) error {
+	v, err := m.s.put(ch.ID, ch, true, 0)
+	ch.Version = v
+	return err
+}
+func (m *memChanges) UpdateChange(_ context.Context, ch *ChangeRecord) error {
+	v, err := m.s.put(ch.ID, ch, false, ch.Version)
+	if err == nil {
+		ch.Version = v
+	}
+	return err
+}
+func (m *memChanges) GetGovernance(context.Context) (*GovernanceRecord, error) {
+	return m.gov.get("admins", setGovernanceVersion)
+}
+func (m *memChanges) PutGovernance(_ context.Context, g *GovernanceRecord) error {
+	v, err := m.gov.put("admins", g, g.Version == 0, g.Version)
+	if err == nil {
+		g.Version = v
+	}
+	return err
+}
+
 type memRequests struct{ s *jsonStore[RequestRecord] }
 
 func setRequestVersion(r *RequestRecord, v uint64) { r.Version = v }
@@ -290,6 +331,8 @@ type world struct {
 	identity *signed.SoftwareKey
 	devices  *memDevices
 	requests memRequests
+	changes  *memChanges
+	handlers map[ChangeKind]ChangeHandler
 	custody  *softCustody
 	clock    *clock
 	dev      map[string]*testDevice // by device name
@@ -325,12 +368,14 @@ func newWorld(t testing.TB, names ...string) *world {
 	}
 	w := &world{rnd: rnd,
 		t: t, identity: id, devices: newMemDevices(), requests: memRequests{newJSONStore[RequestRecord](ErrRequestNotFound)},
+		changes: newMemChanges(), handlers: map[ChangeKind]ChangeHandler{},
 		custody: newSoftCustody(), clock: &clock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)},
 		dev: map[string]*testDevice{}, links: map[string]*Link{}, users: map[string]string{},
 	}
 	w.core, err = New(Config{
 		Identity: id, Devices: w.devices,
 		Wallets: memWallets{newJSONStore[WalletRecord](ErrWalletNotFound)}, Requests: w.requests,
+		Changes: w.changes, ChangeHandlers: w.handlers,
 		Custody: w.custody, Keys: w.custody, Now: w.clock.Now, Rand: rnd,
 	})
 	if err != nil {
@@ -363,15 +408,18 @@ func newWorld(t testing.TB, names ...string) *world {
 
 // pairDirectly stores a pairing record for a new device and pins the HSM
 // key on it, as a completed pairing would (pairing has its own tests).
-func (w *world) pairDirectly(name, user string) {
+func (w *world) pairDirectly(name, user string) { w.pairAs(name, user, RoleApprover) }
+
+func (w *world) pairAs(name, user string, role Role) {
 	d := newTestDeviceFrom(w.t, w.rnd)
 	d.pinned, d.now = w.identity.PublicKey(), w.clock.Now
 	rec := &DeviceRecord{ID: d.id(), Algorithm: d.identity.Algorithm(), IdentityKey: d.identity.PublicKey(),
-		User: user, Role: RoleApprover, State: DevicePaired, PairedAt: w.clock.Now()}
+		User: user, Role: role, State: DevicePaired, PairedAt: w.clock.Now()}
 	if err := w.devices.CreateDevice(context.Background(), rec); err != nil {
 		w.t.Fatal(err)
 	}
 	w.dev[name] = d
+	w.users[name] = user
 }
 
 // connect opens a channel to a paired device.
@@ -417,6 +465,7 @@ func (w *world) react(name string, events []Event) {
 			w.answers = append(w.answers, answerOutcome{device: name, res: res, err: err})
 			if res != nil {
 				w.withdraw(res.Withdraw)
+				w.deliverPrompts(res.Prompts)
 			}
 		case PromptFailed:
 			w.failed = append(w.failed, e)
@@ -454,7 +503,7 @@ func (w *world) transfer(tag string) []byte {
 
 func (w *world) submit(psbt []byte) *Submitted {
 	w.t.Helper()
-	sub, err := w.core.Submit(context.Background(), SubmitRequest{Wallet: "treasury", PSBT: psbt})
+	sub, err := w.core.Submit(context.Background(), SubmitRequest{Wallet: "treasury", Initiator: "operator", PSBT: psbt})
 	if err != nil {
 		w.t.Fatal(err)
 	}

@@ -47,6 +47,37 @@ func (s *Server) sendPending(ctx context.Context, d *deviceConn, deviceID string
 	}
 }
 
+// queueAnswer hands a device's answer to the core after the answers the
+// device sent before it, one at a time. A device answers the next prompt
+// while the core still checks its last answer, and the core refuses an
+// answer whose counter is not above the last it accepted: checked out of
+// order, honest approvals would be refused as stale and their requests
+// left waiting for answers the device has already given.
+func (s *Server) queueAnswer(a core.Answer) {
+	s.answersMu.Lock()
+	defer s.answersMu.Unlock()
+	q, busy := s.answers[a.Device]
+	s.answers[a.Device] = append(q, a)
+	if busy {
+		return // the device's worker takes it in turn
+	}
+	s.background(func(ctx context.Context) {
+		for {
+			s.answersMu.Lock()
+			q := s.answers[a.Device]
+			if len(q) == 0 {
+				delete(s.answers, a.Device)
+				s.answersMu.Unlock()
+				return
+			}
+			next := q[0]
+			s.answers[a.Device] = q[1:]
+			s.answersMu.Unlock()
+			s.check(ctx, next)
+		}
+	})
+}
+
 // answer has the core verify and apply a device's answer, then withdraws
 // the prompts it made moot.
 func (s *Server) answer(ctx context.Context, a core.Answer) {
@@ -56,6 +87,15 @@ func (s *Server) answer(ctx context.Context, a core.Answer) {
 		s.metrics.answers.WithLabelValues("refused").Inc()
 		log.Warn("answer refused", "err", err)
 		s.record(ctx, audit.KindRefused, a.RequestID, fmt.Sprintf("answer from device %s refused: %v", a.Device, err))
+	} else if ch := res.Change; ch != nil {
+		s.metrics.answers.WithLabelValues(res.Decision.String()).Inc()
+		log.Info("admin answer accepted", "user", res.User, "decision", res.Decision.String(), "kind", string(ch.Kind), "state", string(ch.State), "approved_by", ch.ApprovedBy())
+		kind := audit.KindApproval
+		if res.Decision == signed.Reject {
+			kind = audit.KindRejection
+		}
+		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s by admin %s on device %s; change %s", res.Decision, res.User, a.Device, ch.State))
+		s.changeOutcome(ctx, ch)
 	} else {
 		r := res.Request
 		s.metrics.answers.WithLabelValues(res.Decision.String()).Inc()
@@ -79,6 +119,7 @@ func (s *Server) answer(ctx context.Context, a core.Answer) {
 	}
 	if res != nil {
 		s.withdraw(ctx, res.Withdraw)
+		s.sendPrompts(ctx, res.Prompts)
 	}
 }
 
@@ -100,6 +141,7 @@ func (s *Server) tickLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.TickInterval)
 	defer t.Stop()
 	for {
+		approved := s.approvedRequests(ctx)
 		withdraw, err := s.cfg.Core.Tick(ctx)
 		switch {
 		case errors.Is(err, core.ErrNoApprovalPath):
@@ -108,10 +150,84 @@ func (s *Server) tickLoop(ctx context.Context) {
 			s.log.Error("request upkeep failed", "err", err)
 		}
 		s.withdraw(ctx, withdraw)
+		s.recordTicked(ctx, approved)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			return
 		}
 	}
+}
+
+// changeOutcome logs and audits what became of an admin change once an
+// answer closed or approved it.
+func (s *Server) changeOutcome(ctx context.Context, ch *core.ChangeRecord) {
+	kind := changeAuditKind(ch.Kind)
+	switch ch.State {
+	case core.ChangeApplied:
+		if ch.Kind == core.ChangePairing {
+			// The device is paired now: open its channel if it is here.
+			if d := s.device(ch.Subject); d != nil {
+				if err := d.call(func(l *core.Link) (core.Output, error) { return l.Open(ctx) }); err != nil && !errors.Is(err, errDetached) {
+					s.log.Warn("cannot open the newly paired device's channel", "device", ch.Subject, "err", err)
+				}
+			}
+		}
+		s.log.Info("admin change applied", "change", ch.ID, "kind", string(ch.Kind), "subject", ch.Subject, "result", ch.Result)
+		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s %s applied: %s", ch.Kind, ch.Subject, ch.Result))
+	case core.ChangeFailed:
+		s.log.Error("admin change approved but not applied", "change", ch.ID, "kind", string(ch.Kind), "err", ch.Error)
+		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s %s approved but not applied: %s", ch.Kind, ch.Subject, ch.Error))
+	case core.ChangeApproved:
+		s.log.Info("admin change approved; the daemon carries it out", "change", ch.ID, "kind", string(ch.Kind), "subject", ch.Subject)
+		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s %s approved by %v", ch.Kind, ch.Subject, ch.ApprovedBy()))
+	case core.ChangeRejected:
+		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s %s rejected by %v", ch.Kind, ch.Subject, ch.RejectedBy()))
+	}
+}
+
+// approvedRequests lists the ids of the requests approved but not signed
+// yet (time-locked, or interrupted), which Tick may sign.
+func (s *Server) approvedRequests(ctx context.Context) []string {
+	rs, err := s.cfg.Core.Requests(ctx)
+	if err != nil {
+		return nil
+	}
+	var ids []string
+	for _, r := range rs {
+		if r.State == core.RequestApproved {
+			ids = append(ids, r.ID)
+		}
+	}
+	return ids
+}
+
+// recordTicked audits what Tick did to the requests that were approved
+// before it: signed (a time lock ended) or failed.
+func (s *Server) recordTicked(ctx context.Context, ids []string) {
+	for _, id := range ids {
+		r, err := s.cfg.Core.Request(ctx, id)
+		if err != nil {
+			continue
+		}
+		switch r.State {
+		case core.RequestSigned:
+			s.log.Info("request signed", "request", r.ID, "txid", r.TxID)
+			s.record(ctx, audit.KindSignature, r.ID, "signed: txid "+r.TxID)
+		case core.RequestFailed:
+			s.log.Error("request approved but not signed", "request", r.ID, "err", r.Error)
+			s.record(ctx, audit.KindSignature, r.ID, "approved but not signed: "+r.Error)
+		}
+	}
+}
+
+// changeAuditKind is the audit kind of an admin change's events.
+func changeAuditKind(k core.ChangeKind) string {
+	switch k {
+	case core.ChangePolicy:
+		return audit.KindPolicy
+	case core.ChangePairing:
+		return audit.KindPairing
+	}
+	return audit.KindChange
 }

@@ -108,7 +108,7 @@ func TestE2EBackupSiteSigns(t *testing.T) {
 	if prev == nil {
 		t.Fatal("the first block does not pay the wallet")
 	}
-	req, err := drCust.Submit(dr.ctx, &apipb.SubmitRequest{Wallet: "treasury", Psbt: spend(t, prev, index, p2wpkh(addr.GetPublicKey()))})
+	req, err := drCust.Submit(dr.ctx, &apipb.SubmitRequest{Wallet: "treasury", Initiator: "operator", Psbt: spend(t, prev, index, p2wpkh(addr.GetPublicKey()))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -86,6 +86,7 @@ func startWith(t *testing.T, ceremony, approvals bool) *env {
 	cfg := core.Config{Identity: id, Devices: ds, Ceremony: ceremony}
 	if approvals {
 		cfg.Wallets, cfg.Requests, cfg.Custody, cfg.Keys = hsmd.WalletStore{Records: rs}, hsmd.RequestStore{Records: rs}, store, store
+		cfg.Changes = hsmd.ChangeStore{Records: rs}
 	}
 	cr, err := core.New(cfg)
 	if err != nil {

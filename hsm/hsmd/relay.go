@@ -123,6 +123,11 @@ func (d *deviceConn) event(e core.Event) {
 		d.s.metrics.pairings.WithLabelValues("paired").Inc()
 		log.Info("device paired", "user", e.Device.User, "role", e.Device.Role, "fingerprint", e.Device.Fingerprint())
 		d.s.recordLater(audit.KindPairing, e.Device.ID, fmt.Sprintf("paired: user %s, role %s, fingerprint %s", e.Device.User, e.Device.Role, e.Device.Fingerprint()))
+	case core.PairingProposed:
+		d.s.metrics.pairings.WithLabelValues("proposed").Inc()
+		log.Info("pairing proposed to the admins", "user", e.Device.User, "role", e.Device.Role, "fingerprint", e.Device.Fingerprint(), "change", e.Change.Change.ID)
+		prop := e.Change
+		d.s.background(func(ctx context.Context) { d.s.proposed(ctx, prop) })
 	case core.PairingFailed:
 		d.s.metrics.pairings.WithLabelValues("failed").Inc()
 		log.Warn("pairing failed", "err", e.Err)
@@ -131,8 +136,7 @@ func (d *deviceConn) event(e core.Event) {
 		log.Info("device shows a prompt", "request", e.RequestID)
 		d.s.recordLater(audit.KindPrompt, e.RequestID, "shown on device "+d.id)
 	case core.ApprovalReceived:
-		a := e.Answer
-		d.s.background(func(ctx context.Context) { d.s.answer(ctx, a) })
+		d.s.queueAnswer(e.Answer)
 	case core.PromptFailed:
 		if e.Withdrawn {
 			log.Info("prompt withdrawn from the device", "request", e.RequestID)

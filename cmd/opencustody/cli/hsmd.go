@@ -25,13 +25,14 @@ func init() { commands = append(commands, newHSMDCommand) }
 
 func newHSMDCommand(g *globals) *cobra.Command {
 	var (
-		hf       hsmFlags
-		lf       logFlags
-		listen   string
-		metrics  string
-		hosts    []string
-		ceremony bool
-		roots    []string
+		hf          hsmFlags
+		lf          logFlags
+		listen      string
+		metrics     string
+		hosts       []string
+		ceremony    bool
+		adminQuorum int
+		roots       []string
 	)
 	c := &cobra.Command{
 		Use:   "hsmd",
@@ -47,9 +48,18 @@ on this machine find them in the data directory; elsewhere, pass the
 certificate fingerprint hsmd prints (--hsmd-cert) and copy the token file.
 
 --ceremony allows pairing devices directly: use it only for the key ceremony at
-the HSM's console that pairs the first admins.`,
+the HSM's console that pairs the first admins. --admin-quorum N (with
+--ceremony) sets how many admins must approve an admin change, such as a new
+wallet policy, on their devices; it is kept in the governance record and can be
+set again only at another ceremony.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if adminQuorum != 0 && !ceremony {
+				return withCode(ExitUsage, errors.New("--admin-quorum is set only at the key ceremony: add --ceremony"))
+			}
+			if adminQuorum < 0 {
+				return withCode(ExitUsage, fmt.Errorf("--admin-quorum %d: want at least 1", adminQuorum))
+			}
 			log, err := newLogger(g.streams.Err, lf.format, lf.level)
 			if err != nil {
 				return err
@@ -96,6 +106,7 @@ the HSM's console that pairs the first admins.`,
 				Devices:          hsmd.DeviceStore{Records: rs},
 				Wallets:          hsmd.WalletStore{Records: rs},
 				Requests:         hsmd.RequestStore{Records: rs},
+				Changes:          hsmd.ChangeStore{Records: rs},
 				Custody:          store,
 				Keys:             store,
 				Ceremony:         ceremony,
@@ -107,6 +118,15 @@ the HSM's console that pairs the first admins.`,
 			al, err := audit.New(audit.Config{Records: rs, Rows: db, Identity: identity})
 			if err != nil {
 				return err
+			}
+			if adminQuorum > 0 {
+				if _, err := cr.SetAdminQuorum(ctx, adminQuorum); err != nil {
+					return err
+				}
+				log.Info("admin quorum set", "admin_quorum", adminQuorum)
+				if _, err := al.Append(ctx, audit.Event{Kind: audit.KindChange, Subject: "governance", Detail: fmt.Sprintf("admin quorum set to %d at the key ceremony", adminQuorum)}); err != nil {
+					log.Error("security event not written to the audit log", "kind", audit.KindChange, "err", err)
+				}
 			}
 			srv, err := hsmd.New(hsmd.Config{Core: cr, Dir: hsmdDir(dir), Hosts: hosts, Version: Version, Logger: log, Audit: al})
 			if err != nil {
@@ -144,6 +164,7 @@ the HSM's console that pairs the first admins.`,
 	c.Flags().StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9420); off by default")
 	c.Flags().StringSliceVar(&hosts, "tls-host", nil, "extra host names or addresses for the TLS certificate")
 	c.Flags().BoolVar(&ceremony, "ceremony", false, "allow pairing devices directly (key ceremony at the HSM console)")
+	c.Flags().IntVar(&adminQuorum, "admin-quorum", 0, "with --ceremony: how many admins must approve an admin change (stored in the governance record)")
 	c.Flags().StringSliceVar(&roots, "attestation-roots", nil, "JSON file of device attestation roots (firmware-spec/attestation.md); when given, only devices attested under them can pair")
 	c.AddCommand(newHSMDStatusCommand(g))
 	return c
