@@ -18,6 +18,7 @@ import (
 
 	"github.com/opencustodynet/opencustody/hsm"
 	"github.com/opencustodynet/opencustody/hsm/audit"
+	"github.com/opencustodynet/opencustody/hsm/backup"
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/hsm/hsmd"
 	"github.com/opencustodynet/opencustody/hsm/hsmtest"
@@ -87,6 +88,7 @@ func startWith(t *testing.T, ceremony, approvals bool) *env {
 	if approvals {
 		cfg.Wallets, cfg.Requests, cfg.Custody, cfg.Keys = hsmd.WalletStore{Records: rs}, hsmd.RequestStore{Records: rs}, store, store
 		cfg.Changes = hsmd.ChangeStore{Records: rs}
+		cfg.ChangeHandlers = hsmd.BackupChangeHandlers(&backup.Site{HSM: store, Identity: id, Records: rs})
 	}
 	cr, err := core.New(cfg)
 	if err != nil {
