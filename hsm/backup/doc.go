@@ -64,7 +64,9 @@
 // check that the change the admins approved has exactly the payload of
 // the change it is asked about.
 //
-// Until admin changes are approved on devices in this version, the CLI
-// offers only a ceremony approver (--ceremony, at the HSM's console),
-// which says on the terminal that no admin quorum was asked.
+// hsmd's ChangeApprover is the Approver over hsmd's API: it proposes the
+// change, waits while the admins decide on their devices, and accepts
+// only a change the core reports approved with exactly its payload. The
+// CLI also has a ceremony approver (--ceremony), allowed only while the
+// site has no admin quorum yet.
 package backup

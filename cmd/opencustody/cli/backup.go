@@ -10,10 +10,15 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/opencustodynet/opencustody/hsm"
 	"github.com/opencustodynet/opencustody/hsm/backup"
+	"github.com/opencustodynet/opencustody/hsm/core"
+	"github.com/opencustodynet/opencustody/hsm/hsmd"
 	"github.com/opencustodynet/opencustody/hsm/records"
+	"github.com/opencustodynet/opencustody/protocol/apipb"
 )
 
 func init() { commands = append(commands, newBackupCommand) }
@@ -31,8 +36,9 @@ on by ECDH inside themselves, and only the target HSM can unwrap them.
 The ceremony (README, "Backup to a second HSM"):
 
   target  opencustody backup enroll --out target.enroll
-  source  opencustody backup register target.enroll --ceremony
-  source  opencustody backup export --to TARGET-FINGERPRINT --out bundle.ocb --ceremony --so-pin-file FILE
+  source  opencustody backup register target.enroll            (the admins approve on their devices)
+  source  opencustody backup export --to TARGET-FINGERPRINT --out bundle.ocb --so-pin-file FILE
+                                                                  (the admins approve; the SO's PIN)
   target  opencustody backup import bundle.ocb --from SOURCE-FINGERPRINT
 
 These commands use the HSM directly, like 'opencustody hsm', from the HSM's
@@ -47,7 +53,7 @@ console. Keys created without --backupable are listed and never leave.`,
 
 // backupSite opens the token, the identity key and the records of the data
 // directory as a backup site. close releases them.
-func backupSite(ctx context.Context, g *globals, f *hsmFlags, approver backup.Approver) (site *backup.Site, store *hsm.PKCS11Store, closeFn func(), err error) {
+func backupSite(ctx context.Context, g *globals, f *hsmFlags, gate *backupGate) (site *backup.Site, store *hsm.PKCS11Store, closeFn func(), err error) {
 	dir, err := hsmDataDir(g)
 	if err != nil {
 		return nil, nil, nil, err
@@ -70,12 +76,22 @@ func backupSite(ctx context.Context, g *globals, f *hsmFlags, approver backup.Ap
 		store.Close()
 		return nil, nil, nil, err
 	}
-	site = &backup.Site{HSM: store, Identity: id, Records: records.New(db, hsm.RecordAuthenticator{A: store, Key: tc.RecordKey}), Approver: approver}
+	site = &backup.Site{HSM: store, Identity: id, Records: records.New(db, hsm.RecordAuthenticator{A: store, Key: tc.RecordKey})}
+	if gate != nil {
+		if site.Approver, err = gate.open(g, site.Records); err != nil {
+			db.Close()
+			store.Close()
+			return nil, nil, nil, err
+		}
+	}
 	return site, store, func() { db.Close(); store.Close() }, nil
 }
 
 // backupExit gives backup errors their exit codes.
 func backupExit(err error) error {
+	if st, ok := status.FromError(err); ok && st.Code() == codes.Unavailable {
+		return withCode(ExitUnavailable, fmt.Errorf("cannot reach hsmd, which asks the admins: %w", err))
+	}
 	switch {
 	case errors.Is(err, backup.ErrSignature), errors.Is(err, backup.ErrFormat), errors.Is(err, records.ErrIntegrity), errors.Is(err, hsm.ErrUnwrap):
 		return withCode(ExitIntegrity, err)
@@ -87,24 +103,77 @@ func backupExit(err error) error {
 	return hsmExit(err)
 }
 
-// ceremonyApprover stands where the admin quorum's approval goes until
-// admin changes are approved on devices: it approves only when the
-// operator ran the command with --ceremony, at the HSM's console, and says
-// so on standard error. It never claims that admins approved.
+// ceremonyApprover approves at the HSM's console, as the key ceremony
+// that sets up a site pairs its first admins: only while the site has no
+// admin quorum (no governance record, which the record key authenticates).
+// It says so on standard error and never claims that admins approved.
 type ceremonyApprover struct {
-	on bool
-	w  io.Writer
+	changes hsmd.ChangeStore
+	w       io.Writer
 }
 
-func (a ceremonyApprover) Approve(_ context.Context, c backup.Change) error {
-	if !a.on {
-		return fmt.Errorf("%w: %s needs the admin quorum's approval, and approving admin changes on devices is not available in this version: run it as a key ceremony at the HSM's console with --ceremony", backup.ErrNotApproved, c.Kind)
+func (a ceremonyApprover) Approve(ctx context.Context, c backup.Change) error {
+	gov, err := a.changes.GetGovernance(ctx)
+	if err == nil {
+		return fmt.Errorf("%w: %s: this site has an admin quorum (%d), so its admins approve this on their devices: run it without --ceremony, with hsmd running", backup.ErrNotApproved, c.Kind, gov.AdminQuorum)
 	}
-	fmt.Fprintf(a.w, "ceremony mode: %s approved at the HSM's console, without an admin-quorum request:\n", c.Kind)
+	if !errors.Is(err, core.ErrNoGovernance) {
+		return err
+	}
+	fmt.Fprintf(a.w, "ceremony mode: %s approved at the HSM's console (this site has no admin quorum yet):\n", c.Kind)
 	for _, f := range c.Fields() {
 		fmt.Fprintf(a.w, "  %-12s %s\n", f.Label, f.Value)
 	}
 	return nil
+}
+
+// backupGate is how register and export get the admin quorum's approval:
+// through hsmd (an admin change the admins approve on their devices), or
+// with --ceremony at the console of a site that has no admin quorum yet.
+type backupGate struct {
+	ceremony  bool
+	hsmd      hsmdFlags
+	initiator string
+
+	conn     io.Closer
+	approver *hsmd.ChangeApprover
+}
+
+func (b *backupGate) register(c *cobra.Command) {
+	addHSMDFlags(c, &b.hsmd)
+	c.Flags().BoolVar(&b.ceremony, "ceremony", false, "approve at the HSM's console; only while this site has no admin quorum (key ceremony)")
+	c.Flags().StringVar(&b.initiator, "initiator", "", "the user who proposes the change (default $OPENCUSTODY_USER, then the login name)")
+}
+
+// open returns the approver for a site whose records are rs.
+func (b *backupGate) open(g *globals, rs *records.Store) (backup.Approver, error) {
+	if b.ceremony {
+		return ceremonyApprover{changes: hsmd.ChangeStore{Records: rs}, w: g.streams.Err}, nil
+	}
+	initiator := firstOf(b.initiator, defaultInitiator())
+	if initiator == "" {
+		return nil, withCode(ExitUsage, errors.New("name the user who proposes the change with --initiator"))
+	}
+	conn, err := g.dialHSMD(&b.hsmd, hsmd.OperatorTokenFile)
+	if err != nil {
+		return nil, err
+	}
+	b.conn = conn
+	b.approver = &hsmd.ChangeApprover{Client: apipb.NewOperatorClient(conn), Initiator: initiator, Progress: g.streams.Err}
+	return b.approver, nil
+}
+
+// complete reports the outcome of an approved change to hsmd, and closes
+// the connection.
+func (b *backupGate) complete(ctx context.Context, g *globals, result string, cause error) {
+	if b.approver != nil {
+		if err := b.approver.Complete(ctx, result, cause); err != nil {
+			fmt.Fprintf(g.streams.Err, "opencustody: could not report the change's outcome to hsmd: %v\n", err)
+		}
+	}
+	if b.conn != nil {
+		b.conn.Close()
+	}
 }
 
 func writeNewFile(path string, b []byte) error {
@@ -180,17 +249,18 @@ person, by phone): their devices show them when they approve the registration.`,
 }
 
 func newBackupRegisterCommand(g *globals, f *hsmFlags) *cobra.Command {
-	var ceremony bool
+	gate := &backupGate{}
 	c := &cobra.Command{
 		Use:   "register ENROLLMENT-FILE",
 		Short: "Source site: accept an enrolled HSM as a backup target (admin-quorum change)",
 		Long: `register checks the enrollment's signature and makes its HSM a backup target
 of this site. It is a change the admin quorum approves; the approval shows the
 target's HSM identity and backup key fingerprints, which the admins compare with
-what the target site told them.
+what the target site told them. register proposes the change through hsmd and
+waits while the admins decide on their devices.
 
-Approving admin changes on devices is not available in this version: run
-register as a key ceremony at the HSM's console with --ceremony.`,
+--ceremony approves at the HSM's console instead, and only while the site has
+no admin quorum yet (the key ceremony that sets a site up).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			b, err := os.ReadFile(args[0])
@@ -201,12 +271,14 @@ register as a key ceremony at the HSM's console with --ceremony.`,
 			if err != nil {
 				return backupExit(fmt.Errorf("%s: %w", args[0], err))
 			}
-			site, _, done, err := backupSite(c.Context(), g, f, ceremonyApprover{on: ceremony, w: g.streams.Err})
+			site, _, done, err := backupSite(c.Context(), g, f, gate)
 			if err != nil {
 				return err
 			}
 			defer done()
-			if err := site.Register(c.Context(), e); err != nil {
+			err = site.Register(c.Context(), e)
+			gate.complete(c.Context(), g, "registered backup target "+e.Identity.Fingerprint(), err)
+			if err != nil {
 				return backupExit(err)
 			}
 			if g.json {
@@ -216,7 +288,7 @@ register as a key ceremony at the HSM's console with --ceremony.`,
 			return nil
 		},
 	}
-	c.Flags().BoolVar(&ceremony, "ceremony", false, "approve at the HSM's console, as a key ceremony (no admin-quorum request)")
+	gate.register(c)
 	addJSONFlag(c, g)
 	return c
 }
@@ -291,7 +363,7 @@ func printPlan(w io.Writer, p *backup.Plan) {
 func newBackupExportCommand(g *globals, f *hsmFlags) *cobra.Command {
 	var (
 		to, out, soPINFile string
-		ceremony           bool
+		gate               = &backupGate{}
 	)
 	c := &cobra.Command{
 		Use:   "export --to TARGET --out FILE --so-pin-file FILE",
@@ -305,10 +377,12 @@ HSM's identity key. Custody keys created not backup-able are listed and stay.
 
 Backup-able keys can be wrapped only under a key the token's Security Officer
 marks trusted, so export needs the SO PIN (--so-pin-file, or typed at the
-terminal). It is a change the admin quorum approves; approving admin changes
-on devices is not available in this version: run export as a key ceremony at
-the HSM's console with --ceremony. It logs in to the token in its own process
-(as the user, then briefly as the Security Officer, then as the user again).`,
+terminal). It is a change the admin quorum approves: export proposes it through
+hsmd (the admins' devices show the target's fingerprints and how many keys
+leave and stay) and waits while they decide; --ceremony approves at the HSM's
+console instead, only while the site has no admin quorum yet. It logs in to the
+token in its own process (as the user, then briefly as the Security Officer,
+then as the user again).`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if to == "" || out == "" {
@@ -318,22 +392,24 @@ the HSM's console with --ceremony. It logs in to the token in its own process
 			if err != nil {
 				return err
 			}
-			site, _, done, err := backupSite(c.Context(), g, f, ceremonyApprover{on: ceremony, w: g.streams.Err})
+			site, _, done, err := backupSite(c.Context(), g, f, gate)
 			if err != nil {
 				return err
 			}
 			defer done()
 			b, err := site.Export(c.Context(), backup.ExportRequest{Target: to, SOPIN: soPIN})
+			var file []byte
+			if err == nil {
+				file, err = b.Marshal()
+			}
+			if err == nil {
+				err = writeNewFile(out, file)
+			}
 			if err != nil {
+				gate.complete(c.Context(), g, "", err)
 				return backupExit(err)
 			}
-			file, err := b.Marshal()
-			if err != nil {
-				return err
-			}
-			if err := writeNewFile(out, file); err != nil {
-				return err
-			}
+			gate.complete(c.Context(), g, fmt.Sprintf("exported bundle %x: %d keys to %s", b.ID, len(b.Keys), b.Target.Fingerprint()), nil)
 			j := bundleSummary(out, b)
 			if g.json {
 				return writeJSON(g.streams.Out, j)
@@ -351,7 +427,7 @@ the HSM's console with --ceremony. It logs in to the token in its own process
 	c.Flags().StringVar(&to, "to", "", "the target's HSM identity fingerprint")
 	c.Flags().StringVar(&out, "out", "", "write the bundle to this new file")
 	c.Flags().StringVar(&soPINFile, "so-pin-file", "", "read the token's Security Officer PIN from the first line of this file (else it is asked for at the terminal)")
-	c.Flags().BoolVar(&ceremony, "ceremony", false, "approve at the HSM's console, as a key ceremony (no admin-quorum request)")
+	gate.register(c)
 	addJSONFlag(c, g)
 	return c
 }
