@@ -52,8 +52,10 @@ const (
 	ImportKind = "backup-import"
 )
 
-// DefaultKinds are the record kinds a bundle carries: wallets and
-// pairings (and policies, once they are records of their own).
+// DefaultKinds are the record kinds a bundle carries: wallets (each with
+// its policy and its policy history) and pairings. Requests, admin
+// changes, the governance record (the target sets its own admin quorum at
+// its key ceremony) and the audit log stay.
 var DefaultKinds = []string{"wallet", "device"}
 
 // ChangeKind is the kind of a backup change the admin quorum approves.
