@@ -558,7 +558,20 @@ func TestWalletCreation(t *testing.T) {
 	if len(stored.Keys) != 3 || !bytes.Equal(stored.Keys[2].PublicKey, k.PublicKey) {
 		t.Fatal("new key not stored")
 	}
-	if ws, err := w.core.Wallets(ctx); err != nil || len(ws) != 1 {
+	// A backup-able wallet has backup-able keys; the others never do.
+	if len(w.custody.backupable) != 0 {
+		t.Fatalf("keys made backup-able for a wallet that is not: %v", w.custody.backupable)
+	}
+	if _, err := w.core.CreateWallet(ctx, CreateWalletRequest{Name: "reserve", Network: 5, Approvers: []string{"alice"}, Quorum: 1, Backupable: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := w.core.NewAddress(ctx, "reserve"); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := w.core.Wallet(ctx, "reserve"); !r.Backupable || !slices.Equal(w.custody.backupable, []string{"opencustody-reserve-0"}) {
+		t.Fatalf("backup-able wallet: stored %v, keys made backup-able %v", r.Backupable, w.custody.backupable)
+	}
+	if ws, err := w.core.Wallets(ctx); err != nil || len(ws) != 2 {
 		t.Fatalf("wallets: %d, %v", len(ws), err)
 	}
 }

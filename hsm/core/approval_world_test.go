@@ -216,6 +216,8 @@ type softCustody struct {
 	mu    sync.Mutex
 	keys  map[string]*btcec.PrivateKey // by ref
 	signs int
+	// backupable are the labels of the keys made backup-able.
+	backupable []string
 }
 
 func newSoftCustody() *softCustody { return &softCustody{keys: map[string]*btcec.PrivateKey{}} }
@@ -230,7 +232,10 @@ func (s *softCustody) GenerateKey(_ context.Context, req hsm.GenerateKeyRequest)
 	d := sha256.Sum256([]byte("opencustody core test key " + req.Label))
 	k, _ := btcec.PrivKeyFromBytes(d[:])
 	s.keys[ref] = k
-	return &hsm.KeyInfo{Label: req.Label, URI: ref, Algorithm: hsm.ECDSASecp256k1, PublicKey: &hsm.PublicKey{Algorithm: hsm.ECDSASecp256k1, Key: k.PubKey()}}, nil
+	if req.Backupable {
+		s.backupable = append(s.backupable, req.Label)
+	}
+	return &hsm.KeyInfo{Label: req.Label, URI: ref, Backupable: req.Backupable, Algorithm: hsm.ECDSASecp256k1, PublicKey: &hsm.PublicKey{Algorithm: hsm.ECDSASecp256k1, Key: k.PubKey()}}, nil
 }
 
 func (s *softCustody) ListKeys(context.Context) ([]hsm.KeyInfo, error) { return nil, nil }

@@ -36,6 +36,9 @@ type WalletRecord struct {
 	// they were made. Keys are only ever appended.
 	Keys      []WalletKey `json:"keys"`
 	CreatedAt time.Time   `json:"created_at"`
+	// Backupable: the wallet's custody keys are made backup-able, so they
+	// can move to a backup HSM wrapped end to end (package backup).
+	Backupable bool `json:"backupable,omitempty"`
 	// Version is the storage version the record was read at.
 	Version uint64 `json:"-"`
 }
@@ -141,6 +144,9 @@ type CreateWalletRequest struct {
 	// (package policy, YAML or JSON): every user it names must have a
 	// paired device.
 	Policy []byte
+	// Backupable makes every custody key of the wallet backup-able
+	// (hsm.GenerateKeyRequest.Backupable). Decided at creation.
+	Backupable bool
 }
 
 func (c *Core) approvalPath() error {
@@ -206,6 +212,7 @@ func (c *Core) CreateWallet(ctx context.Context, req CreateWalletRequest) (*Wall
 		Name: req.Name, Network: req.Network,
 		Approvers: slices.Clone(req.Approvers), Quorum: req.Quorum,
 		Keys: []WalletKey{}, CreatedAt: c.cfg.Now().UTC().Truncate(time.Second),
+		Backupable: req.Backupable,
 	}
 	if pol != nil {
 		w.setPolicy(pol, 1)
@@ -235,7 +242,8 @@ const maxKeyLabelAttempts = 8
 
 // NewAddress makes a new custody key in the HSM for wallet name and
 // returns the updated wallet and the new key; [WalletKey.Address] gives
-// its address. The key is labelled "opencustody-NAME-INDEX" on the token.
+// its address. The key is labelled "opencustody-NAME-INDEX" on the token,
+// and is backup-able if the wallet is.
 func (c *Core) NewAddress(ctx context.Context, name string) (*WalletRecord, WalletKey, error) {
 	if err := c.approvalPath(); err != nil {
 		return nil, WalletKey{}, err
@@ -253,7 +261,7 @@ func (c *Core) NewAddress(ctx context.Context, name string) (*WalletRecord, Wall
 	var key bitcoin.Key
 	for attempt := 0; ; attempt++ {
 		label := fmt.Sprintf("opencustody-%s-%d", w.Name, index+uint32(attempt))
-		key, err = bitcoin.NewKey(ctx, c.cfg.Keys, bitcoin.NewKeyRequest{Label: label})
+		key, err = bitcoin.NewKey(ctx, c.cfg.Keys, bitcoin.NewKeyRequest{Label: label, Backupable: w.Backupable})
 		if err == nil {
 			break
 		}

@@ -57,11 +57,12 @@ func (c *custodyService) CreateWallet(ctx context.Context, req *apipb.CreateWall
 	}
 	w, err := c.s.cfg.Core.CreateWallet(ctx, core.CreateWalletRequest{
 		Name: req.GetName(), Network: n, Approvers: req.GetApprovers(), Quorum: int(req.GetQuorum()), Policy: req.GetPolicy(),
+		Backupable: req.GetBackupable(),
 	})
 	if err != nil {
 		return nil, custodyError(err)
 	}
-	c.s.log.Info("wallet created", "wallet", w.Name, "network", w.Network.String(), "approvers", w.Approvers, "quorum", w.Quorum)
+	c.s.log.Info("wallet created", "wallet", w.Name, "network", w.Network.String(), "approvers", w.Approvers, "quorum", w.Quorum, "backupable", w.Backupable)
 	if len(req.GetPolicy()) > 0 {
 		c.s.record(ctx, audit.KindPolicy, w.Name, fmt.Sprintf("wallet %s created with policy version 1: %s", w.Name, w.PolicyDoc))
 	}
@@ -223,7 +224,7 @@ func changeMessage(ch *core.ChangeRecord) *apipb.Change {
 func walletMessage(w *core.WalletRecord) (*apipb.Wallet, error) {
 	m := &apipb.Wallet{
 		Name: w.Name, Network: w.Network.String(), Approvers: w.Approvers, Quorum: uint32(w.Quorum),
-		CreatedAt: w.CreatedAt.Unix(), PolicyVersion: w.CurrentPolicyVersion(),
+		CreatedAt: w.CreatedAt.Unix(), PolicyVersion: w.CurrentPolicyVersion(), Backupable: w.Backupable,
 	}
 	for _, k := range w.Keys {
 		a, err := addressMessage(w, k)

@@ -25,6 +25,14 @@ const (
 // ends.
 func Store(t testing.TB) *hsm.PKCS11Store {
 	t.Helper()
+	s, _ := StoreToken(t)
+	return s
+}
+
+// StoreToken is [Store], also returning the token (its PINs, for tests of
+// Security Officer steps).
+func StoreToken(t testing.TB) (*hsm.PKCS11Store, *softhsmtest.Token) {
+	t.Helper()
 	tok := softhsmtest.NewTestToken(t)
 	s, err := hsm.Open(t.Context(), hsm.Config{URI: tok.URI})
 	if err != nil {
@@ -35,7 +43,7 @@ func Store(t testing.TB) *hsm.PKCS11Store {
 			t.Errorf("hsmtest: close store: %v", err)
 		}
 	})
-	return s
+	return s, tok
 }
 
 // Core is what the custody core needs from outside: the HSM with its
@@ -48,6 +56,8 @@ type Core struct {
 	Records  *records.Store
 	// Dir holds the database file, records.SQLiteFile.
 	Dir string
+	// Token is the SoftHSM2 token the store is on.
+	Token *softhsmtest.Token
 }
 
 // NewCore makes a Core on a new token and a new directory; everything is
@@ -55,7 +65,7 @@ type Core struct {
 func NewCore(t testing.TB) *Core {
 	t.Helper()
 	ctx := t.Context()
-	store := Store(t)
+	store, tok := StoreToken(t)
 	for _, k := range []hsm.GenerateKeyRequest{{Label: IdentityKey, Algorithm: hsm.ECDSAP256}, {Label: RecordKey, Algorithm: hsm.HMACSHA256}} {
 		if _, err := store.GenerateKey(ctx, k); err != nil {
 			t.Fatalf("hsmtest: %v", err)
@@ -71,5 +81,5 @@ func NewCore(t testing.TB) *Core {
 		t.Fatalf("hsmtest: %v", err)
 	}
 	t.Cleanup(func() { db.Close() })
-	return &Core{Store: store, Identity: id, DB: db, Records: records.New(db, hsm.RecordAuthenticator{A: store, Key: RecordKey}), Dir: dir}
+	return &Core{Store: store, Identity: id, DB: db, Records: records.New(db, hsm.RecordAuthenticator{A: store, Key: RecordKey}), Dir: dir, Token: tok}
 }

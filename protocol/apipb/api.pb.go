@@ -689,6 +689,138 @@ func (x *DeviceFrame) GetEnvelope() []byte {
 	return nil
 }
 
+type ProposeBackupChangeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "backup-register" or "backup-export".
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The target HSM's identity fingerprint.
+	Subject string `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	// The change's canonical encoding (backup.Change.Canonical).
+	Payload       []byte `protobuf:"bytes,3,opt,name=payload,proto3" json:"payload,omitempty"`
+	Initiator     string `protobuf:"bytes,4,opt,name=initiator,proto3" json:"initiator,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProposeBackupChangeRequest) Reset() {
+	*x = ProposeBackupChangeRequest{}
+	mi := &file_api_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProposeBackupChangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProposeBackupChangeRequest) ProtoMessage() {}
+
+func (x *ProposeBackupChangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProposeBackupChangeRequest.ProtoReflect.Descriptor instead.
+func (*ProposeBackupChangeRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ProposeBackupChangeRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ProposeBackupChangeRequest) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *ProposeBackupChangeRequest) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *ProposeBackupChangeRequest) GetInitiator() string {
+	if x != nil {
+		return x.Initiator
+	}
+	return ""
+}
+
+type CompleteChangeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// What was done; or, if error is set, why it failed.
+	Result        string `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompleteChangeRequest) Reset() {
+	*x = CompleteChangeRequest{}
+	mi := &file_api_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompleteChangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompleteChangeRequest) ProtoMessage() {}
+
+func (x *CompleteChangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompleteChangeRequest.ProtoReflect.Descriptor instead.
+func (*CompleteChangeRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CompleteChangeRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CompleteChangeRequest) GetResult() string {
+	if x != nil {
+		return x.Result
+	}
+	return ""
+}
+
+func (x *CompleteChangeRequest) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // Change is an admin change: proposed by an initiator, shown to every
 // other admin's device, carried out once the admin quorum approved.
 type Change struct {
@@ -716,15 +848,17 @@ type Change struct {
 	ExpiresAt  int64 `protobuf:"varint,12,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	FinishedAt int64 `protobuf:"varint,13,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
 	// What applying it did, or why it failed.
-	Result        string `protobuf:"bytes,14,opt,name=result,proto3" json:"result,omitempty"`
-	Error         string `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	Result string `protobuf:"bytes,14,opt,name=result,proto3" json:"result,omitempty"`
+	Error  string `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	// SHA-256 of the change's payload (set by ApprovedChange).
+	PayloadSha256 []byte `protobuf:"bytes,16,opt,name=payload_sha256,json=payloadSha256,proto3" json:"payload_sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Change) Reset() {
 	*x = Change{}
-	mi := &file_api_proto_msgTypes[7]
+	mi := &file_api_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -736,7 +870,7 @@ func (x *Change) String() string {
 func (*Change) ProtoMessage() {}
 
 func (x *Change) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[7]
+	mi := &file_api_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -749,7 +883,7 @@ func (x *Change) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Change.ProtoReflect.Descriptor instead.
 func (*Change) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{7}
+	return file_api_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Change) GetId() string {
@@ -857,6 +991,13 @@ func (x *Change) GetError() string {
 	return ""
 }
 
+func (x *Change) GetPayloadSha256() []byte {
+	if x != nil {
+		return x.PayloadSha256
+	}
+	return nil
+}
+
 type ChangeField struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Label         string                 `protobuf:"bytes,1,opt,name=label,proto3" json:"label,omitempty"`
@@ -867,7 +1008,7 @@ type ChangeField struct {
 
 func (x *ChangeField) Reset() {
 	*x = ChangeField{}
-	mi := &file_api_proto_msgTypes[8]
+	mi := &file_api_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1020,7 @@ func (x *ChangeField) String() string {
 func (*ChangeField) ProtoMessage() {}
 
 func (x *ChangeField) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[8]
+	mi := &file_api_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1033,7 @@ func (x *ChangeField) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeField.ProtoReflect.Descriptor instead.
 func (*ChangeField) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{8}
+	return file_api_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ChangeField) GetLabel() string {
@@ -918,7 +1059,7 @@ type GetChangeRequest struct {
 
 func (x *GetChangeRequest) Reset() {
 	*x = GetChangeRequest{}
-	mi := &file_api_proto_msgTypes[9]
+	mi := &file_api_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -930,7 +1071,7 @@ func (x *GetChangeRequest) String() string {
 func (*GetChangeRequest) ProtoMessage() {}
 
 func (x *GetChangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[9]
+	mi := &file_api_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -943,7 +1084,7 @@ func (x *GetChangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChangeRequest.ProtoReflect.Descriptor instead.
 func (*GetChangeRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{9}
+	return file_api_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetChangeRequest) GetId() string {
@@ -961,7 +1102,7 @@ type ListChangesRequest struct {
 
 func (x *ListChangesRequest) Reset() {
 	*x = ListChangesRequest{}
-	mi := &file_api_proto_msgTypes[10]
+	mi := &file_api_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1114,7 @@ func (x *ListChangesRequest) String() string {
 func (*ListChangesRequest) ProtoMessage() {}
 
 func (x *ListChangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[10]
+	mi := &file_api_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1127,7 @@ func (x *ListChangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListChangesRequest.ProtoReflect.Descriptor instead.
 func (*ListChangesRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{10}
+	return file_api_proto_rawDescGZIP(), []int{12}
 }
 
 type ListChangesResponse struct {
@@ -998,7 +1139,7 @@ type ListChangesResponse struct {
 
 func (x *ListChangesResponse) Reset() {
 	*x = ListChangesResponse{}
-	mi := &file_api_proto_msgTypes[11]
+	mi := &file_api_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1010,7 +1151,7 @@ func (x *ListChangesResponse) String() string {
 func (*ListChangesResponse) ProtoMessage() {}
 
 func (x *ListChangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[11]
+	mi := &file_api_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1023,7 +1164,7 @@ func (x *ListChangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListChangesResponse.ProtoReflect.Descriptor instead.
 func (*ListChangesResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{11}
+	return file_api_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListChangesResponse) GetChanges() []*Change {
@@ -1041,7 +1182,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_api_proto_msgTypes[12]
+	mi := &file_api_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1194,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[12]
+	mi := &file_api_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1207,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{12}
+	return file_api_proto_rawDescGZIP(), []int{14}
 }
 
 type StatusResponse struct {
@@ -1081,7 +1222,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_api_proto_msgTypes[13]
+	mi := &file_api_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1093,7 +1234,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[13]
+	mi := &file_api_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1106,7 +1247,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{13}
+	return file_api_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -1148,7 +1289,7 @@ type BridgeStatus struct {
 
 func (x *BridgeStatus) Reset() {
 	*x = BridgeStatus{}
-	mi := &file_api_proto_msgTypes[14]
+	mi := &file_api_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1160,7 +1301,7 @@ func (x *BridgeStatus) String() string {
 func (*BridgeStatus) ProtoMessage() {}
 
 func (x *BridgeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[14]
+	mi := &file_api_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1173,7 +1314,7 @@ func (x *BridgeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BridgeStatus.ProtoReflect.Descriptor instead.
 func (*BridgeStatus) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{14}
+	return file_api_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BridgeStatus) GetName() string {
@@ -1205,7 +1346,7 @@ type ListDevicesRequest struct {
 
 func (x *ListDevicesRequest) Reset() {
 	*x = ListDevicesRequest{}
-	mi := &file_api_proto_msgTypes[15]
+	mi := &file_api_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1358,7 @@ func (x *ListDevicesRequest) String() string {
 func (*ListDevicesRequest) ProtoMessage() {}
 
 func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[15]
+	mi := &file_api_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1371,7 @@ func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
 func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{15}
+	return file_api_proto_rawDescGZIP(), []int{17}
 }
 
 type ListDevicesResponse struct {
@@ -1242,7 +1383,7 @@ type ListDevicesResponse struct {
 
 func (x *ListDevicesResponse) Reset() {
 	*x = ListDevicesResponse{}
-	mi := &file_api_proto_msgTypes[16]
+	mi := &file_api_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1395,7 @@ func (x *ListDevicesResponse) String() string {
 func (*ListDevicesResponse) ProtoMessage() {}
 
 func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[16]
+	mi := &file_api_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1408,7 @@ func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
 func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{16}
+	return file_api_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListDevicesResponse) GetDevices() []*Device {
@@ -1309,7 +1450,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_api_proto_msgTypes[17]
+	mi := &file_api_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1462,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[17]
+	mi := &file_api_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1475,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{17}
+	return file_api_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Device) GetId() string {
@@ -1455,7 +1596,7 @@ type PairClientMessage struct {
 
 func (x *PairClientMessage) Reset() {
 	*x = PairClientMessage{}
-	mi := &file_api_proto_msgTypes[18]
+	mi := &file_api_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1467,7 +1608,7 @@ func (x *PairClientMessage) String() string {
 func (*PairClientMessage) ProtoMessage() {}
 
 func (x *PairClientMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[18]
+	mi := &file_api_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1480,7 +1621,7 @@ func (x *PairClientMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PairClientMessage.ProtoReflect.Descriptor instead.
 func (*PairClientMessage) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{18}
+	return file_api_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PairClientMessage) GetMsg() isPairClientMessage_Msg {
@@ -1537,7 +1678,7 @@ type PairServerMessage struct {
 
 func (x *PairServerMessage) Reset() {
 	*x = PairServerMessage{}
-	mi := &file_api_proto_msgTypes[19]
+	mi := &file_api_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1549,7 +1690,7 @@ func (x *PairServerMessage) String() string {
 func (*PairServerMessage) ProtoMessage() {}
 
 func (x *PairServerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[19]
+	mi := &file_api_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1562,7 +1703,7 @@ func (x *PairServerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PairServerMessage.ProtoReflect.Descriptor instead.
 func (*PairServerMessage) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{19}
+	return file_api_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PairServerMessage) GetMsg() isPairServerMessage_Msg {
@@ -1617,7 +1758,7 @@ type PairStart struct {
 
 func (x *PairStart) Reset() {
 	*x = PairStart{}
-	mi := &file_api_proto_msgTypes[20]
+	mi := &file_api_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1629,7 +1770,7 @@ func (x *PairStart) String() string {
 func (*PairStart) ProtoMessage() {}
 
 func (x *PairStart) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[20]
+	mi := &file_api_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1642,7 +1783,7 @@ func (x *PairStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PairStart.ProtoReflect.Descriptor instead.
 func (*PairStart) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{20}
+	return file_api_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PairStart) GetDeviceId() string {
@@ -1679,7 +1820,7 @@ type PairCode struct {
 
 func (x *PairCode) Reset() {
 	*x = PairCode{}
-	mi := &file_api_proto_msgTypes[21]
+	mi := &file_api_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1691,7 +1832,7 @@ func (x *PairCode) String() string {
 func (*PairCode) ProtoMessage() {}
 
 func (x *PairCode) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[21]
+	mi := &file_api_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1704,7 +1845,7 @@ func (x *PairCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PairCode.ProtoReflect.Descriptor instead.
 func (*PairCode) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{21}
+	return file_api_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PairCode) GetCode() string {
@@ -1738,7 +1879,7 @@ type PairDecision struct {
 
 func (x *PairDecision) Reset() {
 	*x = PairDecision{}
-	mi := &file_api_proto_msgTypes[22]
+	mi := &file_api_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +1891,7 @@ func (x *PairDecision) String() string {
 func (*PairDecision) ProtoMessage() {}
 
 func (x *PairDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[22]
+	mi := &file_api_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +1904,7 @@ func (x *PairDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PairDecision.ProtoReflect.Descriptor instead.
 func (*PairDecision) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{22}
+	return file_api_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PairDecision) GetConfirmed() bool {
@@ -1786,7 +1927,7 @@ type PairResult struct {
 
 func (x *PairResult) Reset() {
 	*x = PairResult{}
-	mi := &file_api_proto_msgTypes[23]
+	mi := &file_api_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +1939,7 @@ func (x *PairResult) String() string {
 func (*PairResult) ProtoMessage() {}
 
 func (x *PairResult) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[23]
+	mi := &file_api_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +1952,7 @@ func (x *PairResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PairResult.ProtoReflect.Descriptor instead.
 func (*PairResult) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{23}
+	return file_api_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PairResult) GetDevice() *Device {
@@ -1837,7 +1978,7 @@ type RevokeDeviceRequest struct {
 
 func (x *RevokeDeviceRequest) Reset() {
 	*x = RevokeDeviceRequest{}
-	mi := &file_api_proto_msgTypes[24]
+	mi := &file_api_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1849,7 +1990,7 @@ func (x *RevokeDeviceRequest) String() string {
 func (*RevokeDeviceRequest) ProtoMessage() {}
 
 func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[24]
+	mi := &file_api_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1862,7 +2003,7 @@ func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceRequest.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{24}
+	return file_api_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RevokeDeviceRequest) GetDeviceId() string {
@@ -1881,7 +2022,7 @@ type RevokeDeviceResponse struct {
 
 func (x *RevokeDeviceResponse) Reset() {
 	*x = RevokeDeviceResponse{}
-	mi := &file_api_proto_msgTypes[25]
+	mi := &file_api_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1893,7 +2034,7 @@ func (x *RevokeDeviceResponse) String() string {
 func (*RevokeDeviceResponse) ProtoMessage() {}
 
 func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[25]
+	mi := &file_api_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1906,7 +2047,7 @@ func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{25}
+	return file_api_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RevokeDeviceResponse) GetDevice() *Device {
@@ -1931,7 +2072,7 @@ type Policy struct {
 
 func (x *Policy) Reset() {
 	*x = Policy{}
-	mi := &file_api_proto_msgTypes[26]
+	mi := &file_api_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1943,7 +2084,7 @@ func (x *Policy) String() string {
 func (*Policy) ProtoMessage() {}
 
 func (x *Policy) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[26]
+	mi := &file_api_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1956,7 +2097,7 @@ func (x *Policy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Policy.ProtoReflect.Descriptor instead.
 func (*Policy) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{26}
+	return file_api_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Policy) GetWallet() string {
@@ -1996,7 +2137,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_api_proto_msgTypes[27]
+	mi := &file_api_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2008,7 +2149,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[27]
+	mi := &file_api_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2021,7 +2162,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{27}
+	return file_api_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetPolicyRequest) GetWallet() string {
@@ -2044,7 +2185,7 @@ type ProposePolicyRequest struct {
 
 func (x *ProposePolicyRequest) Reset() {
 	*x = ProposePolicyRequest{}
-	mi := &file_api_proto_msgTypes[28]
+	mi := &file_api_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2056,7 +2197,7 @@ func (x *ProposePolicyRequest) String() string {
 func (*ProposePolicyRequest) ProtoMessage() {}
 
 func (x *ProposePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[28]
+	mi := &file_api_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2069,7 +2210,7 @@ func (x *ProposePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposePolicyRequest.ProtoReflect.Descriptor instead.
 func (*ProposePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{28}
+	return file_api_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ProposePolicyRequest) GetWallet() string {
@@ -2105,7 +2246,7 @@ type TestPolicyRequest struct {
 
 func (x *TestPolicyRequest) Reset() {
 	*x = TestPolicyRequest{}
-	mi := &file_api_proto_msgTypes[29]
+	mi := &file_api_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2117,7 +2258,7 @@ func (x *TestPolicyRequest) String() string {
 func (*TestPolicyRequest) ProtoMessage() {}
 
 func (x *TestPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[29]
+	mi := &file_api_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2130,7 +2271,7 @@ func (x *TestPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TestPolicyRequest.ProtoReflect.Descriptor instead.
 func (*TestPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{29}
+	return file_api_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *TestPolicyRequest) GetWallet() string {
@@ -2180,7 +2321,7 @@ type PolicyDecision struct {
 
 func (x *PolicyDecision) Reset() {
 	*x = PolicyDecision{}
-	mi := &file_api_proto_msgTypes[30]
+	mi := &file_api_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2192,7 +2333,7 @@ func (x *PolicyDecision) String() string {
 func (*PolicyDecision) ProtoMessage() {}
 
 func (x *PolicyDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[30]
+	mi := &file_api_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2205,7 +2346,7 @@ func (x *PolicyDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyDecision.ProtoReflect.Descriptor instead.
 func (*PolicyDecision) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{30}
+	return file_api_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PolicyDecision) GetOutcome() string {
@@ -2291,13 +2432,17 @@ type Wallet struct {
 	// Unix seconds.
 	CreatedAt     int64  `protobuf:"varint,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	PolicyVersion uint64 `protobuf:"varint,7,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+	// The wallet's custody keys are made backup-able: they can leave the HSM
+	// wrapped for a registered backup HSM ('opencustody backup'), and in no
+	// other form.
+	Backupable    bool `protobuf:"varint,8,opt,name=backupable,proto3" json:"backupable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Wallet) Reset() {
 	*x = Wallet{}
-	mi := &file_api_proto_msgTypes[31]
+	mi := &file_api_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2309,7 +2454,7 @@ func (x *Wallet) String() string {
 func (*Wallet) ProtoMessage() {}
 
 func (x *Wallet) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[31]
+	mi := &file_api_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2322,7 +2467,7 @@ func (x *Wallet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wallet.ProtoReflect.Descriptor instead.
 func (*Wallet) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{31}
+	return file_api_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Wallet) GetName() string {
@@ -2374,6 +2519,13 @@ func (x *Wallet) GetPolicyVersion() uint64 {
 	return 0
 }
 
+func (x *Wallet) GetBackupable() bool {
+	if x != nil {
+		return x.Backupable
+	}
+	return false
+}
+
 type WalletAddress struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Index   uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
@@ -2389,7 +2541,7 @@ type WalletAddress struct {
 
 func (x *WalletAddress) Reset() {
 	*x = WalletAddress{}
-	mi := &file_api_proto_msgTypes[32]
+	mi := &file_api_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2401,7 +2553,7 @@ func (x *WalletAddress) String() string {
 func (*WalletAddress) ProtoMessage() {}
 
 func (x *WalletAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[32]
+	mi := &file_api_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2414,7 +2566,7 @@ func (x *WalletAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WalletAddress.ProtoReflect.Descriptor instead.
 func (*WalletAddress) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{32}
+	return file_api_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WalletAddress) GetIndex() uint32 {
@@ -2457,16 +2609,19 @@ type CreateWalletRequest struct {
 	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Network string                 `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"`
 	// Approvers and quorum, or a policy document (YAML or JSON).
-	Approvers     []string `protobuf:"bytes,3,rep,name=approvers,proto3" json:"approvers,omitempty"`
-	Quorum        uint32   `protobuf:"varint,4,opt,name=quorum,proto3" json:"quorum,omitempty"`
-	Policy        []byte   `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
+	Approvers []string `protobuf:"bytes,3,rep,name=approvers,proto3" json:"approvers,omitempty"`
+	Quorum    uint32   `protobuf:"varint,4,opt,name=quorum,proto3" json:"quorum,omitempty"`
+	Policy    []byte   `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Make the wallet's custody keys backup-able (see Wallet.backupable).
+	// Decided at creation: a key cannot become backup-able later.
+	Backupable    bool `protobuf:"varint,6,opt,name=backupable,proto3" json:"backupable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateWalletRequest) Reset() {
 	*x = CreateWalletRequest{}
-	mi := &file_api_proto_msgTypes[33]
+	mi := &file_api_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2478,7 +2633,7 @@ func (x *CreateWalletRequest) String() string {
 func (*CreateWalletRequest) ProtoMessage() {}
 
 func (x *CreateWalletRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[33]
+	mi := &file_api_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2491,7 +2646,7 @@ func (x *CreateWalletRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateWalletRequest.ProtoReflect.Descriptor instead.
 func (*CreateWalletRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{33}
+	return file_api_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CreateWalletRequest) GetName() string {
@@ -2529,6 +2684,13 @@ func (x *CreateWalletRequest) GetPolicy() []byte {
 	return nil
 }
 
+func (x *CreateWalletRequest) GetBackupable() bool {
+	if x != nil {
+		return x.Backupable
+	}
+	return false
+}
+
 type NewAddressRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Wallet        string                 `protobuf:"bytes,1,opt,name=wallet,proto3" json:"wallet,omitempty"`
@@ -2538,7 +2700,7 @@ type NewAddressRequest struct {
 
 func (x *NewAddressRequest) Reset() {
 	*x = NewAddressRequest{}
-	mi := &file_api_proto_msgTypes[34]
+	mi := &file_api_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2550,7 +2712,7 @@ func (x *NewAddressRequest) String() string {
 func (*NewAddressRequest) ProtoMessage() {}
 
 func (x *NewAddressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[34]
+	mi := &file_api_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2563,7 +2725,7 @@ func (x *NewAddressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewAddressRequest.ProtoReflect.Descriptor instead.
 func (*NewAddressRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{34}
+	return file_api_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *NewAddressRequest) GetWallet() string {
@@ -2583,7 +2745,7 @@ type NewAddressResponse struct {
 
 func (x *NewAddressResponse) Reset() {
 	*x = NewAddressResponse{}
-	mi := &file_api_proto_msgTypes[35]
+	mi := &file_api_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2595,7 +2757,7 @@ func (x *NewAddressResponse) String() string {
 func (*NewAddressResponse) ProtoMessage() {}
 
 func (x *NewAddressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[35]
+	mi := &file_api_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2608,7 +2770,7 @@ func (x *NewAddressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewAddressResponse.ProtoReflect.Descriptor instead.
 func (*NewAddressResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{35}
+	return file_api_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *NewAddressResponse) GetWallet() string {
@@ -2634,7 +2796,7 @@ type GetWalletRequest struct {
 
 func (x *GetWalletRequest) Reset() {
 	*x = GetWalletRequest{}
-	mi := &file_api_proto_msgTypes[36]
+	mi := &file_api_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2646,7 +2808,7 @@ func (x *GetWalletRequest) String() string {
 func (*GetWalletRequest) ProtoMessage() {}
 
 func (x *GetWalletRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[36]
+	mi := &file_api_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2659,7 +2821,7 @@ func (x *GetWalletRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetWalletRequest.ProtoReflect.Descriptor instead.
 func (*GetWalletRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{36}
+	return file_api_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetWalletRequest) GetName() string {
@@ -2677,7 +2839,7 @@ type ListWalletsRequest struct {
 
 func (x *ListWalletsRequest) Reset() {
 	*x = ListWalletsRequest{}
-	mi := &file_api_proto_msgTypes[37]
+	mi := &file_api_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2689,7 +2851,7 @@ func (x *ListWalletsRequest) String() string {
 func (*ListWalletsRequest) ProtoMessage() {}
 
 func (x *ListWalletsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[37]
+	mi := &file_api_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2702,7 +2864,7 @@ func (x *ListWalletsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWalletsRequest.ProtoReflect.Descriptor instead.
 func (*ListWalletsRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{37}
+	return file_api_proto_rawDescGZIP(), []int{39}
 }
 
 type ListWalletsResponse struct {
@@ -2714,7 +2876,7 @@ type ListWalletsResponse struct {
 
 func (x *ListWalletsResponse) Reset() {
 	*x = ListWalletsResponse{}
-	mi := &file_api_proto_msgTypes[38]
+	mi := &file_api_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2726,7 +2888,7 @@ func (x *ListWalletsResponse) String() string {
 func (*ListWalletsResponse) ProtoMessage() {}
 
 func (x *ListWalletsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[38]
+	mi := &file_api_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2739,7 +2901,7 @@ func (x *ListWalletsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWalletsResponse.ProtoReflect.Descriptor instead.
 func (*ListWalletsResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{38}
+	return file_api_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListWalletsResponse) GetWallets() []*Wallet {
@@ -2764,7 +2926,7 @@ type SubmitRequest struct {
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_api_proto_msgTypes[39]
+	mi := &file_api_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2776,7 +2938,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[39]
+	mi := &file_api_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2789,7 +2951,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{39}
+	return file_api_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SubmitRequest) GetWallet() string {
@@ -2856,7 +3018,7 @@ type Request struct {
 
 func (x *Request) Reset() {
 	*x = Request{}
-	mi := &file_api_proto_msgTypes[40]
+	mi := &file_api_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2868,7 +3030,7 @@ func (x *Request) String() string {
 func (*Request) ProtoMessage() {}
 
 func (x *Request) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[40]
+	mi := &file_api_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2881,7 +3043,7 @@ func (x *Request) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Request.ProtoReflect.Descriptor instead.
 func (*Request) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{40}
+	return file_api_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Request) GetId() string {
@@ -3058,7 +3220,7 @@ type RequestPrompt struct {
 
 func (x *RequestPrompt) Reset() {
 	*x = RequestPrompt{}
-	mi := &file_api_proto_msgTypes[41]
+	mi := &file_api_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3070,7 +3232,7 @@ func (x *RequestPrompt) String() string {
 func (*RequestPrompt) ProtoMessage() {}
 
 func (x *RequestPrompt) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[41]
+	mi := &file_api_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3083,7 +3245,7 @@ func (x *RequestPrompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestPrompt.ProtoReflect.Descriptor instead.
 func (*RequestPrompt) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{41}
+	return file_api_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RequestPrompt) GetDeviceId() string {
@@ -3122,7 +3284,7 @@ type RequestAnswer struct {
 
 func (x *RequestAnswer) Reset() {
 	*x = RequestAnswer{}
-	mi := &file_api_proto_msgTypes[42]
+	mi := &file_api_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3134,7 +3296,7 @@ func (x *RequestAnswer) String() string {
 func (*RequestAnswer) ProtoMessage() {}
 
 func (x *RequestAnswer) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[42]
+	mi := &file_api_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3147,7 +3309,7 @@ func (x *RequestAnswer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAnswer.ProtoReflect.Descriptor instead.
 func (*RequestAnswer) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{42}
+	return file_api_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RequestAnswer) GetDeviceId() string {
@@ -3209,7 +3371,7 @@ type TransferSummary struct {
 
 func (x *TransferSummary) Reset() {
 	*x = TransferSummary{}
-	mi := &file_api_proto_msgTypes[43]
+	mi := &file_api_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3221,7 +3383,7 @@ func (x *TransferSummary) String() string {
 func (*TransferSummary) ProtoMessage() {}
 
 func (x *TransferSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[43]
+	mi := &file_api_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3234,7 +3396,7 @@ func (x *TransferSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferSummary.ProtoReflect.Descriptor instead.
 func (*TransferSummary) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{43}
+	return file_api_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TransferSummary) GetTxid() string {
@@ -3327,7 +3489,7 @@ type TransferOutput struct {
 
 func (x *TransferOutput) Reset() {
 	*x = TransferOutput{}
-	mi := &file_api_proto_msgTypes[44]
+	mi := &file_api_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3339,7 +3501,7 @@ func (x *TransferOutput) String() string {
 func (*TransferOutput) ProtoMessage() {}
 
 func (x *TransferOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[44]
+	mi := &file_api_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3352,7 +3514,7 @@ func (x *TransferOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferOutput.ProtoReflect.Descriptor instead.
 func (*TransferOutput) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{44}
+	return file_api_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *TransferOutput) GetAmount() int64 {
@@ -3394,7 +3556,7 @@ type ListRequestsRequest struct {
 
 func (x *ListRequestsRequest) Reset() {
 	*x = ListRequestsRequest{}
-	mi := &file_api_proto_msgTypes[45]
+	mi := &file_api_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3406,7 +3568,7 @@ func (x *ListRequestsRequest) String() string {
 func (*ListRequestsRequest) ProtoMessage() {}
 
 func (x *ListRequestsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[45]
+	mi := &file_api_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3419,7 +3581,7 @@ func (x *ListRequestsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequestsRequest.ProtoReflect.Descriptor instead.
 func (*ListRequestsRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{45}
+	return file_api_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListRequestsRequest) GetWallet() string {
@@ -3445,7 +3607,7 @@ type ListRequestsResponse struct {
 
 func (x *ListRequestsResponse) Reset() {
 	*x = ListRequestsResponse{}
-	mi := &file_api_proto_msgTypes[46]
+	mi := &file_api_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3457,7 +3619,7 @@ func (x *ListRequestsResponse) String() string {
 func (*ListRequestsResponse) ProtoMessage() {}
 
 func (x *ListRequestsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[46]
+	mi := &file_api_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3470,7 +3632,7 @@ func (x *ListRequestsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequestsResponse.ProtoReflect.Descriptor instead.
 func (*ListRequestsResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{46}
+	return file_api_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListRequestsResponse) GetRequests() []*Request {
@@ -3489,7 +3651,7 @@ type GetRequestRequest struct {
 
 func (x *GetRequestRequest) Reset() {
 	*x = GetRequestRequest{}
-	mi := &file_api_proto_msgTypes[47]
+	mi := &file_api_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3501,7 +3663,7 @@ func (x *GetRequestRequest) String() string {
 func (*GetRequestRequest) ProtoMessage() {}
 
 func (x *GetRequestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[47]
+	mi := &file_api_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3514,7 +3676,7 @@ func (x *GetRequestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequestRequest.ProtoReflect.Descriptor instead.
 func (*GetRequestRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{47}
+	return file_api_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GetRequestRequest) GetId() string {
@@ -3532,7 +3694,7 @@ type ListAuditRequest struct {
 
 func (x *ListAuditRequest) Reset() {
 	*x = ListAuditRequest{}
-	mi := &file_api_proto_msgTypes[48]
+	mi := &file_api_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3544,7 +3706,7 @@ func (x *ListAuditRequest) String() string {
 func (*ListAuditRequest) ProtoMessage() {}
 
 func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[48]
+	mi := &file_api_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3557,7 +3719,7 @@ func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{48}
+	return file_api_proto_rawDescGZIP(), []int{50}
 }
 
 type AuditEntry struct {
@@ -3575,7 +3737,7 @@ type AuditEntry struct {
 
 func (x *AuditEntry) Reset() {
 	*x = AuditEntry{}
-	mi := &file_api_proto_msgTypes[49]
+	mi := &file_api_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3587,7 +3749,7 @@ func (x *AuditEntry) String() string {
 func (*AuditEntry) ProtoMessage() {}
 
 func (x *AuditEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[49]
+	mi := &file_api_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3600,7 +3762,7 @@ func (x *AuditEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
 func (*AuditEntry) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{49}
+	return file_api_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *AuditEntry) GetSeq() uint64 {
@@ -3668,7 +3830,7 @@ type AuditCheckpoint struct {
 
 func (x *AuditCheckpoint) Reset() {
 	*x = AuditCheckpoint{}
-	mi := &file_api_proto_msgTypes[50]
+	mi := &file_api_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3680,7 +3842,7 @@ func (x *AuditCheckpoint) String() string {
 func (*AuditCheckpoint) ProtoMessage() {}
 
 func (x *AuditCheckpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[50]
+	mi := &file_api_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3693,7 +3855,7 @@ func (x *AuditCheckpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditCheckpoint.ProtoReflect.Descriptor instead.
 func (*AuditCheckpoint) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{50}
+	return file_api_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *AuditCheckpoint) GetSeq() uint64 {
@@ -3748,7 +3910,7 @@ type ListAuditResponse struct {
 
 func (x *ListAuditResponse) Reset() {
 	*x = ListAuditResponse{}
-	mi := &file_api_proto_msgTypes[51]
+	mi := &file_api_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3760,7 +3922,7 @@ func (x *ListAuditResponse) String() string {
 func (*ListAuditResponse) ProtoMessage() {}
 
 func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[51]
+	mi := &file_api_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3773,7 +3935,7 @@ func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{51}
+	return file_api_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListAuditResponse) GetEntries() []*AuditEntry {
@@ -3798,7 +3960,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_api_proto_msgTypes[52]
+	mi := &file_api_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3810,7 +3972,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[52]
+	mi := &file_api_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3823,7 +3985,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{52}
+	return file_api_proto_rawDescGZIP(), []int{54}
 }
 
 type AuditProblem struct {
@@ -3839,7 +4001,7 @@ type AuditProblem struct {
 
 func (x *AuditProblem) Reset() {
 	*x = AuditProblem{}
-	mi := &file_api_proto_msgTypes[53]
+	mi := &file_api_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3851,7 +4013,7 @@ func (x *AuditProblem) String() string {
 func (*AuditProblem) ProtoMessage() {}
 
 func (x *AuditProblem) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[53]
+	mi := &file_api_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3864,7 +4026,7 @@ func (x *AuditProblem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditProblem.ProtoReflect.Descriptor instead.
 func (*AuditProblem) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{53}
+	return file_api_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *AuditProblem) GetSeq() uint64 {
@@ -3901,7 +4063,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_api_proto_msgTypes[54]
+	mi := &file_api_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3913,7 +4075,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[54]
+	mi := &file_api_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3926,7 +4088,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{54}
+	return file_api_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *VerifyAuditResponse) GetEntries() uint32 {
@@ -3995,7 +4157,16 @@ const file_api_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\";\n" +
 	"\vDeviceFrame\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x1a\n" +
-	"\benvelope\x18\x02 \x01(\fR\benvelope\"\xb2\x03\n" +
+	"\benvelope\x18\x02 \x01(\fR\benvelope\"\x82\x01\n" +
+	"\x1aProposeBackupChangeRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x18\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\x12\x18\n" +
+	"\apayload\x18\x03 \x01(\fR\apayload\x12\x1c\n" +
+	"\tinitiator\x18\x04 \x01(\tR\tinitiator\"U\n" +
+	"\x15CompleteChangeRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06result\x18\x02 \x01(\tR\x06result\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\xd9\x03\n" +
 	"\x06Change\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
@@ -4017,7 +4188,8 @@ const file_api_proto_rawDesc = "" +
 	"\vfinished_at\x18\r \x01(\x03R\n" +
 	"finishedAt\x12\x16\n" +
 	"\x06result\x18\x0e \x01(\tR\x06result\x12\x14\n" +
-	"\x05error\x18\x0f \x01(\tR\x05error\"9\n" +
+	"\x05error\x18\x0f \x01(\tR\x05error\x12%\n" +
+	"\x0epayload_sha256\x18\x10 \x01(\fR\rpayloadSha256\"9\n" +
 	"\vChangeField\x12\x14\n" +
 	"\x05label\x18\x01 \x01(\tR\x05label\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"\"\n" +
@@ -4109,7 +4281,7 @@ const file_api_proto_rawDesc = "" +
 	"\beligible\x18\b \x03(\tR\beligible\x12%\n" +
 	"\x0epolicy_version\x18\t \x01(\x04R\rpolicyVersion\x12=\n" +
 	"\asummary\x18\n" +
-	" \x01(\v2#.opencustody.api.v1.TransferSummaryR\asummary\"\xf3\x01\n" +
+	" \x01(\v2#.opencustody.api.v1.TransferSummaryR\asummary\"\x93\x02\n" +
 	"\x06Wallet\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x1c\n" +
@@ -4118,7 +4290,10 @@ const file_api_proto_rawDesc = "" +
 	"\taddresses\x18\x05 \x03(\v2!.opencustody.api.v1.WalletAddressR\taddresses\x12\x1d\n" +
 	"\n" +
 	"created_at\x18\x06 \x01(\x03R\tcreatedAt\x12%\n" +
-	"\x0epolicy_version\x18\a \x01(\x04R\rpolicyVersion\"\x96\x01\n" +
+	"\x0epolicy_version\x18\a \x01(\x04R\rpolicyVersion\x12\x1e\n" +
+	"\n" +
+	"backupable\x18\b \x01(\bR\n" +
+	"backupable\"\x96\x01\n" +
 	"\rWalletAddress\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1d\n" +
@@ -4126,13 +4301,16 @@ const file_api_proto_rawDesc = "" +
 	"public_key\x18\x03 \x01(\fR\tpublicKey\x12\x17\n" +
 	"\akey_ref\x18\x04 \x01(\tR\x06keyRef\x12\x1d\n" +
 	"\n" +
-	"created_at\x18\x05 \x01(\x03R\tcreatedAt\"\x91\x01\n" +
+	"created_at\x18\x05 \x01(\x03R\tcreatedAt\"\xb1\x01\n" +
 	"\x13CreateWalletRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x1c\n" +
 	"\tapprovers\x18\x03 \x03(\tR\tapprovers\x12\x16\n" +
 	"\x06quorum\x18\x04 \x01(\rR\x06quorum\x12\x16\n" +
-	"\x06policy\x18\x05 \x01(\fR\x06policy\"+\n" +
+	"\x06policy\x18\x05 \x01(\fR\x06policy\x12\x1e\n" +
+	"\n" +
+	"backupable\x18\x06 \x01(\bR\n" +
+	"backupable\"+\n" +
 	"\x11NewAddressRequest\x12\x16\n" +
 	"\x06wallet\x18\x01 \x01(\tR\x06wallet\"i\n" +
 	"\x12NewAddressResponse\x12\x16\n" +
@@ -4270,14 +4448,17 @@ const file_api_proto_rawDesc = "" +
 	"\x14REQUEST_STATE_FAILED\x10\x06\x12\x1b\n" +
 	"\x17REQUEST_STATE_WITHDRAWN\x10\a2Z\n" +
 	"\x05Relay\x12Q\n" +
-	"\aConnect\x12!.opencustody.api.v1.BridgeMessage\x1a\x1f.opencustody.api.v1.CoreMessage(\x010\x012\xa7\x04\n" +
+	"\aConnect\x12!.opencustody.api.v1.BridgeMessage\x1a\x1f.opencustody.api.v1.CoreMessage(\x010\x012\xb7\x06\n" +
 	"\bOperator\x12O\n" +
 	"\x06Status\x12!.opencustody.api.v1.StatusRequest\x1a\".opencustody.api.v1.StatusResponse\x12^\n" +
 	"\vListDevices\x12&.opencustody.api.v1.ListDevicesRequest\x1a'.opencustody.api.v1.ListDevicesResponse\x12X\n" +
 	"\x04Pair\x12%.opencustody.api.v1.PairClientMessage\x1a%.opencustody.api.v1.PairServerMessage(\x010\x01\x12a\n" +
 	"\fRevokeDevice\x12'.opencustody.api.v1.RevokeDeviceRequest\x1a(.opencustody.api.v1.RevokeDeviceResponse\x12M\n" +
 	"\tGetChange\x12$.opencustody.api.v1.GetChangeRequest\x1a\x1a.opencustody.api.v1.Change\x12^\n" +
-	"\vListChanges\x12&.opencustody.api.v1.ListChangesRequest\x1a'.opencustody.api.v1.ListChangesResponse2\xe8\x06\n" +
+	"\vListChanges\x12&.opencustody.api.v1.ListChangesRequest\x1a'.opencustody.api.v1.ListChangesResponse\x12a\n" +
+	"\x13ProposeBackupChange\x12..opencustody.api.v1.ProposeBackupChangeRequest\x1a\x1a.opencustody.api.v1.Change\x12R\n" +
+	"\x0eApprovedChange\x12$.opencustody.api.v1.GetChangeRequest\x1a\x1a.opencustody.api.v1.Change\x12W\n" +
+	"\x0eCompleteChange\x12).opencustody.api.v1.CompleteChangeRequest\x1a\x1a.opencustody.api.v1.Change2\xe8\x06\n" +
 	"\aCustody\x12S\n" +
 	"\fCreateWallet\x12'.opencustody.api.v1.CreateWalletRequest\x1a\x1a.opencustody.api.v1.Wallet\x12[\n" +
 	"\n" +
@@ -4309,66 +4490,68 @@ func file_api_proto_rawDescGZIP() []byte {
 }
 
 var file_api_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_api_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_api_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_api_proto_goTypes = []any{
-	(DeviceState)(0),             // 0: opencustody.api.v1.DeviceState
-	(Role)(0),                    // 1: opencustody.api.v1.Role
-	(RequestState)(0),            // 2: opencustody.api.v1.RequestState
-	(*BridgeMessage)(nil),        // 3: opencustody.api.v1.BridgeMessage
-	(*CoreMessage)(nil),          // 4: opencustody.api.v1.CoreMessage
-	(*BridgeHello)(nil),          // 5: opencustody.api.v1.BridgeHello
-	(*CoreHello)(nil),            // 6: opencustody.api.v1.CoreHello
-	(*DeviceAttached)(nil),       // 7: opencustody.api.v1.DeviceAttached
-	(*DeviceDetached)(nil),       // 8: opencustody.api.v1.DeviceDetached
-	(*DeviceFrame)(nil),          // 9: opencustody.api.v1.DeviceFrame
-	(*Change)(nil),               // 10: opencustody.api.v1.Change
-	(*ChangeField)(nil),          // 11: opencustody.api.v1.ChangeField
-	(*GetChangeRequest)(nil),     // 12: opencustody.api.v1.GetChangeRequest
-	(*ListChangesRequest)(nil),   // 13: opencustody.api.v1.ListChangesRequest
-	(*ListChangesResponse)(nil),  // 14: opencustody.api.v1.ListChangesResponse
-	(*StatusRequest)(nil),        // 15: opencustody.api.v1.StatusRequest
-	(*StatusResponse)(nil),       // 16: opencustody.api.v1.StatusResponse
-	(*BridgeStatus)(nil),         // 17: opencustody.api.v1.BridgeStatus
-	(*ListDevicesRequest)(nil),   // 18: opencustody.api.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),  // 19: opencustody.api.v1.ListDevicesResponse
-	(*Device)(nil),               // 20: opencustody.api.v1.Device
-	(*PairClientMessage)(nil),    // 21: opencustody.api.v1.PairClientMessage
-	(*PairServerMessage)(nil),    // 22: opencustody.api.v1.PairServerMessage
-	(*PairStart)(nil),            // 23: opencustody.api.v1.PairStart
-	(*PairCode)(nil),             // 24: opencustody.api.v1.PairCode
-	(*PairDecision)(nil),         // 25: opencustody.api.v1.PairDecision
-	(*PairResult)(nil),           // 26: opencustody.api.v1.PairResult
-	(*RevokeDeviceRequest)(nil),  // 27: opencustody.api.v1.RevokeDeviceRequest
-	(*RevokeDeviceResponse)(nil), // 28: opencustody.api.v1.RevokeDeviceResponse
-	(*Policy)(nil),               // 29: opencustody.api.v1.Policy
-	(*GetPolicyRequest)(nil),     // 30: opencustody.api.v1.GetPolicyRequest
-	(*ProposePolicyRequest)(nil), // 31: opencustody.api.v1.ProposePolicyRequest
-	(*TestPolicyRequest)(nil),    // 32: opencustody.api.v1.TestPolicyRequest
-	(*PolicyDecision)(nil),       // 33: opencustody.api.v1.PolicyDecision
-	(*Wallet)(nil),               // 34: opencustody.api.v1.Wallet
-	(*WalletAddress)(nil),        // 35: opencustody.api.v1.WalletAddress
-	(*CreateWalletRequest)(nil),  // 36: opencustody.api.v1.CreateWalletRequest
-	(*NewAddressRequest)(nil),    // 37: opencustody.api.v1.NewAddressRequest
-	(*NewAddressResponse)(nil),   // 38: opencustody.api.v1.NewAddressResponse
-	(*GetWalletRequest)(nil),     // 39: opencustody.api.v1.GetWalletRequest
-	(*ListWalletsRequest)(nil),   // 40: opencustody.api.v1.ListWalletsRequest
-	(*ListWalletsResponse)(nil),  // 41: opencustody.api.v1.ListWalletsResponse
-	(*SubmitRequest)(nil),        // 42: opencustody.api.v1.SubmitRequest
-	(*Request)(nil),              // 43: opencustody.api.v1.Request
-	(*RequestPrompt)(nil),        // 44: opencustody.api.v1.RequestPrompt
-	(*RequestAnswer)(nil),        // 45: opencustody.api.v1.RequestAnswer
-	(*TransferSummary)(nil),      // 46: opencustody.api.v1.TransferSummary
-	(*TransferOutput)(nil),       // 47: opencustody.api.v1.TransferOutput
-	(*ListRequestsRequest)(nil),  // 48: opencustody.api.v1.ListRequestsRequest
-	(*ListRequestsResponse)(nil), // 49: opencustody.api.v1.ListRequestsResponse
-	(*GetRequestRequest)(nil),    // 50: opencustody.api.v1.GetRequestRequest
-	(*ListAuditRequest)(nil),     // 51: opencustody.api.v1.ListAuditRequest
-	(*AuditEntry)(nil),           // 52: opencustody.api.v1.AuditEntry
-	(*AuditCheckpoint)(nil),      // 53: opencustody.api.v1.AuditCheckpoint
-	(*ListAuditResponse)(nil),    // 54: opencustody.api.v1.ListAuditResponse
-	(*VerifyAuditRequest)(nil),   // 55: opencustody.api.v1.VerifyAuditRequest
-	(*AuditProblem)(nil),         // 56: opencustody.api.v1.AuditProblem
-	(*VerifyAuditResponse)(nil),  // 57: opencustody.api.v1.VerifyAuditResponse
+	(DeviceState)(0),                   // 0: opencustody.api.v1.DeviceState
+	(Role)(0),                          // 1: opencustody.api.v1.Role
+	(RequestState)(0),                  // 2: opencustody.api.v1.RequestState
+	(*BridgeMessage)(nil),              // 3: opencustody.api.v1.BridgeMessage
+	(*CoreMessage)(nil),                // 4: opencustody.api.v1.CoreMessage
+	(*BridgeHello)(nil),                // 5: opencustody.api.v1.BridgeHello
+	(*CoreHello)(nil),                  // 6: opencustody.api.v1.CoreHello
+	(*DeviceAttached)(nil),             // 7: opencustody.api.v1.DeviceAttached
+	(*DeviceDetached)(nil),             // 8: opencustody.api.v1.DeviceDetached
+	(*DeviceFrame)(nil),                // 9: opencustody.api.v1.DeviceFrame
+	(*ProposeBackupChangeRequest)(nil), // 10: opencustody.api.v1.ProposeBackupChangeRequest
+	(*CompleteChangeRequest)(nil),      // 11: opencustody.api.v1.CompleteChangeRequest
+	(*Change)(nil),                     // 12: opencustody.api.v1.Change
+	(*ChangeField)(nil),                // 13: opencustody.api.v1.ChangeField
+	(*GetChangeRequest)(nil),           // 14: opencustody.api.v1.GetChangeRequest
+	(*ListChangesRequest)(nil),         // 15: opencustody.api.v1.ListChangesRequest
+	(*ListChangesResponse)(nil),        // 16: opencustody.api.v1.ListChangesResponse
+	(*StatusRequest)(nil),              // 17: opencustody.api.v1.StatusRequest
+	(*StatusResponse)(nil),             // 18: opencustody.api.v1.StatusResponse
+	(*BridgeStatus)(nil),               // 19: opencustody.api.v1.BridgeStatus
+	(*ListDevicesRequest)(nil),         // 20: opencustody.api.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),        // 21: opencustody.api.v1.ListDevicesResponse
+	(*Device)(nil),                     // 22: opencustody.api.v1.Device
+	(*PairClientMessage)(nil),          // 23: opencustody.api.v1.PairClientMessage
+	(*PairServerMessage)(nil),          // 24: opencustody.api.v1.PairServerMessage
+	(*PairStart)(nil),                  // 25: opencustody.api.v1.PairStart
+	(*PairCode)(nil),                   // 26: opencustody.api.v1.PairCode
+	(*PairDecision)(nil),               // 27: opencustody.api.v1.PairDecision
+	(*PairResult)(nil),                 // 28: opencustody.api.v1.PairResult
+	(*RevokeDeviceRequest)(nil),        // 29: opencustody.api.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),       // 30: opencustody.api.v1.RevokeDeviceResponse
+	(*Policy)(nil),                     // 31: opencustody.api.v1.Policy
+	(*GetPolicyRequest)(nil),           // 32: opencustody.api.v1.GetPolicyRequest
+	(*ProposePolicyRequest)(nil),       // 33: opencustody.api.v1.ProposePolicyRequest
+	(*TestPolicyRequest)(nil),          // 34: opencustody.api.v1.TestPolicyRequest
+	(*PolicyDecision)(nil),             // 35: opencustody.api.v1.PolicyDecision
+	(*Wallet)(nil),                     // 36: opencustody.api.v1.Wallet
+	(*WalletAddress)(nil),              // 37: opencustody.api.v1.WalletAddress
+	(*CreateWalletRequest)(nil),        // 38: opencustody.api.v1.CreateWalletRequest
+	(*NewAddressRequest)(nil),          // 39: opencustody.api.v1.NewAddressRequest
+	(*NewAddressResponse)(nil),         // 40: opencustody.api.v1.NewAddressResponse
+	(*GetWalletRequest)(nil),           // 41: opencustody.api.v1.GetWalletRequest
+	(*ListWalletsRequest)(nil),         // 42: opencustody.api.v1.ListWalletsRequest
+	(*ListWalletsResponse)(nil),        // 43: opencustody.api.v1.ListWalletsResponse
+	(*SubmitRequest)(nil),              // 44: opencustody.api.v1.SubmitRequest
+	(*Request)(nil),                    // 45: opencustody.api.v1.Request
+	(*RequestPrompt)(nil),              // 46: opencustody.api.v1.RequestPrompt
+	(*RequestAnswer)(nil),              // 47: opencustody.api.v1.RequestAnswer
+	(*TransferSummary)(nil),            // 48: opencustody.api.v1.TransferSummary
+	(*TransferOutput)(nil),             // 49: opencustody.api.v1.TransferOutput
+	(*ListRequestsRequest)(nil),        // 50: opencustody.api.v1.ListRequestsRequest
+	(*ListRequestsResponse)(nil),       // 51: opencustody.api.v1.ListRequestsResponse
+	(*GetRequestRequest)(nil),          // 52: opencustody.api.v1.GetRequestRequest
+	(*ListAuditRequest)(nil),           // 53: opencustody.api.v1.ListAuditRequest
+	(*AuditEntry)(nil),                 // 54: opencustody.api.v1.AuditEntry
+	(*AuditCheckpoint)(nil),            // 55: opencustody.api.v1.AuditCheckpoint
+	(*ListAuditResponse)(nil),          // 56: opencustody.api.v1.ListAuditResponse
+	(*VerifyAuditRequest)(nil),         // 57: opencustody.api.v1.VerifyAuditRequest
+	(*AuditProblem)(nil),               // 58: opencustody.api.v1.AuditProblem
+	(*VerifyAuditResponse)(nil),        // 59: opencustody.api.v1.VerifyAuditResponse
 }
 var file_api_proto_depIdxs = []int32{
 	5,  // 0: opencustody.api.v1.BridgeMessage.hello:type_name -> opencustody.api.v1.BridgeHello
@@ -4377,73 +4560,79 @@ var file_api_proto_depIdxs = []int32{
 	9,  // 3: opencustody.api.v1.BridgeMessage.frame:type_name -> opencustody.api.v1.DeviceFrame
 	6,  // 4: opencustody.api.v1.CoreMessage.hello:type_name -> opencustody.api.v1.CoreHello
 	9,  // 5: opencustody.api.v1.CoreMessage.frame:type_name -> opencustody.api.v1.DeviceFrame
-	11, // 6: opencustody.api.v1.Change.fields:type_name -> opencustody.api.v1.ChangeField
-	10, // 7: opencustody.api.v1.ListChangesResponse.changes:type_name -> opencustody.api.v1.Change
-	17, // 8: opencustody.api.v1.StatusResponse.bridges:type_name -> opencustody.api.v1.BridgeStatus
-	20, // 9: opencustody.api.v1.ListDevicesResponse.devices:type_name -> opencustody.api.v1.Device
+	13, // 6: opencustody.api.v1.Change.fields:type_name -> opencustody.api.v1.ChangeField
+	12, // 7: opencustody.api.v1.ListChangesResponse.changes:type_name -> opencustody.api.v1.Change
+	19, // 8: opencustody.api.v1.StatusResponse.bridges:type_name -> opencustody.api.v1.BridgeStatus
+	22, // 9: opencustody.api.v1.ListDevicesResponse.devices:type_name -> opencustody.api.v1.Device
 	0,  // 10: opencustody.api.v1.Device.state:type_name -> opencustody.api.v1.DeviceState
 	1,  // 11: opencustody.api.v1.Device.role:type_name -> opencustody.api.v1.Role
-	23, // 12: opencustody.api.v1.PairClientMessage.start:type_name -> opencustody.api.v1.PairStart
-	25, // 13: opencustody.api.v1.PairClientMessage.decision:type_name -> opencustody.api.v1.PairDecision
-	24, // 14: opencustody.api.v1.PairServerMessage.code:type_name -> opencustody.api.v1.PairCode
-	26, // 15: opencustody.api.v1.PairServerMessage.result:type_name -> opencustody.api.v1.PairResult
+	25, // 12: opencustody.api.v1.PairClientMessage.start:type_name -> opencustody.api.v1.PairStart
+	27, // 13: opencustody.api.v1.PairClientMessage.decision:type_name -> opencustody.api.v1.PairDecision
+	26, // 14: opencustody.api.v1.PairServerMessage.code:type_name -> opencustody.api.v1.PairCode
+	28, // 15: opencustody.api.v1.PairServerMessage.result:type_name -> opencustody.api.v1.PairResult
 	1,  // 16: opencustody.api.v1.PairStart.role:type_name -> opencustody.api.v1.Role
-	20, // 17: opencustody.api.v1.PairResult.device:type_name -> opencustody.api.v1.Device
-	20, // 18: opencustody.api.v1.RevokeDeviceResponse.device:type_name -> opencustody.api.v1.Device
-	46, // 19: opencustody.api.v1.PolicyDecision.summary:type_name -> opencustody.api.v1.TransferSummary
-	35, // 20: opencustody.api.v1.Wallet.addresses:type_name -> opencustody.api.v1.WalletAddress
-	35, // 21: opencustody.api.v1.NewAddressResponse.address:type_name -> opencustody.api.v1.WalletAddress
-	34, // 22: opencustody.api.v1.ListWalletsResponse.wallets:type_name -> opencustody.api.v1.Wallet
+	22, // 17: opencustody.api.v1.PairResult.device:type_name -> opencustody.api.v1.Device
+	22, // 18: opencustody.api.v1.RevokeDeviceResponse.device:type_name -> opencustody.api.v1.Device
+	48, // 19: opencustody.api.v1.PolicyDecision.summary:type_name -> opencustody.api.v1.TransferSummary
+	37, // 20: opencustody.api.v1.Wallet.addresses:type_name -> opencustody.api.v1.WalletAddress
+	37, // 21: opencustody.api.v1.NewAddressResponse.address:type_name -> opencustody.api.v1.WalletAddress
+	36, // 22: opencustody.api.v1.ListWalletsResponse.wallets:type_name -> opencustody.api.v1.Wallet
 	2,  // 23: opencustody.api.v1.Request.state:type_name -> opencustody.api.v1.RequestState
-	45, // 24: opencustody.api.v1.Request.answers:type_name -> opencustody.api.v1.RequestAnswer
-	44, // 25: opencustody.api.v1.Request.prompts:type_name -> opencustody.api.v1.RequestPrompt
-	46, // 26: opencustody.api.v1.Request.summary:type_name -> opencustody.api.v1.TransferSummary
-	47, // 27: opencustody.api.v1.TransferSummary.outputs:type_name -> opencustody.api.v1.TransferOutput
+	47, // 24: opencustody.api.v1.Request.answers:type_name -> opencustody.api.v1.RequestAnswer
+	46, // 25: opencustody.api.v1.Request.prompts:type_name -> opencustody.api.v1.RequestPrompt
+	48, // 26: opencustody.api.v1.Request.summary:type_name -> opencustody.api.v1.TransferSummary
+	49, // 27: opencustody.api.v1.TransferSummary.outputs:type_name -> opencustody.api.v1.TransferOutput
 	2,  // 28: opencustody.api.v1.ListRequestsRequest.state:type_name -> opencustody.api.v1.RequestState
-	43, // 29: opencustody.api.v1.ListRequestsResponse.requests:type_name -> opencustody.api.v1.Request
-	52, // 30: opencustody.api.v1.ListAuditResponse.entries:type_name -> opencustody.api.v1.AuditEntry
-	53, // 31: opencustody.api.v1.ListAuditResponse.checkpoints:type_name -> opencustody.api.v1.AuditCheckpoint
-	56, // 32: opencustody.api.v1.VerifyAuditResponse.problems:type_name -> opencustody.api.v1.AuditProblem
+	45, // 29: opencustody.api.v1.ListRequestsResponse.requests:type_name -> opencustody.api.v1.Request
+	54, // 30: opencustody.api.v1.ListAuditResponse.entries:type_name -> opencustody.api.v1.AuditEntry
+	55, // 31: opencustody.api.v1.ListAuditResponse.checkpoints:type_name -> opencustody.api.v1.AuditCheckpoint
+	58, // 32: opencustody.api.v1.VerifyAuditResponse.problems:type_name -> opencustody.api.v1.AuditProblem
 	3,  // 33: opencustody.api.v1.Relay.Connect:input_type -> opencustody.api.v1.BridgeMessage
-	15, // 34: opencustody.api.v1.Operator.Status:input_type -> opencustody.api.v1.StatusRequest
-	18, // 35: opencustody.api.v1.Operator.ListDevices:input_type -> opencustody.api.v1.ListDevicesRequest
-	21, // 36: opencustody.api.v1.Operator.Pair:input_type -> opencustody.api.v1.PairClientMessage
-	27, // 37: opencustody.api.v1.Operator.RevokeDevice:input_type -> opencustody.api.v1.RevokeDeviceRequest
-	12, // 38: opencustody.api.v1.Operator.GetChange:input_type -> opencustody.api.v1.GetChangeRequest
-	13, // 39: opencustody.api.v1.Operator.ListChanges:input_type -> opencustody.api.v1.ListChangesRequest
-	36, // 40: opencustody.api.v1.Custody.CreateWallet:input_type -> opencustody.api.v1.CreateWalletRequest
-	37, // 41: opencustody.api.v1.Custody.NewAddress:input_type -> opencustody.api.v1.NewAddressRequest
-	39, // 42: opencustody.api.v1.Custody.GetWallet:input_type -> opencustody.api.v1.GetWalletRequest
-	40, // 43: opencustody.api.v1.Custody.ListWallets:input_type -> opencustody.api.v1.ListWalletsRequest
-	42, // 44: opencustody.api.v1.Custody.Submit:input_type -> opencustody.api.v1.SubmitRequest
-	48, // 45: opencustody.api.v1.Custody.ListRequests:input_type -> opencustody.api.v1.ListRequestsRequest
-	50, // 46: opencustody.api.v1.Custody.GetRequest:input_type -> opencustody.api.v1.GetRequestRequest
-	30, // 47: opencustody.api.v1.Custody.GetPolicy:input_type -> opencustody.api.v1.GetPolicyRequest
-	31, // 48: opencustody.api.v1.Custody.ProposePolicy:input_type -> opencustody.api.v1.ProposePolicyRequest
-	32, // 49: opencustody.api.v1.Custody.TestPolicy:input_type -> opencustody.api.v1.TestPolicyRequest
-	51, // 50: opencustody.api.v1.Audit.ListAudit:input_type -> opencustody.api.v1.ListAuditRequest
-	55, // 51: opencustody.api.v1.Audit.VerifyAudit:input_type -> opencustody.api.v1.VerifyAuditRequest
-	4,  // 52: opencustody.api.v1.Relay.Connect:output_type -> opencustody.api.v1.CoreMessage
-	16, // 53: opencustody.api.v1.Operator.Status:output_type -> opencustody.api.v1.StatusResponse
-	19, // 54: opencustody.api.v1.Operator.ListDevices:output_type -> opencustody.api.v1.ListDevicesResponse
-	22, // 55: opencustody.api.v1.Operator.Pair:output_type -> opencustody.api.v1.PairServerMessage
-	28, // 56: opencustody.api.v1.Operator.RevokeDevice:output_type -> opencustody.api.v1.RevokeDeviceResponse
-	10, // 57: opencustody.api.v1.Operator.GetChange:output_type -> opencustody.api.v1.Change
-	14, // 58: opencustody.api.v1.Operator.ListChanges:output_type -> opencustody.api.v1.ListChangesResponse
-	34, // 59: opencustody.api.v1.Custody.CreateWallet:output_type -> opencustody.api.v1.Wallet
-	38, // 60: opencustody.api.v1.Custody.NewAddress:output_type -> opencustody.api.v1.NewAddressResponse
-	34, // 61: opencustody.api.v1.Custody.GetWallet:output_type -> opencustody.api.v1.Wallet
-	41, // 62: opencustody.api.v1.Custody.ListWallets:output_type -> opencustody.api.v1.ListWalletsResponse
-	43, // 63: opencustody.api.v1.Custody.Submit:output_type -> opencustody.api.v1.Request
-	49, // 64: opencustody.api.v1.Custody.ListRequests:output_type -> opencustody.api.v1.ListRequestsResponse
-	43, // 65: opencustody.api.v1.Custody.GetRequest:output_type -> opencustody.api.v1.Request
-	29, // 66: opencustody.api.v1.Custody.GetPolicy:output_type -> opencustody.api.v1.Policy
-	10, // 67: opencustody.api.v1.Custody.ProposePolicy:output_type -> opencustody.api.v1.Change
-	33, // 68: opencustody.api.v1.Custody.TestPolicy:output_type -> opencustody.api.v1.PolicyDecision
-	54, // 69: opencustody.api.v1.Audit.ListAudit:output_type -> opencustody.api.v1.ListAuditResponse
-	57, // 70: opencustody.api.v1.Audit.VerifyAudit:output_type -> opencustody.api.v1.VerifyAuditResponse
-	52, // [52:71] is the sub-list for method output_type
-	33, // [33:52] is the sub-list for method input_type
+	17, // 34: opencustody.api.v1.Operator.Status:input_type -> opencustody.api.v1.StatusRequest
+	20, // 35: opencustody.api.v1.Operator.ListDevices:input_type -> opencustody.api.v1.ListDevicesRequest
+	23, // 36: opencustody.api.v1.Operator.Pair:input_type -> opencustody.api.v1.PairClientMessage
+	29, // 37: opencustody.api.v1.Operator.RevokeDevice:input_type -> opencustody.api.v1.RevokeDeviceRequest
+	14, // 38: opencustody.api.v1.Operator.GetChange:input_type -> opencustody.api.v1.GetChangeRequest
+	15, // 39: opencustody.api.v1.Operator.ListChanges:input_type -> opencustody.api.v1.ListChangesRequest
+	10, // 40: opencustody.api.v1.Operator.ProposeBackupChange:input_type -> opencustody.api.v1.ProposeBackupChangeRequest
+	14, // 41: opencustody.api.v1.Operator.ApprovedChange:input_type -> opencustody.api.v1.GetChangeRequest
+	11, // 42: opencustody.api.v1.Operator.CompleteChange:input_type -> opencustody.api.v1.CompleteChangeRequest
+	38, // 43: opencustody.api.v1.Custody.CreateWallet:input_type -> opencustody.api.v1.CreateWalletRequest
+	39, // 44: opencustody.api.v1.Custody.NewAddress:input_type -> opencustody.api.v1.NewAddressRequest
+	41, // 45: opencustody.api.v1.Custody.GetWallet:input_type -> opencustody.api.v1.GetWalletRequest
+	42, // 46: opencustody.api.v1.Custody.ListWallets:input_type -> opencustody.api.v1.ListWalletsRequest
+	44, // 47: opencustody.api.v1.Custody.Submit:input_type -> opencustody.api.v1.SubmitRequest
+	50, // 48: opencustody.api.v1.Custody.ListRequests:input_type -> opencustody.api.v1.ListRequestsRequest
+	52, // 49: opencustody.api.v1.Custody.GetRequest:input_type -> opencustody.api.v1.GetRequestRequest
+	32, // 50: opencustody.api.v1.Custody.GetPolicy:input_type -> opencustody.api.v1.GetPolicyRequest
+	33, // 51: opencustody.api.v1.Custody.ProposePolicy:input_type -> opencustody.api.v1.ProposePolicyRequest
+	34, // 52: opencustody.api.v1.Custody.TestPolicy:input_type -> opencustody.api.v1.TestPolicyRequest
+	53, // 53: opencustody.api.v1.Audit.ListAudit:input_type -> opencustody.api.v1.ListAuditRequest
+	57, // 54: opencustody.api.v1.Audit.VerifyAudit:input_type -> opencustody.api.v1.VerifyAuditRequest
+	4,  // 55: opencustody.api.v1.Relay.Connect:output_type -> opencustody.api.v1.CoreMessage
+	18, // 56: opencustody.api.v1.Operator.Status:output_type -> opencustody.api.v1.StatusResponse
+	21, // 57: opencustody.api.v1.Operator.ListDevices:output_type -> opencustody.api.v1.ListDevicesResponse
+	24, // 58: opencustody.api.v1.Operator.Pair:output_type -> opencustody.api.v1.PairServerMessage
+	30, // 59: opencustody.api.v1.Operator.RevokeDevice:output_type -> opencustody.api.v1.RevokeDeviceResponse
+	12, // 60: opencustody.api.v1.Operator.GetChange:output_type -> opencustody.api.v1.Change
+	16, // 61: opencustody.api.v1.Operator.ListChanges:output_type -> opencustody.api.v1.ListChangesResponse
+	12, // 62: opencustody.api.v1.Operator.ProposeBackupChange:output_type -> opencustody.api.v1.Change
+	12, // 63: opencustody.api.v1.Operator.ApprovedChange:output_type -> opencustody.api.v1.Change
+	12, // 64: opencustody.api.v1.Operator.CompleteChange:output_type -> opencustody.api.v1.Change
+	36, // 65: opencustody.api.v1.Custody.CreateWallet:output_type -> opencustody.api.v1.Wallet
+	40, // 66: opencustody.api.v1.Custody.NewAddress:output_type -> opencustody.api.v1.NewAddressResponse
+	36, // 67: opencustody.api.v1.Custody.GetWallet:output_type -> opencustody.api.v1.Wallet
+	43, // 68: opencustody.api.v1.Custody.ListWallets:output_type -> opencustody.api.v1.ListWalletsResponse
+	45, // 69: opencustody.api.v1.Custody.Submit:output_type -> opencustody.api.v1.Request
+	51, // 70: opencustody.api.v1.Custody.ListRequests:output_type -> opencustody.api.v1.ListRequestsResponse
+	45, // 71: opencustody.api.v1.Custody.GetRequest:output_type -> opencustody.api.v1.Request
+	31, // 72: opencustody.api.v1.Custody.GetPolicy:output_type -> opencustody.api.v1.Policy
+	12, // 73: opencustody.api.v1.Custody.ProposePolicy:output_type -> opencustody.api.v1.Change
+	35, // 74: opencustody.api.v1.Custody.TestPolicy:output_type -> opencustody.api.v1.PolicyDecision
+	56, // 75: opencustody.api.v1.Audit.ListAudit:output_type -> opencustody.api.v1.ListAuditResponse
+	59, // 76: opencustody.api.v1.Audit.VerifyAudit:output_type -> opencustody.api.v1.VerifyAuditResponse
+	55, // [55:77] is the sub-list for method output_type
+	33, // [33:55] is the sub-list for method input_type
 	33, // [33:33] is the sub-list for extension type_name
 	33, // [33:33] is the sub-list for extension extendee
 	0,  // [0:33] is the sub-list for field type_name
@@ -4464,11 +4653,11 @@ func file_api_proto_init() {
 		(*CoreMessage_Hello)(nil),
 		(*CoreMessage_Frame)(nil),
 	}
-	file_api_proto_msgTypes[18].OneofWrappers = []any{
+	file_api_proto_msgTypes[20].OneofWrappers = []any{
 		(*PairClientMessage_Start)(nil),
 		(*PairClientMessage_Decision)(nil),
 	}
-	file_api_proto_msgTypes[19].OneofWrappers = []any{
+	file_api_proto_msgTypes[21].OneofWrappers = []any{
 		(*PairServerMessage_Code)(nil),
 		(*PairServerMessage_Result)(nil),
 	}
@@ -4478,7 +4667,7 @@ func file_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_proto_rawDesc), len(file_api_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   55,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

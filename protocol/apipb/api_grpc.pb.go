@@ -137,12 +137,15 @@ var Relay_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Operator_Status_FullMethodName       = "/opencustody.api.v1.Operator/Status"
-	Operator_ListDevices_FullMethodName  = "/opencustody.api.v1.Operator/ListDevices"
-	Operator_Pair_FullMethodName         = "/opencustody.api.v1.Operator/Pair"
-	Operator_RevokeDevice_FullMethodName = "/opencustody.api.v1.Operator/RevokeDevice"
-	Operator_GetChange_FullMethodName    = "/opencustody.api.v1.Operator/GetChange"
-	Operator_ListChanges_FullMethodName  = "/opencustody.api.v1.Operator/ListChanges"
+	Operator_Status_FullMethodName              = "/opencustody.api.v1.Operator/Status"
+	Operator_ListDevices_FullMethodName         = "/opencustody.api.v1.Operator/ListDevices"
+	Operator_Pair_FullMethodName                = "/opencustody.api.v1.Operator/Pair"
+	Operator_RevokeDevice_FullMethodName        = "/opencustody.api.v1.Operator/RevokeDevice"
+	Operator_GetChange_FullMethodName           = "/opencustody.api.v1.Operator/GetChange"
+	Operator_ListChanges_FullMethodName         = "/opencustody.api.v1.Operator/ListChanges"
+	Operator_ProposeBackupChange_FullMethodName = "/opencustody.api.v1.Operator/ProposeBackupChange"
+	Operator_ApprovedChange_FullMethodName      = "/opencustody.api.v1.Operator/ApprovedChange"
+	Operator_CompleteChange_FullMethodName      = "/opencustody.api.v1.Operator/CompleteChange"
 )
 
 // OperatorClient is the client API for Operator service.
@@ -168,6 +171,19 @@ type OperatorClient interface {
 	// wallet policy) that the admin quorum approves on their devices.
 	GetChange(ctx context.Context, in *GetChangeRequest, opts ...grpc.CallOption) (*Change, error)
 	ListChanges(ctx context.Context, in *ListChangesRequest, opts ...grpc.CallOption) (*ListChangesResponse, error)
+	// ProposeBackupChange proposes a backup change ("backup-register" or
+	// "backup-export", package hsm/backup): the core checks the payload
+	// against its own records and HSM and builds what the admins' devices
+	// show (the target's fingerprints, the keys leaving and kept).
+	ProposeBackupChange(ctx context.Context, in *ProposeBackupChangeRequest, opts ...grpc.CallOption) (*Change, error)
+	// ApprovedChange returns a change only if it is approved and waiting to
+	// be carried out, after the core recounted the admins' approvals; with
+	// the SHA-256 of its payload, so the caller can check it approved what
+	// it is about to do.
+	ApprovedChange(ctx context.Context, in *GetChangeRequest, opts ...grpc.CallOption) (*Change, error)
+	// CompleteChange reports that an approved change carried out outside
+	// hsmd (a backup) was done, or failed.
+	CompleteChange(ctx context.Context, in *CompleteChangeRequest, opts ...grpc.CallOption) (*Change, error)
 }
 
 type operatorClient struct {
@@ -241,6 +257,36 @@ func (c *operatorClient) ListChanges(ctx context.Context, in *ListChangesRequest
 	return out, nil
 }
 
+func (c *operatorClient) ProposeBackupChange(ctx context.Context, in *ProposeBackupChangeRequest, opts ...grpc.CallOption) (*Change, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Change)
+	err := c.cc.Invoke(ctx, Operator_ProposeBackupChange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) ApprovedChange(ctx context.Context, in *GetChangeRequest, opts ...grpc.CallOption) (*Change, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Change)
+	err := c.cc.Invoke(ctx, Operator_ApprovedChange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) CompleteChange(ctx context.Context, in *CompleteChangeRequest, opts ...grpc.CallOption) (*Change, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Change)
+	err := c.cc.Invoke(ctx, Operator_CompleteChange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServer is the server API for Operator service.
 // All implementations must embed UnimplementedOperatorServer
 // for forward compatibility.
@@ -264,6 +310,19 @@ type OperatorServer interface {
 	// wallet policy) that the admin quorum approves on their devices.
 	GetChange(context.Context, *GetChangeRequest) (*Change, error)
 	ListChanges(context.Context, *ListChangesRequest) (*ListChangesResponse, error)
+	// ProposeBackupChange proposes a backup change ("backup-register" or
+	// "backup-export", package hsm/backup): the core checks the payload
+	// against its own records and HSM and builds what the admins' devices
+	// show (the target's fingerprints, the keys leaving and kept).
+	ProposeBackupChange(context.Context, *ProposeBackupChangeRequest) (*Change, error)
+	// ApprovedChange returns a change only if it is approved and waiting to
+	// be carried out, after the core recounted the admins' approvals; with
+	// the SHA-256 of its payload, so the caller can check it approved what
+	// it is about to do.
+	ApprovedChange(context.Context, *GetChangeRequest) (*Change, error)
+	// CompleteChange reports that an approved change carried out outside
+	// hsmd (a backup) was done, or failed.
+	CompleteChange(context.Context, *CompleteChangeRequest) (*Change, error)
 	mustEmbedUnimplementedOperatorServer()
 }
 
@@ -291,6 +350,15 @@ func (UnimplementedOperatorServer) GetChange(context.Context, *GetChangeRequest)
 }
 func (UnimplementedOperatorServer) ListChanges(context.Context, *ListChangesRequest) (*ListChangesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListChanges not implemented")
+}
+func (UnimplementedOperatorServer) ProposeBackupChange(context.Context, *ProposeBackupChangeRequest) (*Change, error) {
+	return nil, status.Error(codes.Unimplemented, "method ProposeBackupChange not implemented")
+}
+func (UnimplementedOperatorServer) ApprovedChange(context.Context, *GetChangeRequest) (*Change, error) {
+	return nil, status.Error(codes.Unimplemented, "method ApprovedChange not implemented")
+}
+func (UnimplementedOperatorServer) CompleteChange(context.Context, *CompleteChangeRequest) (*Change, error) {
+	return nil, status.Error(codes.Unimplemented, "method CompleteChange not implemented")
 }
 func (UnimplementedOperatorServer) mustEmbedUnimplementedOperatorServer() {}
 func (UnimplementedOperatorServer) testEmbeddedByValue()                  {}
@@ -410,6 +478,60 @@ func _Operator_ListChanges_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Operator_ProposeBackupChange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProposeBackupChangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).ProposeBackupChange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_ProposeBackupChange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).ProposeBackupChange(ctx, req.(*ProposeBackupChangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_ApprovedChange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetChangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).ApprovedChange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_ApprovedChange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).ApprovedChange(ctx, req.(*GetChangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_CompleteChange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CompleteChangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).CompleteChange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_CompleteChange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).CompleteChange(ctx, req.(*CompleteChangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Operator_ServiceDesc is the grpc.ServiceDesc for Operator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -436,6 +558,18 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListChanges",
 			Handler:    _Operator_ListChanges_Handler,
+		},
+		{
+			MethodName: "ProposeBackupChange",
+			Handler:    _Operator_ProposeBackupChange_Handler,
+		},
+		{
+			MethodName: "ApprovedChange",
+			Handler:    _Operator_ApprovedChange_Handler,
+		},
+		{
+			MethodName: "CompleteChange",
+			Handler:    _Operator_CompleteChange_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

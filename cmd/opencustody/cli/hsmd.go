@@ -14,6 +14,7 @@ import (
 
 	"github.com/opencustodynet/opencustody/hsm"
 	"github.com/opencustodynet/opencustody/hsm/audit"
+	"github.com/opencustodynet/opencustody/hsm/backup"
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/hsm/hsmd"
 	"github.com/opencustodynet/opencustody/hsm/records"
@@ -107,6 +108,7 @@ set again only at another ceremony.`,
 				Wallets:          hsmd.WalletStore{Records: rs},
 				Requests:         hsmd.RequestStore{Records: rs},
 				Changes:          hsmd.ChangeStore{Records: rs},
+				ChangeHandlers:   hsmd.BackupChangeHandlers(&backup.Site{HSM: store, Identity: identity, Records: rs}),
 				Custody:          store,
 				Keys:             store,
 				Ceremony:         ceremony,

@@ -27,6 +27,7 @@ type walletJSON struct {
 	Addresses []addressJSON `json:"addresses"`
 	// PolicyVersion counts the wallet's policy changes, from 1.
 	PolicyVersion uint64 `json:"policy_version"`
+	Backupable    bool   `json:"backupable"`
 }
 
 type addressJSON struct {
@@ -51,7 +52,7 @@ func newAddressJSON(a *apipb.WalletAddress) addressJSON {
 
 func newWalletJSON(w *apipb.Wallet) *walletJSON {
 	j := &walletJSON{Name: w.GetName(), Network: w.GetNetwork(), Approvers: w.GetApprovers(), Quorum: w.GetQuorum(),
-		CreatedAt: unixTime(w.GetCreatedAt()), Addresses: []addressJSON{}, PolicyVersion: w.GetPolicyVersion()}
+		CreatedAt: unixTime(w.GetCreatedAt()), Addresses: []addressJSON{}, PolicyVersion: w.GetPolicyVersion(), Backupable: w.GetBackupable()}
 	if j.Approvers == nil {
 		j.Approvers = []string{}
 	}
@@ -71,6 +72,11 @@ func printWallet(w io.Writer, j *walletJSON) error {
 	}
 	fmt.Fprintf(w, "policy:    version %d\n", j.PolicyVersion)
 	fmt.Fprintf(w, "created:   %s\n", j.CreatedAt)
+	if j.Backupable {
+		fmt.Fprintln(w, "backup:    its keys are backup-able (wrapped for a registered backup HSM only)")
+	} else {
+		fmt.Fprintln(w, "backup:    no; its keys never leave this HSM")
+	}
 	if len(j.Addresses) == 0 {
 		fmt.Fprintf(w, "no addresses yet: make one with 'opencustody wallet address %s'\n", j.Name)
 		return nil
@@ -98,11 +104,12 @@ record key: a hostile database cannot add an approver or lower a quorum.`,
 
 func newWalletCreateCommand(g *globals) *cobra.Command {
 	var (
-		f         hsmdFlags
-		approvers []string
-		quorum    uint32
-		network   string
-		polFile   string
+		f          hsmdFlags
+		approvers  []string
+		quorum     uint32
+		network    string
+		polFile    string
+		backupable bool
 	)
 	c := &cobra.Command{
 		Use:   "create NAME (--approvers USER,... --quorum M | --policy FILE)",
@@ -115,7 +122,11 @@ wallet address NAME'.
 --policy FILE (YAML or JSON, see 'opencustody policy --help') sets a full policy
 instead: groups, tiers, allow-list, velocity limits, time lock. Every user it
 names must have a paired device. Later changes go through the admin quorum
-('opencustody policy set').`,
+('opencustody policy set').
+
+--backupable makes each of the wallet's custody keys backup-able: it can leave
+the HSM wrapped for a registered backup HSM ('opencustody backup'), and in no
+other form. Decide now: a key cannot be made backup-able later.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			var doc []byte
@@ -132,7 +143,7 @@ names must have a paired device. Later changes go through the admin quorum
 			}
 			var w *apipb.Wallet
 			err := g.withCustody(c.Context(), &f, 30*time.Second, func(ctx context.Context, cl apipb.CustodyClient) (err error) {
-				w, err = cl.CreateWallet(ctx, &apipb.CreateWalletRequest{Name: args[0], Network: network, Approvers: approvers, Quorum: quorum, Policy: doc})
+				w, err = cl.CreateWallet(ctx, &apipb.CreateWalletRequest{Name: args[0], Network: network, Approvers: approvers, Quorum: quorum, Policy: doc, Backupable: backupable})
 				return err
 			})
 			if err != nil {
@@ -155,6 +166,7 @@ names must have a paired device. Later changes go through the admin quorum
 	c.Flags().Uint32Var(&quorum, "quorum", 0, "how many of the approvers must approve each transfer")
 	c.Flags().StringVar(&network, "network", "mainnet", "mainnet, testnet3, signet, regtest or simnet")
 	c.Flags().StringVar(&polFile, "policy", "", "a policy document (YAML or JSON) instead of --approvers and --quorum")
+	c.Flags().BoolVar(&backupable, "backupable", false, "make the wallet's custody keys backup-able to a second HSM")
 	addJSONFlag(c, g)
 	return c
 }
