@@ -462,8 +462,21 @@ func TestPendingPromptsForLateDevice(t *testing.T) {
 	ctx := context.Background()
 	w.connect("carol")
 	ps, err := w.core.PendingPrompts(ctx, w.dev["carol"].id())
-	if err != nil || len(ps) != 1 || !bytes.Equal(ps[0].Marshal(), w.promptFor(sub, "carol").Marshal()) {
+	if err != nil || len(ps) != 1 {
 		t.Fatalf("carol's pending prompts: %v, %v", ps, err)
+	}
+	// The same prompt, issued afresh: another nonce, signed again.
+	first := w.promptFor(sub, "carol")
+	again := *ps[0]
+	if again.Nonce == first.Nonce {
+		t.Fatal("the prompt was sent again with the nonce it was first issued with")
+	}
+	again.Nonce, again.Signature = first.Nonce, first.Signature
+	if !bytes.Equal(again.Marshal(), first.Marshal()) {
+		t.Fatalf("the prompt issued again differs from the first in more than its nonce")
+	}
+	if err := ps[0].Verify(w.identity.Algorithm(), w.identity.PublicKey()); err != nil {
+		t.Fatal(err)
 	}
 	if ps, _ := w.core.PendingPrompts(ctx, w.dev["alice"].id()); len(ps) != 0 {
 		t.Fatalf("alice answered, yet has %d pending prompts", len(ps))

@@ -752,8 +752,8 @@ func (c *Core) Changes(ctx context.Context) ([]*ChangeRecord, error) {
 	return chs, nil
 }
 
-// pendingChangePrompts returns the admin prompts deviceID has yet to
-// answer.
+// pendingChangePrompts issues afresh the device's prompts of pending
+// changes, as [Core.PendingPrompts] does (reqMu is held).
 func (c *Core) pendingChangePrompts(ctx context.Context, deviceID string) ([]*signed.Prompt, error) {
 	if c.cfg.Changes == nil {
 		return nil, nil
@@ -771,9 +771,12 @@ func (c *Core) pendingChangePrompts(ctx context.Context, deviceID string) ([]*si
 		if p == nil || answeredBy(ch.Answers, p.DeviceID, p.User) {
 			continue
 		}
-		sp, err := signed.ParsePrompt(p.Prompt)
+		sp, err := c.reissue(p)
 		if err != nil {
-			return nil, fmt.Errorf("core: change %s: stored prompt for device %s: %w", ch.ID, deviceID, err)
+			return nil, fmt.Errorf("core: change %s: prompt for device %s: %w", ch.ID, deviceID, err)
+		}
+		if err := c.cfg.Changes.UpdateChange(ctx, ch); err != nil {
+			return nil, fmt.Errorf("core: change %s: store the prompt issued again to device %s: %w", ch.ID, deviceID, err)
 		}
 		out = append(out, sp)
 	}

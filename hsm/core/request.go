@@ -532,8 +532,9 @@ func (c *Core) Answer(ctx context.Context, a Answer) (*AnswerResult, error) {
 	}
 
 	// Accepted. The counter first: a crash after this loses the answer
-	// (the device answers again with a new counter), never lets one count
-	// twice.
+	// (when the device's channel comes up again, PendingPrompts issues its
+	// prompt afresh and the device answers it with a new counter), never
+	// lets one count twice.
 	dev.Counter = appr.Counter
 	if err := c.cfg.Devices.UpdateDevice(ctx, dev); err != nil {
 		return nil, fmt.Errorf("core: request %s: device %s: store its counter: %w", r.ID, dev.ID, err)
@@ -809,9 +810,17 @@ func (c *Core) Requests(ctx context.Context) ([]*RequestRecord, error) {
 
 // PendingPrompts returns the prompts a device has yet to answer, oldest
 // request first, then admin changes: those of pending, unexpired requests
-// and changes that neither the device nor its user answered. The daemon sends them when the device's
-// channel comes up.
+// and changes that neither the device nor its user answered. The daemon
+// sends them when the device's channel comes up.
+//
+// Each is issued afresh (see [Core.reissue]): the same prompt under a new
+// nonce, which replaces the one stored. A device refuses a prompt it has
+// answered before, so one whose answer was lost on the way (the channel
+// went down first) could otherwise never be answered again; an answer to
+// the prompt it replaces is refused as not for the prompt issued.
 func (c *Core) PendingPrompts(ctx context.Context, deviceID string) ([]*signed.Prompt, error) {
+	c.reqMu.Lock()
+	defer c.reqMu.Unlock()
 	rs, err := c.Requests(ctx)
 	if err != nil {
 		return nil, err
@@ -825,9 +834,12 @@ func (c *Core) PendingPrompts(ctx context.Context, deviceID string) ([]*signed.P
 		if p == nil || r.answered(p.DeviceID, p.User) {
 			continue
 		}
-		sp, err := signed.ParsePrompt(p.Prompt)
+		sp, err := c.reissue(p)
 		if err != nil {
-			return nil, fmt.Errorf("core: request %s: stored prompt for device %s: %w", r.ID, deviceID, err)
+			return nil, fmt.Errorf("core: request %s: prompt for device %s: %w", r.ID, deviceID, err)
+		}
+		if err := c.cfg.Requests.UpdateRequest(ctx, r); err != nil {
+			return nil, fmt.Errorf("core: request %s: store the prompt issued again to device %s: %w", r.ID, deviceID, err)
 		}
 		out = append(out, sp)
 	}
@@ -836,4 +848,21 @@ func (c *Core) PendingPrompts(ctx context.Context, deviceID string) ([]*signed.P
 		return nil, err
 	}
 	return append(out, cps...), nil
+}
+
+// reissue replaces the stored prompt pr by the same prompt under a fresh
+// nonce, signed again by the HSM identity key, and returns it.
+func (c *Core) reissue(pr *PromptRecord) (*signed.Prompt, error) {
+	p, err := signed.ParsePrompt(pr.Prompt)
+	if err != nil {
+		return nil, fmt.Errorf("stored prompt: %w", err)
+	}
+	if _, err := io.ReadFull(c.cfg.Rand, p.Nonce[:]); err != nil {
+		return nil, fmt.Errorf("prompt nonce: %w", err)
+	}
+	if err := p.Sign(c.cfg.Identity); err != nil {
+		return nil, fmt.Errorf("sign the prompt with the HSM identity key: %w", err)
+	}
+	pr.Nonce, pr.Digest, pr.Prompt, pr.IssuedAt = bytes.Clone(p.Nonce[:]), p.Digest(), p.Marshal(), c.cfg.Now().UTC()
+	return p, nil
 }
