@@ -35,7 +35,8 @@ const (
 	KindSignature  = "signature"
 	KindPolicy     = "policy"
 	KindLogin      = "login-failure"
-	KindRefused    = "answer-refused" // a device answer the core did not accept
+	KindRefused    = "answer-refused"  // a device answer the core did not accept
+	KindChannel    = "channel-failure" // a device's secure channel failed closed on what the device side sent
 )
 
 // Field limits, in bytes.

@@ -117,6 +117,8 @@ type Server struct {
 	mu      sync.Mutex // guards bridges, devices
 	bridges map[*bridgeConn]struct{}
 	devices map[string]*deviceConn // by claimed device id
+	// channelAudit bounds the audit entries of channel failures.
+	channelAudit channelAudit
 }
 
 // New prepares a server: it loads or makes the TLS certificate and the

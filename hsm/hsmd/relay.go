@@ -366,7 +366,13 @@ func (r *relayService) handle(ctx context.Context, b *bridgeConn, m *apipb.Bridg
 			return nil
 		}
 		s.metrics.frames.WithLabelValues("from_device").Inc()
-		if err := d.call(func(l *core.Link) (core.Output, error) { return l.Handle(ctx, m.Frame.GetEnvelope()) }); err != nil {
+		if err := d.call(func(l *core.Link) (core.Output, error) {
+			out, err := l.Handle(ctx, m.Frame.GetEnvelope())
+			if err != nil && channelWentDown(out) {
+				s.auditChannelFailure(d.id, err)
+			}
+			return out, err
+		}); err != nil {
 			log.Debug("device frame refused", "device", d.id, "err", err)
 		}
 	case *apipb.BridgeMessage_Hello:
