@@ -34,16 +34,26 @@ type bridgeConn struct {
 	name, remote string
 	out          chan *apipb.CoreMessage // drained by the stream's sender
 	done         chan struct{}           // closed when the stream ends
+	// stalled is closed when out was full: the bridge is not reading its
+	// stream, and hsmd ends it.
+	stalled     chan struct{}
+	stalledOnce sync.Once
 
 	// refs is touched only by the stream's receive loop.
 	refs map[string]*deviceConn
 }
 
-// send queues m for the bridge; it gives up when the stream has ended.
+// send queues m for the bridge; it gives up when the stream has ended. It
+// never waits for the bridge: callers hold a device's lock that other
+// bridges' work needs (prompts, listings, revocations), so a bridge that
+// lets sendQueue messages pile up — one that stopped reading, or cannot
+// keep up — has its stream ended instead, and reconnects if it is honest.
 func (b *bridgeConn) send(m *apipb.CoreMessage) {
 	select {
 	case b.out <- m:
 	case <-b.done:
+	default:
+		b.stalledOnce.Do(func() { close(b.stalled) })
 	}
 }
 
@@ -234,7 +244,7 @@ func (r *relayService) Connect(stream apipb.Relay_ConnectServer) error {
 	}
 	b := &bridgeConn{
 		name: hello.GetBridgeName(), out: make(chan *apipb.CoreMessage, sendQueue),
-		done: make(chan struct{}), refs: map[string]*deviceConn{},
+		done: make(chan struct{}), stalled: make(chan struct{}), refs: map[string]*deviceConn{},
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		b.remote = p.Addr.String()
@@ -287,6 +297,9 @@ func (r *relayService) Connect(stream apipb.Relay_ConnectServer) error {
 			return err
 		case err := <-sendErr:
 			return err
+		case <-b.stalled:
+			log.Warn("bridge is not reading its stream; disconnected", "queued", sendQueue)
+			return status.Errorf(codes.ResourceExhausted, "hsmd: the bridge left %d messages unread; disconnected", sendQueue)
 		case <-s.stopping:
 			return status.Error(codes.Unavailable, "hsmd: shutting down")
 		case <-ctx.Done():
