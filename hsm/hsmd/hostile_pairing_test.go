@@ -1,15 +1,22 @@
 package hsmd_test
 
 import (
+	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/opencustodynet/opencustody/emulator"
 	"github.com/opencustodynet/opencustody/emulator/debuglink"
 	"github.com/opencustodynet/opencustody/hsm/audit"
+	"github.com/opencustodynet/opencustody/protocol"
 	"github.com/opencustodynet/opencustody/protocol/apipb"
+	"github.com/opencustodynet/opencustody/protocol/channel"
+	"github.com/opencustodynet/opencustody/protocol/framing"
 	"github.com/opencustodynet/opencustody/protocol/pairing"
+	"github.com/opencustodynet/opencustody/protocol/pb"
 	"github.com/opencustodynet/opencustody/protocol/signed"
 )
 
@@ -115,4 +122,98 @@ func TestE2EHostileBridgePairingManInTheMiddle(t *testing.T) {
 		w.pair(w.hsmd, standIn, "bob", apipb.Role_ROLE_ADMIN)
 		w.waitChannel(w.hsmd, standIn, true)
 	})
+}
+
+// A core credential that is stale — signed by the pinned HSM's own
+// identity key, but expired before the newest credential the device has
+// accepted from it was issued — is refused by the device, even when all
+// else about the handshake is right. This is the relay that got hold of
+// an old core static key and its credential (hsmd's memory, a backup):
+// it runs a full handshake with the device on the bridge's channel and
+// presents that credential.
+//
+// Defence: the device's freshness rule (emulator Device.checkFresh,
+// firmware-spec/channel.md §3.3): without a clock, a credential that
+// expired before the newest one seen was issued is stale. Seen failing:
+// with checkFresh accepting everything, the device answered Success and
+// opened the channel, which this test caught.
+func TestE2EHostileBridgeStaleChannelCredential(t *testing.T) {
+	h := newHostile(t, 1, "alice")
+	a := h.emus[0]
+	h.settle(t)
+	counter, newest := a.Store().Counter(), a.Store().Newest()
+
+	st, err := channel.GenerateStatic(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := &signed.Credential{Role: signed.RoleCore, NotBefore: newest.Add(-48 * time.Hour), NotAfter: newest.Add(-time.Hour)}
+	copy(stale.StaticKey[:], st.Public)
+	if err := stale.Sign(h.hsmd.identity); err != nil {
+		t.Fatal(err)
+	}
+	hs, err := channel.NewHandshake(channel.Config{Role: signed.RoleCore, Static: st, Credential: stale,
+		ProtocolVersion: protocol.Version, Accept: func(*signed.Credential) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg1, err := hs.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The relay keeps the device's answers to itself: its
+	// HandshakeResponse, then its verdict on the credential.
+	answers := make(chan []byte, 2)
+	keep := func(dir direction, env []byte) ([][]byte, bool) {
+		switch decode(env).(type) {
+		case *pb.HandshakeResponse, *pb.Failure, *pb.Success:
+			if dir == toHost {
+				answers <- env
+				return nil, false
+			}
+		}
+		return [][]byte{env}, false
+	}
+	h.taps.arm(a.discoveryID(), keep)
+	tp := h.taps.current(a.discoveryID())
+	cid := binaryCID(h.taps.recorded(a.discoveryID(), toDevice))
+	next := func() proto.Message {
+		t.Helper()
+		select {
+		case env := <-answers:
+			return decode(env)
+		case <-h.ctx.Done():
+			t.Fatal("the device did not answer")
+			return nil
+		}
+	}
+	if err := tp.inject(cid, framing.CmdMsg, encodeEnv(t, &pb.HandshakeInit{Noise: msg1})); err != nil {
+		t.Fatal(err)
+	}
+	resp, ok := next().(*pb.HandshakeResponse)
+	if !ok {
+		t.Fatal("the device did not answer the HandshakeInit")
+	}
+	msg3, _, err := hs.Finish(resp.GetNoise())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.inject(cid, framing.CmdMsg, encodeEnv(t, &pb.HandshakeFinish{Noise: msg3})); err != nil {
+		t.Fatal(err)
+	}
+	f, ok := next().(*pb.Failure)
+	if !ok || f.GetCode() != pb.FailureCode_FAILURE_CHANNEL || !strings.Contains(f.GetMessage(), "stale") {
+		t.Fatalf("the device answered %v to a stale credential, want FAILURE_CHANNEL naming it stale", f)
+	}
+	h.taps.arm(a.discoveryID(), nil)
+	if a.Store().Counter() != counter || !a.Store().Newest().Equal(newest) {
+		t.Fatal("the device's state changed")
+	}
+
+	// hsmd's own channel to the device was replaced by the relay's
+	// handshake: it fails at the next message, comes back, and a
+	// transfer is approved.
+	req := h.submit(h.hsmd, h.wallet, h.addrs, 21_000_000)
+	h.confirm(t, a, req.GetId())
+	h.waitSigned(t, req.GetId())
 }
