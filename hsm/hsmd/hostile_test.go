@@ -131,18 +131,19 @@ func (h *hostile) waitSigned(t *testing.T, id string) *apipb.Request {
 	return r
 }
 
-// auditEntries returns h's audit entries of kind about subject, after
-// checking that the log verifies.
+// auditEntries returns h's audit entries of kind (any kind if empty)
+// about subject. It does not verify the log: entries may be appended
+// meanwhile, and audit.Log.Verify reads entries and checkpoints one after
+// the other.
 func auditEntries(t *testing.T, h *env, kind, subject string) []audit.Entry {
 	t.Helper()
-	var out []audit.Entry
-	h.auditKinds(t, subject) // verifies the log
 	all, err := h.audit.Entries(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
+	var out []audit.Entry
 	for _, e := range all {
-		if e.Kind == kind && e.Subject == subject {
+		if (kind == "" || e.Kind == kind) && e.Subject == subject {
 			out = append(out, *e)
 		}
 	}
@@ -808,8 +809,8 @@ func TestE2EHostileBridgeAnswerAfterRevocation(t *testing.T) {
 	})
 	h.taps.settle(t, a.discoveryID(), 300*time.Millisecond)
 	h.wantNotAdvanced(t, req.GetId(), "bob")
-	if got := h.hsmd.auditKinds(t, a.id); !slices.Contains(got, audit.KindRevocation) {
-		t.Fatalf("audit entries for alice's device: %v", got)
+	if len(auditEntries(t, h.hsmd, audit.KindRevocation, a.id)) != 1 {
+		t.Fatalf("audit entries for alice's device: %v", auditEntries(t, h.hsmd, "", a.id))
 	}
 
 	h.confirm(t, c, req.GetId())
@@ -902,8 +903,10 @@ func TestE2EHostileBridgeInjectsForUnpairedDevice(t *testing.T) {
 		if ds[made.GetDeviceId()] != nil {
 			return errors.New("still listed")
 		}
-		if d := ds[stranger.id]; d.GetBridge() != "injector" || d.GetState() != apipb.DeviceState_DEVICE_STATE_UNPAIRED || d.GetChannel() {
-			t.Fatalf("the stranger as the injecting bridge presents it: %v", d)
+		// (The honest bridge may have announced the stranger again
+		// meanwhile, which takes it back from the injecting bridge.)
+		if d := ds[stranger.id]; d.GetState() != apipb.DeviceState_DEVICE_STATE_UNPAIRED || d.GetChannel() {
+			t.Fatalf("the stranger is listed %v", d)
 		}
 		return nil
 	})
@@ -916,8 +919,8 @@ func TestE2EHostileBridgeInjectsForUnpairedDevice(t *testing.T) {
 		t.Errorf("%d channel failures: hsmd had a channel or handshake to fail", n-failures)
 	}
 	for _, id := range []string{made.GetDeviceId(), stranger.id} {
-		if kinds := h.hsmd.auditKinds(t, id); len(kinds) != 0 {
-			t.Errorf("audit entries about unpaired device %s: %v", id, kinds)
+		if es := auditEntries(t, h.hsmd, "", id); len(es) != 0 {
+			t.Errorf("audit entries about unpaired device %s: %v", id, es)
 		}
 	}
 	h.wantNotAdvanced(t, req.GetId())
