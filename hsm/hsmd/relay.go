@@ -26,7 +26,10 @@ const (
 	maxDevicesPerBridge = 1024
 	maxRefLength        = 256
 	helloTimeout        = 10 * time.Second
-	sendQueue           = 256
+	// sendQueue holds a burst of a handshake for each device a bridge
+	// may announce, twice over, so that an honest bridge announcing all
+	// its devices at once is not taken for one that stopped reading.
+	sendQueue = 2 * maxDevicesPerBridge
 )
 
 // bridgeConn is one bridge's relay stream.
