@@ -36,7 +36,8 @@ const (
 	KindPolicy     = "policy"       // a policy change proposed, approved, applied or refused
 	KindChange     = "admin-change" // any other admin change
 	KindLogin      = "login-failure"
-	KindRefused    = "answer-refused" // a device answer the core did not accept
+	KindRefused    = "answer-refused"  // a device answer the core did not accept
+	KindChannel    = "channel-failure" // a device's secure channel failed closed on what the device side sent
 )
 
 // Field limits, in bytes.

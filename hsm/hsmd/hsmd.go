@@ -122,6 +122,9 @@ type Server struct {
 	answers   map[string][]core.Answer // per device, the answers waiting for the core, in arrival order
 	// check is answer; tests of the queue replace it.
 	check func(context.Context, core.Answer)
+
+	// channelAudit bounds the audit entries of channel failures.
+	channelAudit channelAudit
 }
 
 // New prepares a server: it loads or makes the TLS certificate and the

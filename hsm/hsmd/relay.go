@@ -26,7 +26,10 @@ const (
 	maxDevicesPerBridge = 1024
 	maxRefLength        = 256
 	helloTimeout        = 10 * time.Second
-	sendQueue           = 256
+	// sendQueue holds a burst of a handshake for each device a bridge
+	// may announce, twice over, so that an honest bridge announcing all
+	// its devices at once is not taken for one that stopped reading.
+	sendQueue = 2 * maxDevicesPerBridge
 )
 
 // bridgeConn is one bridge's relay stream.
@@ -34,16 +37,26 @@ type bridgeConn struct {
 	name, remote string
 	out          chan *apipb.CoreMessage // drained by the stream's sender
 	done         chan struct{}           // closed when the stream ends
+	// stalled is closed when out was full: the bridge is not reading its
+	// stream, and hsmd ends it.
+	stalled     chan struct{}
+	stalledOnce sync.Once
 
 	// refs is touched only by the stream's receive loop.
 	refs map[string]*deviceConn
 }
 
-// send queues m for the bridge; it gives up when the stream has ended.
+// send queues m for the bridge; it gives up when the stream has ended. It
+// never waits for the bridge: callers hold a device's lock that other
+// bridges' work needs (prompts, listings, revocations), so a bridge that
+// lets sendQueue messages pile up — one that stopped reading, or cannot
+// keep up — has its stream ended instead, and reconnects if it is honest.
 func (b *bridgeConn) send(m *apipb.CoreMessage) {
 	select {
 	case b.out <- m:
 	case <-b.done:
+	default:
+		b.stalledOnce.Do(func() { close(b.stalled) })
 	}
 }
 
@@ -238,7 +251,7 @@ func (r *relayService) Connect(stream apipb.Relay_ConnectServer) error {
 	}
 	b := &bridgeConn{
 		name: hello.GetBridgeName(), out: make(chan *apipb.CoreMessage, sendQueue),
-		done: make(chan struct{}), refs: map[string]*deviceConn{},
+		done: make(chan struct{}), stalled: make(chan struct{}), refs: map[string]*deviceConn{},
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		b.remote = p.Addr.String()
@@ -291,6 +304,9 @@ func (r *relayService) Connect(stream apipb.Relay_ConnectServer) error {
 			return err
 		case err := <-sendErr:
 			return err
+		case <-b.stalled:
+			log.Warn("bridge is not reading its stream; disconnected", "queued", sendQueue)
+			return status.Errorf(codes.ResourceExhausted, "hsmd: the bridge left %d messages unread; disconnected", sendQueue)
 		case <-s.stopping:
 			return status.Error(codes.Unavailable, "hsmd: shutting down")
 		case <-ctx.Done():
@@ -370,7 +386,13 @@ func (r *relayService) handle(ctx context.Context, b *bridgeConn, m *apipb.Bridg
 			return nil
 		}
 		s.metrics.frames.WithLabelValues("from_device").Inc()
-		if err := d.call(func(l *core.Link) (core.Output, error) { return l.Handle(ctx, m.Frame.GetEnvelope()) }); err != nil {
+		if err := d.call(func(l *core.Link) (core.Output, error) {
+			out, err := l.Handle(ctx, m.Frame.GetEnvelope())
+			if err != nil && channelWentDown(out) {
+				s.auditChannelFailure(d.id, err)
+			}
+			return out, err
+		}); err != nil {
 			log.Debug("device frame refused", "device", d.id, "err", err)
 		}
 	case *apipb.BridgeMessage_Hello:
