@@ -49,8 +49,11 @@ demo: setup build
 ## test: setup, then formatting, vet, staticcheck and every test under -race
 test: setup $(BIN)/btcd $(BIN)/btcctl lint unit
 
+# unit runs the tests with a throwaway PostgreSQL server on a loopback port
+# (scripts/with-postgres.sh starts it, sets OPENCUSTODY_TEST_POSTGRES, and
+# stops it when the tests end, passed or failed).
 unit: $(BIN)/btcd $(BIN)/btcctl
-	$(GO) test -race -count=1 ./...
+	bash scripts/with-postgres.sh $(GO) test -race -count=1 ./...
 
 ## lint: gofmt check, go vet and staticcheck
 lint: fmt-check vet staticcheck
