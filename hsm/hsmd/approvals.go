@@ -51,7 +51,11 @@ func (s *Server) sendPending(ctx context.Context, d *deviceConn, deviceID string
 // the prompts it made moot.
 func (s *Server) answer(ctx context.Context, a core.Answer) {
 	log := s.log.With("request", a.RequestID, "device", a.Device)
-	res, err := s.cfg.Core.Answer(ctx, a)
+	var res *core.AnswerResult
+	err := s.exclusive(ctx, func() (err error) {
+		res, err = s.cfg.Core.Answer(ctx, a)
+		return err
+	})
 	if err != nil {
 		s.metrics.answers.WithLabelValues("refused").Inc()
 		log.Warn("answer refused", "err", err)
@@ -94,13 +98,45 @@ func (s *Server) withdraw(ctx context.Context, refs []core.PromptRef) {
 	}
 }
 
+// deliverPending sends every device with a secure channel here the prompts
+// it has yet to answer. With several hsmd instances on one database, a
+// request submitted to another instance has prompts for devices attached
+// here, which nothing else would hand over until their channel came up
+// again. A prompt the link already holds is not sent twice.
+func (s *Server) deliverPending(ctx context.Context) {
+	s.mu.Lock()
+	ds := make([]*deviceConn, 0, len(s.devices))
+	for _, d := range s.devices {
+		ds = append(ds, d)
+	}
+	s.mu.Unlock()
+	for _, d := range ds {
+		var id string
+		d.mu.Lock()
+		if !d.detached && d.link != nil {
+			if up, rec := d.link.Secure(); up && rec != nil {
+				id = rec.ID
+			}
+		}
+		d.mu.Unlock()
+		if id != "" {
+			s.sendPending(ctx, d, id)
+		}
+	}
+}
+
 // tickLoop has the core store expiries and finish interrupted signings,
-// at once and then every TickInterval.
+// at once and then every TickInterval; with a shared database (Config.Lock)
+// it also hands over the prompts other instances issued.
 func (s *Server) tickLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.TickInterval)
 	defer t.Stop()
 	for {
-		withdraw, err := s.cfg.Core.Tick(ctx)
+		var withdraw []core.PromptRef
+		err := s.exclusive(ctx, func() (err error) {
+			withdraw, err = s.cfg.Core.Tick(ctx)
+			return err
+		})
 		switch {
 		case errors.Is(err, core.ErrNoApprovalPath):
 			return
@@ -108,6 +144,9 @@ func (s *Server) tickLoop(ctx context.Context) {
 			s.log.Error("request upkeep failed", "err", err)
 		}
 		s.withdraw(ctx, withdraw)
+		if s.cfg.Lock != nil {
+			s.deliverPending(ctx)
+		}
 		select {
 		case <-t.C:
 		case <-ctx.Done():

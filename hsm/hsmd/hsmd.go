@@ -48,6 +48,7 @@ import (
 	"github.com/opencustodynet/opencustody/hsm/audit"
 	"github.com/opencustodynet/opencustody/hsm/bitcoin"
 	"github.com/opencustodynet/opencustody/hsm/core"
+	"github.com/opencustodynet/opencustody/hsm/records"
 	"github.com/opencustodynet/opencustody/protocol/apiclient"
 	"github.com/opencustodynet/opencustody/protocol/apipb"
 )
@@ -89,6 +90,13 @@ type Config struct {
 	// TickInterval and when it stops, so that fewer entries are left
 	// unsigned.
 	Audit *audit.Log
+	// Lock, if set, is held around every call that changes wallets,
+	// requests or device records (submit, answer, the ticker, new
+	// wallets and addresses, revocation), so that several hsmd instances
+	// sharing one database take them one at a time, as one hsmd's core
+	// does with its own mutex. It is the record backend (records.Locker).
+	// A single hsmd on its own database needs none.
+	Lock records.Locker
 }
 
 // Server is a running hsmd.
@@ -247,6 +255,23 @@ func (s *Server) background(f func(ctx context.Context)) {
 		defer s.bgWork.Done()
 		f(s.bgCtx)
 	}()
+}
+
+// exclusive runs f holding Config.Lock, if there is one: the core's
+// changes then happen one at a time across every hsmd on the database.
+// The lock only orders them; each write is still a compare-and-swap of
+// the version the core read, so an instance that lost the lock without
+// knowing gets a conflict rather than overwriting another's change.
+func (s *Server) exclusive(ctx context.Context, f func() error) error {
+	if s.cfg.Lock == nil {
+		return f()
+	}
+	unlock, err := s.cfg.Lock.Lock(ctx)
+	if err != nil {
+		return fmt.Errorf("hsmd: take the lock shared with other hsmd instances: %w", err)
+	}
+	defer unlock()
+	return f()
 }
 
 // MetricsHandler serves the Prometheus metrics.
