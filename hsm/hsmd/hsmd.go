@@ -97,6 +97,13 @@ type Config struct {
 	// does with its own mutex. It is the record backend (records.Locker).
 	// A single hsmd on its own database needs none.
 	Lock records.Locker
+	// LoginAuditBurst and LoginAuditEvery limit the audit entries for
+	// calls with a missing or wrong token: up to LoginAuditBurst at once,
+	// then one per LoginAuditEvery, the rest counted and summed up in the
+	// next entry. Zero means DefaultLoginAuditBurst and
+	// DefaultLoginAuditEvery.
+	LoginAuditBurst int
+	LoginAuditEvery time.Duration
 }
 
 // Server is a running hsmd.
@@ -110,6 +117,8 @@ type Server struct {
 	certFingerprint string
 	bridgeToken     string
 	operatorToken   string
+
+	logins *loginLimiter
 
 	stopping chan struct{} // closed by Stop: relay streams end at once
 	stopOnce sync.Once
@@ -145,6 +154,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.TickInterval <= 0 {
 		cfg.TickInterval = 30 * time.Second
 	}
+	if cfg.LoginAuditBurst <= 0 {
+		cfg.LoginAuditBurst = DefaultLoginAuditBurst
+	}
+	if cfg.LoginAuditEvery <= 0 {
+		cfg.LoginAuditEvery = DefaultLoginAuditEvery
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("hsmd: %w", err)
 	}
@@ -158,6 +173,7 @@ func New(cfg Config) (*Server, error) {
 		bridges:         map[*bridgeConn]struct{}{},
 		devices:         map[string]*deviceConn{},
 		stopping:        make(chan struct{}),
+		logins:          newLoginLimiter(cfg.LoginAuditBurst, cfg.LoginAuditEvery, time.Now),
 	}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	if s.bridgeToken, err = loadOrCreateToken(cfg.Dir, BridgeTokenFile); err != nil {
@@ -174,7 +190,7 @@ func New(cfg Config) (*Server, error) {
 		s.gatherer = g
 	}
 	s.metrics = newMetrics(reg)
-	auth := &authorizer{tokens: map[string]string{
+	auth := &authorizer{failed: s.loginFailed, tokens: map[string]string{
 		apipb.Relay_ServiceDesc.ServiceName:    s.bridgeToken,
 		apipb.Operator_ServiceDesc.ServiceName: s.operatorToken,
 		apipb.Custody_ServiceDesc.ServiceName:  s.operatorToken,

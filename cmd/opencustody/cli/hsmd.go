@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/signal"
 	"syscall"
 	"time"
@@ -32,6 +33,7 @@ func newHSMDCommand(g *globals) *cobra.Command {
 		hosts    []string
 		ceremony bool
 		roots    []string
+		storeDSN string
 	)
 	c := &cobra.Command{
 		Use:   "hsmd",
@@ -40,6 +42,13 @@ func newHSMDCommand(g *globals) *cobra.Command {
 'opencustody hsm init' configured, keeps its records in the data directory
 (SQLite, each record authenticated by the HSM record key), and serves the gRPC
 API to bridges and operators over TLS.
+
+--store postgres://USER@HOST/DB keeps the records in PostgreSQL instead, for
+several hsmd instances on one database and one HSM token: they take turns for
+every change (an advisory lock) and each write is a compare-and-swap, so no
+approval is counted twice and no request is signed twice. Give the password
+through ~/.pgpass or PGPASSFILE, or the whole URL through OPENCUSTODY_STORE,
+rather than on the command line, where other users can read it.
 
 On first start it makes a self-signed TLS certificate and two tokens in
 DATA/hsmd: bridge.token (for bridges) and operator.token (for the CLI). Clients
@@ -72,11 +81,15 @@ the HSM's console that pairs the first admins.`,
 			if err != nil {
 				return hsmExit(fmt.Errorf("identity key: %w", err))
 			}
-			db, err := records.OpenSQLite(ctx, dir)
+			db, err := openRecordStore(ctx, storeDSN, dir)
 			if err != nil {
 				return err
 			}
 			defer db.Close()
+			var lock records.Locker
+			if pg, ok := db.(*records.Postgres); ok {
+				lock = pg
+			}
 			var attRoots []signed.Root
 			for _, path := range roots {
 				rs, err := signed.LoadRoots(path)
@@ -108,7 +121,7 @@ the HSM's console that pairs the first admins.`,
 			if err != nil {
 				return err
 			}
-			srv, err := hsmd.New(hsmd.Config{Core: cr, Dir: hsmdDir(dir), Hosts: hosts, Version: Version, Logger: log, Audit: al})
+			srv, err := hsmd.New(hsmd.Config{Core: cr, Dir: hsmdDir(dir), Hosts: hosts, Version: Version, Logger: log, Audit: al, Lock: lock})
 			if err != nil {
 				return err
 			}
@@ -144,9 +157,33 @@ the HSM's console that pairs the first admins.`,
 	c.Flags().StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9420); off by default")
 	c.Flags().StringSliceVar(&hosts, "tls-host", nil, "extra host names or addresses for the TLS certificate")
 	c.Flags().BoolVar(&ceremony, "ceremony", false, "allow pairing devices directly (key ceremony at the HSM console)")
+	c.Flags().StringVar(&storeDSN, "store", os.Getenv("OPENCUSTODY_STORE"), "where the records are kept: empty for SQLite in the data directory, or a postgres:// URL (default $OPENCUSTODY_STORE)")
 	c.Flags().StringSliceVar(&roots, "attestation-roots", nil, "JSON file of device attestation roots (firmware-spec/attestation.md); when given, only devices attested under them can pair")
 	c.AddCommand(newHSMDStatusCommand(g))
 	return c
+}
+
+// recordBackend is a record store backend hsmd can close.
+type recordBackend interface {
+	records.Backend
+	Close() error
+}
+
+// openRecordStore opens the backend --store names: SQLite in dir when it is
+// empty, PostgreSQL for a postgres:// URL.
+func openRecordStore(ctx context.Context, store, dir string) (recordBackend, error) {
+	switch {
+	case store == "":
+		return records.OpenSQLite(ctx, dir)
+	case records.IsPostgresDSN(store):
+		db, err := records.OpenPostgres(ctx, store)
+		if err != nil {
+			return nil, withCode(ExitUnavailable, err)
+		}
+		return db, nil
+	default:
+		return nil, withCode(ExitUsage, errors.New("--store: want a postgres:// URL, or nothing for SQLite in the data directory"))
+	}
 }
 
 func newHSMDStatusCommand(g *globals) *cobra.Command {
