@@ -22,7 +22,12 @@ func (s *Server) sendPrompts(ctx context.Context, prompts []*signed.Prompt) {
 }
 
 func (s *Server) sendPrompt(ctx context.Context, d *deviceConn, p *signed.Prompt) {
-	err := d.call(func(l *core.Link) (core.Output, error) { return l.SendPrompt(ctx, p) })
+	err := d.call(func(l *core.Link) (core.Output, error) {
+		if d.answering[p.RequestID] { // d.mu is held
+			return core.Output{}, nil
+		}
+		return l.SendPrompt(ctx, p)
+	})
 	switch {
 	case err == nil:
 	case errors.Is(err, core.ErrNoChannel), errors.Is(err, errDetached):

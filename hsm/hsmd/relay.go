@@ -63,6 +63,9 @@ type deviceConn struct {
 	retry    time.Duration
 	timer    *time.Timer
 	detached bool
+	// answering holds the requests whose answer from this device the core
+	// has yet to apply: their prompts are not sent again meanwhile.
+	answering map[string]bool
 }
 
 var errDetached = errors.New("hsmd: device is no longer attached")
@@ -132,7 +135,16 @@ func (d *deviceConn) event(e core.Event) {
 		d.s.recordLater(audit.KindPrompt, e.RequestID, "shown on device "+d.id)
 	case core.ApprovalReceived:
 		a := e.Answer
-		d.s.background(func(ctx context.Context) { d.s.answer(ctx, a) })
+		if d.answering == nil {
+			d.answering = map[string]bool{}
+		}
+		d.answering[a.RequestID] = true
+		d.s.background(func(ctx context.Context) {
+			d.s.answer(ctx, a)
+			d.mu.Lock()
+			delete(d.answering, a.RequestID)
+			d.mu.Unlock()
+		})
 	case core.PromptFailed:
 		if e.Withdrawn {
 			log.Info("prompt withdrawn from the device", "request", e.RequestID)

@@ -23,6 +23,11 @@ type Postgres struct {
 	pool    *pgxpool.Pool
 	name    string // host/database, for errors; never the password
 	lockKey int64
+	// local is this process's turn at the advisory lock: one goroutine
+	// at a time waits for it on a connection, so that waiters cannot take
+	// every pooled connection and starve the holder of the ones its
+	// reads and writes need.
+	local chan struct{}
 }
 
 // OpenPostgres connects to the database dsn names (a postgres:// URL or
@@ -41,7 +46,7 @@ func OpenPostgres(ctx context.Context, dsn string) (*Postgres, error) {
 	if err != nil {
 		return nil, fmt.Errorf("records: postgres %s: %w", name, err)
 	}
-	p := &Postgres{pool: pool, name: name}
+	p := &Postgres{pool: pool, name: name, local: make(chan struct{}, 1)}
 	if err := p.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, err
@@ -281,14 +286,21 @@ func (p *Postgres) Swap(ctx context.Context, old, new Row) error {
 // breaks, PostgreSQL releases the lock; the holder's writes are still
 // compare-and-swaps, so they fail rather than overwrite.
 func (p *Postgres) Lock(ctx context.Context) (func(), error) {
+	select {
+	case p.local <- struct{}{}:
+	case <-ctx.Done():
+		return nil, p.fail("lock", ctx.Err())
+	}
 	c, err := p.pool.Acquire(ctx)
 	if err != nil {
+		<-p.local
 		return nil, p.fail("lock", err)
 	}
 	if _, err := c.Exec(ctx, "SELECT pg_advisory_lock($1)", p.lockKey); err != nil {
 		// The wait may have been cancelled half-way: do not reuse it.
 		c.Conn().Close(context.WithoutCancel(ctx))
 		c.Release()
+		<-p.local
 		return nil, p.fail("lock", err)
 	}
 	return func() {
@@ -298,6 +310,7 @@ func (p *Postgres) Lock(ctx context.Context) (func(), error) {
 			c.Conn().Close(context.Background())
 		}
 		c.Release()
+		<-p.local
 	}, nil
 }
 

@@ -520,8 +520,9 @@ func testAuthenticatorFailure(t *testing.T, b Backend) {
 }
 
 // testLocker checks that a Locker's lock excludes a second holder, also
-// through a second handle on the same database, and that a waiter gives up
-// when its context ends.
+// through a second handle on the same database, that a waiter gives up
+// when its context ends, and that the holder can still read while more
+// goroutines wait than the backend has connections.
 func testLocker(t *testing.T, a, b Locker) {
 	ctx := context.Background()
 	unlock, err := a.Lock(ctx)
@@ -544,7 +545,7 @@ func testLocker(t *testing.T, a, b Locker) {
 	var mu sync.Mutex // guards inside
 	inside := 0
 	var wg sync.WaitGroup
-	for i := range 8 {
+	for i := range 16 {
 		l := a
 		if i%2 == 1 {
 			l = b
@@ -563,6 +564,9 @@ func testLocker(t *testing.T, a, b Locker) {
 				t.Errorf("%d holders at once", inside)
 			}
 			mu.Unlock()
+			if _, err := l.(Backend).List(ctx, "device"); err != nil {
+				t.Errorf("a read while holding the lock: %v", err)
+			}
 			mu.Lock()
 			inside--
 			mu.Unlock()
