@@ -138,10 +138,37 @@ func (s *Server) tickLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		var withdraw []core.PromptRef
+		var finished []*core.RequestRecord
 		err := s.exclusive(ctx, func() (err error) {
+			// Requests left approved (a crash between the approval and
+			// the signature) are signed by Tick: note them, to audit
+			// their outcome.
+			rs, err := s.cfg.Core.Requests(ctx)
+			if err != nil {
+				return err
+			}
 			withdraw, err = s.cfg.Core.Tick(ctx)
+			for _, r := range rs {
+				if r.State != core.RequestApproved {
+					continue
+				}
+				if now, gerr := s.cfg.Core.Request(ctx, r.ID); gerr == nil && now.State.Closed() {
+					finished = append(finished, now)
+				}
+			}
 			return err
 		})
+		for _, r := range finished {
+			switch r.State {
+			case core.RequestSigned:
+				s.log.Info("interrupted request signed", "request", r.ID, "txid", r.TxID)
+				s.record(ctx, audit.KindSignature, r.ID, "signed after an interruption: txid "+r.TxID)
+			case core.RequestFailed:
+				s.log.Error("interrupted request approved but not signed", "request", r.ID, "err", r.Error)
+				s.record(ctx, audit.KindSignature, r.ID, "approved but not signed after an interruption: "+r.Error)
+			}
+			s.metrics.requests.WithLabelValues(string(r.State)).Inc()
+		}
 		switch {
 		case errors.Is(err, core.ErrNoApprovalPath):
 			return

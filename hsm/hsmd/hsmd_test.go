@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -30,7 +31,13 @@ import (
 	"github.com/opencustodynet/opencustody/protocol/signed"
 )
 
-func TestMain(m *testing.M) { softhsmtest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(crashChildEnv) != "" {
+		crashChild() // this process is an hsmd the crash test kills
+		return
+	}
+	softhsmtest.Main(m)
+}
 
 // env is a running hsmd on real parts: a SoftHSM2 token holding the
 // identity and record keys, SQLite records, TLS on loopback.
@@ -43,6 +50,11 @@ type env struct {
 	devices  hsmd.DeviceStore
 	store    *hsm.PKCS11Store
 	audit    *audit.Log
+
+	// For an hsmd in another process (srv is nil): its certificate
+	// fingerprint and its directory with the token files.
+	cert     string
+	tokenDir string
 }
 
 // auditKinds returns the kinds of the audit entries about subject, in
@@ -114,13 +126,19 @@ func startWith(t *testing.T, ceremony, approvals bool) *env {
 
 func (e *env) dial(t *testing.T, tokenFile string) *grpc.ClientConn {
 	t.Helper()
-	bt, ot := e.srv.TokenPaths()
+	var bt, ot, cert string
+	if e.srv != nil {
+		bt, ot = e.srv.TokenPaths()
+		cert = e.srv.CertFingerprint()
+	} else {
+		bt, ot, cert = filepath.Join(e.tokenDir, hsmd.BridgeTokenFile), filepath.Join(e.tokenDir, hsmd.OperatorTokenFile), e.cert
+	}
 	path := map[string]string{"bridge": bt, "operator": ot}[tokenFile]
 	token, err := hsmd.ReadToken(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := apiclient.Dial(apiclient.Options{Address: e.addr, CertFingerprint: e.srv.CertFingerprint(), Token: token})
+	conn, err := apiclient.Dial(apiclient.Options{Address: e.addr, CertFingerprint: cert, Token: token})
 	if err != nil {
 		t.Fatal(err)
 	}
