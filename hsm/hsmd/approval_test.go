@@ -332,7 +332,7 @@ func waitShown(t *testing.T, id string, devs ...*relayDevice) {
 // spend is a base64 PSBT spending output index of prev (which pays the
 // wallet's first address): half to a foreign address, the rest less the
 // fee as change to the wallet's second address.
-func spend(t *testing.T, prev *wire.MsgTx, index uint32, change []byte) []byte {
+func spend(t testing.TB, prev *wire.MsgTx, index uint32, change []byte) []byte {
 	t.Helper()
 	h := prev.TxHash()
 	value := prev.TxOut[index].Value
