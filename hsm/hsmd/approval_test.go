@@ -8,8 +8,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
-	"sync"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
