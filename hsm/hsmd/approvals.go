@@ -176,6 +176,7 @@ func (s *Server) tickLoop(ctx context.Context) {
 			s.log.Error("request upkeep failed", "err", err)
 		}
 		s.withdraw(ctx, withdraw)
+		s.savePin()
 		if s.cfg.Lock != nil {
 			s.deliverPending(ctx)
 		}

@@ -104,6 +104,12 @@ type Config struct {
 	// DefaultLoginAuditEvery.
 	LoginAuditBurst int
 	LoginAuditEvery time.Duration
+	// Records, if set, is the record store the core's stores use: hsmd
+	// keeps the newest root manifest version it saw in Dir/records.pin
+	// (PinFile), written every TickInterval and when it stops, and pins
+	// the store to it at the next start, so that a database rolled back
+	// while hsmd was down is refused.
+	Records *records.Store
 }
 
 // Server is a running hsmd.
@@ -119,6 +125,9 @@ type Server struct {
 	operatorToken   string
 
 	logins *loginLimiter
+
+	pinMu  sync.Mutex // guards pinned; held while the pin file is written
+	pinned uint64     // the version in the pin file
 
 	stopping chan struct{} // closed by Stop: relay streams end at once
 	stopOnce sync.Once
@@ -176,6 +185,9 @@ func New(cfg Config) (*Server, error) {
 		logins:          newLoginLimiter(cfg.LoginAuditBurst, cfg.LoginAuditEvery, time.Now),
 	}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
+	if err := s.loadPin(); err != nil {
+		return nil, err
+	}
 	if s.bridgeToken, err = loadOrCreateToken(cfg.Dir, BridgeTokenFile); err != nil {
 		return nil, err
 	}
@@ -234,6 +246,8 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		s.Stop()
 		s.checkpoint(context.Background())
 	}
+	s.Stop()
+	s.savePin()
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
 	}

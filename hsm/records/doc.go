@@ -114,8 +114,10 @@
 // never saw a newer root (a daemon started after the database was
 // restored) accepts a complete, consistent older copy of the database: the
 // genuine state of an earlier moment, all records at once. [Store.Pin] takes
-// a version kept where the database cannot reach it, but nothing keeps one
-// across restarts yet. Manifests also grow with their kind (about 30 bytes
+// a version kept where the database cannot reach it: the custody daemon
+// keeps one in its own directory between runs (hsmd.PinFile), which
+// catches a database restored while it was down, as long as that
+// directory was not rolled back too; its pin is at most one tick behind. Manifests also grow with their kind (about 30 bytes
 // a record, read and rewritten on each write of the kind), which suits the
 // thousands of records a custody core keeps, not millions; and the root
 // makes every write contend for one row. The database can always refuse

@@ -121,7 +121,7 @@ the HSM's console that pairs the first admins.`,
 			if err != nil {
 				return err
 			}
-			srv, err := hsmd.New(hsmd.Config{Core: cr, Dir: hsmdDir(dir), Hosts: hosts, Version: Version, Logger: log, Audit: al, Lock: lock})
+			srv, err := hsmd.New(hsmd.Config{Core: cr, Dir: hsmdDir(dir), Hosts: hosts, Version: Version, Logger: log, Audit: al, Lock: lock, Records: rs})
 			if err != nil {
 				return err
 			}
