@@ -25,6 +25,25 @@
 // ticker (Config.TickInterval) has the core store expiries and finish
 // signings a crash interrupted. hsmd verifies nothing itself: the core
 // does.
+//
+// # Several instances on one database
+//
+// hsmd instances sharing a PostgreSQL database and an HSM token each hold
+// the database's lock (Config.Lock) around every call that changes the
+// core's records, so that their cores take turns as the goroutines of one
+// core do; every write is also a compare-and-swap of the version read. A
+// request submitted to one instance reaches devices attached to another
+// through that one's ticker. What one instance withdraws from its devices
+// when a request closes, another's devices keep showing until they answer
+// (and are refused) or reconnect.
+//
+// # Logins
+//
+// A call with a missing or wrong token is refused, counted in
+// opencustody_hsmd_login_failures_total, and appended to the audit log
+// within a token bucket (Config.LoginAuditBurst, Config.LoginAuditEvery),
+// the failures held back summed up in the next entry. The token is never
+// logged.
 package hsmd
 
 import (

@@ -50,6 +50,11 @@ approval is counted twice and no request is signed twice. Give the password
 through ~/.pgpass or PGPASSFILE, or the whole URL through OPENCUSTODY_STORE,
 rather than on the command line, where other users can read it.
 
+hsmd remembers in DATA/hsmd/records.pin how far the record store has come, and
+refuses a database older than that (restored from a copy, or rolled back,
+while it was down). After restoring the database from a backup on purpose,
+delete that file.
+
 On first start it makes a self-signed TLS certificate and two tokens in
 DATA/hsmd: bridge.token (for bridges) and operator.token (for the CLI). Clients
 on this machine find them in the data directory; elsewhere, pass the
