@@ -31,6 +31,7 @@ import (
 	"github.com/opencustodynet/opencustody/hsm/hsmd"
 	"github.com/opencustodynet/opencustody/hsm/hsmtest"
 	"github.com/opencustodynet/opencustody/hsm/records"
+	"github.com/opencustodynet/opencustody/hsm/records/pgtest"
 	"github.com/opencustodynet/opencustody/hsm/softhsm/softhsmtest"
 	"github.com/opencustodynet/opencustody/protocol/apipb"
 )
@@ -40,6 +41,7 @@ const (
 	crashTokenEnv = "OPENCUSTODY_TEST_CRASH_TOKEN" // the token's pkcs11: URI
 	crashAtEnv    = "OPENCUSTODY_TEST_CRASH_AT"    // where to stop: one of the crash points
 	crashAddrEnv  = "OPENCUSTODY_TEST_CRASH_ADDR"  // where to listen
+	crashStoreEnv = "OPENCUSTODY_TEST_CRASH_STORE" // a postgres:// URL, or empty for SQLite
 )
 
 // Crash points the child can stop at.
@@ -74,7 +76,15 @@ func crashChild() {
 	if err != nil {
 		fail(err)
 	}
-	db, err := records.OpenSQLite(ctx, filepath.Join(dir, "records"))
+	var db interface {
+		records.Backend
+		Close() error
+	}
+	if dsn := os.Getenv(crashStoreEnv); dsn != "" {
+		db, err = records.OpenPostgres(ctx, dsn)
+	} else {
+		db, err = records.OpenSQLite(ctx, filepath.Join(dir, "records"))
+	}
 	if err != nil {
 		fail(err)
 	}
@@ -175,13 +185,14 @@ type crashWorld struct {
 	t        *testing.T
 	dir      string
 	tokenURI string
+	store    string // the child's --store: a postgres:// URL, or empty for SQLite
 	h        *env
 	cmd      *exec.Cmd
 	exited   chan struct{}
 	stderr   bytes.Buffer
 }
 
-func newCrashWorld(t *testing.T) (*crashWorld, []*apipb.WalletAddress) {
+func newCrashWorld(t *testing.T, dsn string) (*crashWorld, []*apipb.WalletAddress) {
 	t.Helper()
 	tok := softhsmtest.NewTestToken(t)
 	store, err := hsm.Open(t.Context(), hsm.Config{URI: tok.URI})
@@ -198,7 +209,7 @@ func newCrashWorld(t *testing.T) (*crashWorld, []*apipb.WalletAddress) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	cw := &crashWorld{t: t, dir: t.TempDir(), tokenURI: tok.URI}
+	cw := &crashWorld{t: t, dir: t.TempDir(), tokenURI: tok.URI, store: dsn}
 	cw.h = &env{identity: id, tokenDir: filepath.Join(cw.dir, "hsmd")}
 	cw.start("", "127.0.0.1:0")
 	w := &world{t: t, ctx: e2eContext(t), hsmd: cw.h, taps: newTaps(t), ops: map[*env]apipb.OperatorClient{}}
@@ -222,7 +233,7 @@ func (cw *crashWorld) start(at, addr string) {
 	info := filepath.Join(cw.dir, crashInfoFile)
 	os.Remove(info)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), crashChildEnv+"="+cw.dir, crashTokenEnv+"="+cw.tokenURI, crashAtEnv+"="+at, crashAddrEnv+"="+addr)
+	cmd.Env = append(os.Environ(), crashChildEnv+"="+cw.dir, crashTokenEnv+"="+cw.tokenURI, crashAtEnv+"="+at, crashAddrEnv+"="+addr, crashStoreEnv+"="+cw.store)
 	cw.stderr.Reset()
 	cmd.Stderr = &cw.stderr
 	if err := cmd.Start(); err != nil {
@@ -365,10 +376,21 @@ func (cw *crashWorld) checkSigned(id string, aliceCounter uint64) {
 
 // TestCrashRecovery kills hsmd with SIGKILL at points of an approval and
 // starts it again: no request or approval is lost, pending prompts are
-// shown again, and the request ends with one signed transaction.
+// shown again, and the request ends with one signed transaction. It runs
+// on SQLite, and on PostgreSQL when there is a server.
 func TestCrashRecovery(t *testing.T) {
+	t.Run("sqlite", func(t *testing.T) { testCrashRecovery(t, func(*testing.T) string { return "" }) })
+	t.Run("postgres", func(t *testing.T) {
+		pgtest.ServerDSN(t)
+		testCrashRecovery(t, func(t *testing.T) string { return pgtest.NewSchema(t) })
+	})
+}
+
+// testCrashRecovery runs the crash points; store gives each its own
+// database.
+func testCrashRecovery(t *testing.T, store func(t *testing.T) string) {
 	t.Run("after submit", func(t *testing.T) {
-		cw, addrs := newCrashWorld(t)
+		cw, addrs := newCrashWorld(t, store(t))
 		id := cw.submit(cw.h, "treasury", addrs, 20_000_000).GetId()
 		cw.kill()
 		cw.restart("")
@@ -384,7 +406,7 @@ func TestCrashRecovery(t *testing.T) {
 		}
 	})
 	t.Run("between approvals", func(t *testing.T) {
-		cw, addrs := newCrashWorld(t)
+		cw, addrs := newCrashWorld(t, store(t))
 		id := cw.submit(cw.h, "treasury", addrs, 20_000_000).GetId()
 		cw.confirm(cw.emus[0], id)
 		cw.waitRequestState(cw.h, id, "alice's approval stored", func(r *apipb.Request) bool { return len(r.GetApprovedBy()) == 1 })
@@ -397,7 +419,7 @@ func TestCrashRecovery(t *testing.T) {
 		}
 	})
 	t.Run("after the counter, before the answer", func(t *testing.T) {
-		cw, addrs := newCrashWorld(t)
+		cw, addrs := newCrashWorld(t, store(t))
 		cw.stop()
 		cw.restart(crashAfterCounter)
 		id := cw.submit(cw.h, "treasury", addrs, 20_000_000).GetId()
@@ -412,7 +434,7 @@ func TestCrashRecovery(t *testing.T) {
 		cw.checkSigned(id, 2)
 	})
 	t.Run("approved, before signing", func(t *testing.T) {
-		cw, addrs := newCrashWorld(t)
+		cw, addrs := newCrashWorld(t, store(t))
 		cw.stop()
 		cw.restart(crashBeforeSign)
 		id := cw.submit(cw.h, "treasury", addrs, 20_000_000).GetId()
@@ -427,7 +449,7 @@ func TestCrashRecovery(t *testing.T) {
 		}
 	})
 	t.Run("signed, before the outcome is stored", func(t *testing.T) {
-		cw, addrs := newCrashWorld(t)
+		cw, addrs := newCrashWorld(t, store(t))
 		cw.stop()
 		cw.restart(crashAfterSign)
 		id := cw.submit(cw.h, "treasury", addrs, 20_000_000).GetId()
