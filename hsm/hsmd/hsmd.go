@@ -145,6 +145,12 @@ type Server struct {
 
 	logins *loginLimiter
 
+	// changeMu is held by exclusive around every change the core makes,
+	// as the core's own mutex is, so that what the ticker reads before
+	// and after its upkeep is not another call's state half-way. Lock
+	// order: changeMu, then Config.Lock, then the core's.
+	changeMu sync.Mutex
+
 	pinMu  sync.Mutex // guards pinned; held while the pin file is written
 	pinned uint64     // the version in the pin file
 
@@ -306,12 +312,15 @@ func (s *Server) background(f func(ctx context.Context)) {
 	}()
 }
 
-// exclusive runs f holding Config.Lock, if there is one: the core's
-// changes then happen one at a time across every hsmd on the database.
-// The lock only orders them; each write is still a compare-and-swap of
-// the version the core read, so an instance that lost the lock without
-// knowing gets a conflict rather than overwriting another's change.
+// exclusive runs f holding changeMu and Config.Lock, if there is one:
+// the core's changes then happen one at a time, in this process and across
+// every hsmd on the database. The lock only orders them; each write is
+// still a compare-and-swap of the version the core read, so an instance
+// that lost the lock without knowing gets a conflict rather than
+// overwriting another's change.
 func (s *Server) exclusive(ctx context.Context, f func() error) error {
+	s.changeMu.Lock()
+	defer s.changeMu.Unlock()
 	if s.cfg.Lock == nil {
 		return f()
 	}
