@@ -81,6 +81,14 @@ func DebugHandler(d *Device) http.Handler {
 		v, _ := d.View()
 		writeJSON(w, http.StatusOK, screenJSON(v))
 	})
+	mux.HandleFunc("POST /v1/power-cycle", func(w http.ResponseWriter, r *http.Request) {
+		if err := d.PowerCycle(); err != nil {
+			writeError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		v, _ := d.View()
+		writeJSON(w, http.StatusOK, screenJSON(v))
+	})
 	mux.HandleFunc("GET /v1/screenshot", func(w http.ResponseWriter, r *http.Request) {
 		v, _ := d.View()
 		w.Header().Set("Content-Type", "image/png")

@@ -72,6 +72,10 @@ type Config struct {
 	// KeepaliveInterval is how often the device sends a keepalive while it
 	// waits for the user (default [DefaultKeepaliveInterval]).
 	KeepaliveInterval time.Duration
+	// Quirk makes the device break one rule of the specification on
+	// purpose, to test the conformance suite; [QuirkNone] for a correct
+	// device.
+	Quirk Quirk
 }
 
 // Rule is an automation rule: when a prompt whose text (see [View].Text)
@@ -144,6 +148,7 @@ type Device struct {
 	now       func() time.Time
 	log       *slog.Logger
 	keepalive time.Duration
+	quirk     Quirk
 	features  *pb.Features // immutable
 
 	// mu guards everything below. Host.Send is called with mu held so
@@ -152,11 +157,14 @@ type Device struct {
 	reasm    framing.Reassembler
 	channels map[uint32]*hostChannel
 	order    []uint32 // allocation order of channels, oldest first
+	qseq     byte     // QuirkIgnoreSequence: the SEQ the reassembler expects
 	op       *operation
 	sc       *secureChannel // the secure channel, at most one (nil: none)
 	rules    []Rule
 	view     View
 	changed  chan struct{} // closed and replaced when view changes
+	logViews bool          // keep every view in viewLog (screen recording)
+	viewLog  []View        // views shown since the recorder last took them
 }
 
 // New creates a device from cfg and shows its home screen.
@@ -170,6 +178,7 @@ func New(cfg Config) (*Device, error) {
 		now:       cfg.Now,
 		log:       cfg.Logger,
 		keepalive: cfg.KeepaliveInterval,
+		quirk:     cfg.Quirk,
 		channels:  map[uint32]*hostChannel{},
 		changed:   make(chan struct{}),
 	}
@@ -184,6 +193,9 @@ func New(cfg Config) (*Device, error) {
 	}
 	if d.keepalive <= 0 {
 		d.keepalive = DefaultKeepaliveInterval
+	}
+	if d.quirk == QuirkNoPersistence {
+		cfg.Store.noPersist = true
 	}
 	id := cfg.Store.Identity()
 	chain, err := signed.DevelopmentAttestation(id.Algorithm, id.PublicKey(), AttestationSubject)
@@ -225,7 +237,23 @@ func (d *Device) HandleReport(host Host, report []byte) {
 	if ch, ok := d.channels[binary.BigEndian.Uint32(report)]; ok {
 		ch.host = host
 	}
-	msg, err := d.reasm.Push(report, d.now())
+	now := d.now()
+	switch d.quirk {
+	case QuirkNoTimeout:
+		now = time.Time{} // every report arrives at the same instant
+	case QuirkIgnoreSequence:
+		if cid, ok := d.reasm.InProgress(); ok && report[4]&0x80 == 0 && cid == binary.BigEndian.Uint32(report) {
+			report[4] = d.qseq
+		}
+	}
+	msg, err := d.reasm.Push(report, now)
+	if d.quirk == QuirkIgnoreSequence {
+		if report[4]&0x80 != 0 {
+			d.qseq = 0
+		} else {
+			d.qseq = report[4] + 1
+		}
+	}
 	if err != nil {
 		var fe *framing.FrameError
 		if !errors.As(err, &fe) {
@@ -236,7 +264,7 @@ func (d *Device) HandleReport(host Host, report []byte) {
 		if ch, ok := d.channels[fe.CID]; ok && errors.Is(fe, framing.ErrTimeout) {
 			to = ch.host
 		}
-		sendError(to, fe.CID, fe.Code)
+		d.sendError(to, fe.CID, fe.Code)
 		return
 	}
 	if msg == nil {
@@ -253,12 +281,14 @@ func (d *Device) Tick() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	now := d.now()
-	if fe := d.reasm.Expire(now); fe != nil {
+	if d.quirk == QuirkNoTimeout {
+		// nothing expires
+	} else if fe := d.reasm.Expire(now); fe != nil {
 		if ch, ok := d.channels[fe.CID]; ok {
-			sendError(ch.host, fe.CID, fe.Code)
+			d.sendError(ch.host, fe.CID, fe.Code)
 		}
 	}
-	if op := d.op; op != nil && op.state == opWaitUser && now.Sub(op.lastSent) >= d.keepalive {
+	if op := d.op; op != nil && op.state == opWaitUser && now.Sub(op.lastSent) >= d.keepalive && d.quirk != QuirkNoKeepalive {
 		d.sendCmd(op.cid, framing.CmdKeepalive, []byte{byte(framing.KeepaliveUserNeeded)})
 	}
 }
@@ -270,14 +300,14 @@ func (d *Device) dispatch(host Host, msg *framing.Message) {
 	}
 	if _, ok := d.channels[msg.CID]; !ok {
 		d.log.Debug("device: message on unallocated channel", "cid", msg.CID, "cmd", msg.Cmd)
-		sendError(host, msg.CID, framing.ErrCodeInvalidChannel)
+		d.sendError(host, msg.CID, framing.ErrCodeInvalidChannel)
 		return
 	}
 	switch msg.Cmd {
 	case framing.CmdPing:
 		d.sendCmd(msg.CID, framing.CmdPing, msg.Data)
 	case framing.CmdCancel:
-		if d.op != nil && d.op.cid == msg.CID {
+		if d.op != nil && d.op.cid == msg.CID && d.quirk != QuirkIgnoreCancel {
 			d.cancelOp(pb.FailureCode_FAILURE_ACTION_CANCELLED, "cancelled by the host")
 		}
 	case framing.CmdMsg:
@@ -290,7 +320,10 @@ func (d *Device) dispatch(host Host, msg *framing.Message) {
 
 // sendError sends a CmdError report, unless cid is one that is never
 // answered.
-func sendError(to Host, cid uint32, code framing.ErrorCode) {
+func (d *Device) sendError(to Host, cid uint32, code framing.ErrorCode) {
+	if d.quirk == QuirkBadErrorCodes {
+		code = framing.ErrCodeOther
+	}
 	if r := framing.ErrorReport(cid, code); r != nil {
 		to.Send(r)
 	}
@@ -299,7 +332,7 @@ func sendError(to Host, cid uint32, code framing.ErrorCode) {
 func (d *Device) handleInit(host Host, msg *framing.Message) {
 	q, err := framing.ParseInitRequest(msg.Data)
 	if err != nil {
-		sendError(host, msg.CID, framing.ErrCodeInvalidPar)
+		d.sendError(host, msg.CID, framing.ErrCodeInvalidPar)
 		return
 	}
 	resp := framing.InitResponse{Nonce: q.Nonce, FramingVersion: framing.FramingVersion, Major: fwMajor, Minor: fwMinor, Patch: fwPatch}
@@ -307,7 +340,7 @@ func (d *Device) handleInit(host Host, msg *framing.Message) {
 		// INIT on an allocated channel resynchronises it: whatever was
 		// pending there is dropped.
 		if _, ok := d.channels[msg.CID]; !ok {
-			sendError(host, msg.CID, framing.ErrCodeInvalidChannel)
+			d.sendError(host, msg.CID, framing.ErrCodeInvalidChannel)
 			return
 		}
 		if d.op != nil && d.op.cid == msg.CID {
@@ -320,7 +353,7 @@ func (d *Device) handleInit(host Host, msg *framing.Message) {
 	cid, err := d.newCID()
 	if err != nil {
 		d.log.Error("device: allocate channel", "err", err)
-		sendError(host, msg.CID, framing.ErrCodeOther)
+		d.sendError(host, msg.CID, framing.ErrCodeOther)
 		return
 	}
 	if len(d.order) >= MaxChannels {
@@ -696,6 +729,9 @@ func (d *Device) View() (View, <-chan struct{}) {
 
 func (d *Device) setView(kind string, pages []Page, page int, buttons []Button, fields map[string]string) {
 	d.view = View{Seq: d.view.Seq + 1, Kind: kind, Page: pages[page], Buttons: buttons, Text: documentText(pages), Fields: fields}
+	if d.logViews {
+		d.viewLog = append(d.viewLog, d.view)
+	}
 	close(d.changed)
 	d.changed = make(chan struct{})
 }
@@ -729,7 +765,7 @@ func (d *Device) showPrompt() {
 		bs = append(bs, ButtonNext)
 	}
 	bs = append(bs, ButtonReject)
-	if op.page == len(op.pages)-1 {
+	if op.page == len(op.pages)-1 || d.quirk == QuirkConfirmAnyPage {
 		bs = append(bs, ButtonConfirm)
 	}
 	d.setView(KindPrompt, op.pages, op.page, bs, op.fields)
@@ -743,4 +779,31 @@ func printable(s string) string {
 		}
 		return r
 	}, s)
+}
+
+// PowerCycle simulates unplugging the device and plugging it back in: the
+// state is read again from its directory (what was not written is lost),
+// every channel, the secure channel and a pending request are forgotten
+// without an answer, and the home screen is shown. The debug link serves
+// it so that a conformance suite can check what the device persists.
+func (d *Device) PowerCycle() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s, _, err := OpenStore(StoreRequest{Dir: d.store.dir})
+	if err != nil {
+		return err
+	}
+	s.noPersist = d.store.noPersist
+	d.log.Info("device: power cycle")
+	d.store = s
+	d.reasm = framing.Reassembler{}
+	d.channels = map[uint32]*hostChannel{}
+	d.order = nil
+	d.op = nil
+	if d.sc != nil && d.sc.sess != nil {
+		d.sc.sess.Close()
+	}
+	d.sc = nil
+	d.showHome()
+	return nil
 }

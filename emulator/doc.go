@@ -78,6 +78,24 @@
 // (signed.DevelopmentAttestation with subject [AttestationSubject]),
 // deterministic for a given identity key.
 //
+// # Watching it
+//
+// With [Options].WebAddr the emulator serves a web page with the live
+// screen and its buttons ([WebHandler]): loopback addresses only, the Host
+// and Origin of each request checked, no CORS, and a button press accepted
+// only with the page's per-run token in the [WebTokenHeader] header. With
+// [Options].RecordDir it writes one PNG per screen change, named by the
+// screen's sequence number. The debug link can also power-cycle the device
+// ([Device.PowerCycle]): what was not written to the state directory is
+// lost, as on hardware.
+//
+// # Quirks
+//
+// [Options].Quirk makes the device break one rule of the specification on
+// purpose ([Quirks] lists them), so that the conformance suite (package
+// conformance) can show that each of its tests catches the mistake it is
+// about. A quirk is never for anything else.
+//
 // # Determinism
 //
 // Randomness comes from [Options].Rand (and [Config].Rand); with

@@ -1,6 +1,7 @@
 package emulator
 
 import (
+	"encoding/hex"
 	"fmt"
 	"strings"
 
@@ -36,12 +37,12 @@ func (d *Device) handlePrompt(cid uint32, sc *secureChannel, m *pb.PromptRequest
 		return
 	}
 	pin := d.store.Pin()
-	if pin == nil || p.Verify(pin.Algorithm, pin.PublicKey) != nil {
+	if pin == nil || (p.Verify(pin.Algorithm, pin.PublicKey) != nil && d.quirk != QuirkAcceptUnsigned) {
 		refuse("bad_signature", "the prompt is not signed by the HSM this device is paired with")
 		return
 	}
 	id := d.store.Identity()
-	if p.DeviceID != id.DeviceID() {
+	if p.DeviceID != id.DeviceID() && d.quirk != QuirkAcceptOtherDevice {
 		refuse("wrong_device", "the prompt is for another device")
 		return
 	}
@@ -52,8 +53,14 @@ func (d *Device) handlePrompt(cid uint32, sc *secureChannel, m *pb.PromptRequest
 	}
 	// Without a clock, a prompt that expired before the newest credential
 	// of the HSM was issued has certainly expired.
-	if newest := d.store.Newest(); p.NotAfter.Before(newest) {
+	if newest := d.store.Newest(); p.NotAfter.Before(newest) && d.quirk != QuirkIgnoreExpiry {
 		refuse("expired", "the prompt has expired")
+		return
+	}
+	// A prompt is answered once: a relay that sends it again gets nothing
+	// signed (approval.md §5.2, replayed).
+	if d.store.Answered(p.Nonce) && d.quirk != QuirkAcceptReplayed {
+		refuse("replayed", "this prompt was answered before")
 		return
 	}
 	digest := [32]byte(p.Digest())
@@ -76,7 +83,8 @@ func (d *Device) handlePrompt(cid uint32, sc *secureChannel, m *pb.PromptRequest
 // counter is incremented and on disk before the answer that carries it is
 // made.
 func (d *Device) signAnswer(digest [32]byte, nonce [signed.NonceSize]byte, dec signed.Decision) proto.Message {
-	counter, err := d.store.NextCounter()
+	increment := d.quirk != QuirkReuseCounter
+	counter, err := d.store.nextCounter(hex.EncodeToString(nonce[:]), increment)
 	if err != nil {
 		d.log.Error("device: counter", "err", err)
 		return &pb.Failure{Code: pb.FailureCode_FAILURE_PROCESS_ERROR, Message: "cannot write the counter; nothing was signed"}

@@ -289,8 +289,11 @@ func TestApprovalVectors(t *testing.T) {
 		if !a.Deterministic || a.Counter != h.d.store.Counter()+1 {
 			t.Fatalf("%s: counter %d, device at %d", a.Name, a.Counter, h.d.store.Counter())
 		}
-		// The device does not remember answered prompts (the core never
-		// sends one twice), so the same prompt can be answered again here.
+		// The device refuses a prompt it answered before; the vectors
+		// answer one prompt twice, so the test forgets the first answer.
+		h.d.store.mu.Lock()
+		h.d.store.state.Answered = nil
+		h.d.store.mu.Unlock()
 		wantOne[*pb.ButtonRequest](t, c.call(h, &pb.PromptRequest{Prompt: prompts[a.Prompt]}))
 		c.call(h, &pb.ButtonAck{})
 		if err := h.d.applyVectorDecision(a.Decision); err != nil {

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -61,6 +62,15 @@ type Options struct {
 	Logger *slog.Logger
 	// KeepaliveInterval, see [Config].
 	KeepaliveInterval time.Duration
+	// Quirk, see [Config]: a device that breaks one rule on purpose.
+	Quirk Quirk
+	// WebAddr, if set, serves the web view (the live screen and its
+	// buttons, for people) on this loopback address, "127.0.0.1:PORT";
+	// other addresses are refused. See [WebHandler] and [Emulator.WebURL].
+	WebAddr string
+	// RecordDir, if set, receives one PNG per screen change, named by the
+	// screen's sequence number (000001.png, …). The directory is created.
+	RecordDir string
 }
 
 // SeededRand returns a deterministic random stream derived from seed, for
@@ -79,6 +89,9 @@ type Emulator struct {
 	conn  *net.UDPConn
 	debug *http.Server
 	dln   net.Listener
+	web   *http.Server
+	wln   net.Listener
+	token string // the web view's per-run token
 	log   *slog.Logger
 
 	cancel context.CancelFunc
@@ -108,7 +121,7 @@ func Start(opts Options) (*Emulator, error) {
 	if created {
 		log.Info("emulator: new device state", "dir", opts.StateDir, "algorithm", store.Algorithm(), "device_id", store.Identity().DeviceID())
 	}
-	dev, err := New(Config{Store: store, Rand: rnd, Logger: log, KeepaliveInterval: opts.KeepaliveInterval})
+	dev, err := New(Config{Store: store, Rand: rnd, Logger: log, KeepaliveInterval: opts.KeepaliveInterval, Quirk: opts.Quirk})
 	if err != nil {
 		return nil, err
 	}
@@ -141,6 +154,38 @@ func Start(opts Options) (*Emulator, error) {
 			}
 		})
 	}
+	if opts.RecordDir != "" {
+		if err := os.MkdirAll(opts.RecordDir, 0o755); err != nil {
+			e.closeEarly()
+			return nil, fmt.Errorf("emulator: record directory: %w", err)
+		}
+		dev.startViewLog()
+		e.wg.Go(func() { dev.recordScreens(opts.RecordDir, ctx.Done()) })
+	}
+	if opts.WebAddr != "" {
+		ap, err := ParseWebAddr(opts.WebAddr)
+		if err != nil {
+			e.closeEarly()
+			return nil, err
+		}
+		ln, err := net.Listen("tcp", ap.String())
+		if err != nil {
+			e.closeEarly()
+			return nil, fmt.Errorf("emulator: web view: %w", err)
+		}
+		if e.token, err = newWebToken(); err != nil {
+			ln.Close()
+			e.closeEarly()
+			return nil, err
+		}
+		e.wln = ln
+		e.web = &http.Server{Handler: WebHandler(dev, e.token, webHosts(ln)), ReadHeaderTimeout: 10 * time.Second}
+		e.wg.Go(func() {
+			if err := e.web.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("emulator: web view stopped", "err", err)
+			}
+		})
+	}
 	e.wg.Go(func() { e.readLoop() })
 	e.wg.Go(func() { dev.tickLoop(ctx) })
 	log.Info("emulator: listening", "udp", conn.LocalAddr().String(), "debug_link", e.DebugURL())
@@ -165,6 +210,18 @@ func (e *Emulator) DebugURL() string {
 	return "http://" + e.dln.Addr().String()
 }
 
+// WebURL returns the web view's URL, "http://127.0.0.1:PORT/", or "" when
+// it is not served.
+func (e *Emulator) WebURL() string {
+	if e.wln == nil {
+		return ""
+	}
+	return "http://" + e.wln.Addr().String() + "/"
+}
+
+// closeEarly undoes a Start that failed half-way.
+func (e *Emulator) closeEarly() { e.Close() }
+
 // Close stops the emulator and waits for its goroutines. The state is
 // always on disk already.
 func (e *Emulator) Close() error {
@@ -173,6 +230,9 @@ func (e *Emulator) Close() error {
 		e.conn.Close()
 		if e.debug != nil {
 			e.debug.Close()
+		}
+		if e.web != nil {
+			e.web.Close()
 		}
 		e.wg.Wait()
 	})

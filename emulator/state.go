@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -55,7 +56,14 @@ type stateJSON struct {
 	// Newest is the greatest not_before, in Unix seconds, of a core
 	// credential accepted from the pinned HSM (channel.md §3.3).
 	Newest uint64 `json:"newest,omitempty"`
+	// Answered holds the nonces (hex) of the last [MaxAnswered] prompts
+	// the device answered, oldest first, so that a prompt sent again is
+	// refused (approval.md §5.2, replayed).
+	Answered []string `json:"answered,omitempty"`
 }
+
+// MaxAnswered is how many answered prompts' nonces the device remembers.
+const MaxAnswered = 64
 
 // pinJSON is a [Pin] in the state file.
 type pinJSON struct {
@@ -152,6 +160,9 @@ type Store struct {
 	identity *Identity          // immutable
 	static   noise.DHKey        // immutable: the channel key
 	cred     *signed.Credential // immutable: the device credential
+	// noPersist (QuirkNoPersistence) keeps changes in memory only, once
+	// the state file exists. Set before the Store is shared.
+	noPersist bool
 }
 
 // OpenStore loads the state in req.Dir, or creates it with a new identity
@@ -409,17 +420,43 @@ func (s *Store) Counter() uint64 {
 	return s.state.Counter
 }
 
+// Answered reports whether the device answered a prompt with this nonce
+// (among the last [MaxAnswered]).
+func (s *Store) Answered(nonce [signed.NonceSize]byte) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Contains(s.state.Answered, hex.EncodeToString(nonce[:]))
+}
+
+// NextCounterFor is [Store.NextCounter] for the answer to the prompt with
+// this nonce: the nonce is recorded as answered in the same write.
+func (s *Store) NextCounterFor(nonce [signed.NonceSize]byte) (uint64, error) {
+	return s.nextCounter(hex.EncodeToString(nonce[:]), true)
+}
+
 // NextCounter increments the monotonic counter and returns the new value
 // only once it is on disk, so a value handed out is never handed out again,
 // even after a crash. On error the counter is unchanged.
-func (s *Store) NextCounter() (uint64, error) {
+func (s *Store) NextCounter() (uint64, error) { return s.nextCounter("", true) }
+
+// nextCounter records nonce (if not "") as answered and, if increment,
+// increments the counter, in one write; it returns the counter.
+func (s *Store) nextCounter(nonce string, increment bool) (uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.state
 	if st.Counter == ^uint64(0) {
 		return 0, errors.New("emulator: counter exhausted")
 	}
-	st.Counter++
+	if increment {
+		st.Counter++
+	}
+	if nonce != "" {
+		st.Answered = append(slices.Clone(st.Answered), nonce)
+		if n := len(st.Answered); n > MaxAnswered {
+			st.Answered = st.Answered[n-MaxAnswered:]
+		}
+	}
 	if err := s.write(st); err != nil {
 		return 0, err
 	}
@@ -430,6 +467,11 @@ func (s *Store) NextCounter() (uint64, error) {
 // write replaces the state file with st atomically. s.mu is held or s is
 // not yet shared.
 func (s *Store) write(st stateJSON) error {
+	if s.noPersist {
+		if _, err := os.Stat(s.path()); err == nil {
+			return nil
+		}
+	}
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("emulator: encode state: %w", err)

@@ -36,6 +36,7 @@
 //	identity  ECDSA P-256 (default) or Ed25519; signs prompts, channel credentials, audit checkpoints
 //	records   HMAC-SHA256, a 32-byte generic secret; authenticates records kept outside the HSM
 //	custody   ECDSA secp256k1; signs transactions
+//	backup    ECDH P-256 (CKA_DERIVE); agrees wrapping keys with another HSM, signs nothing
 //
 // [IdentityKeyLabel] and [RecordKeyLabel] are the labels `opencustody hsm
 // init` gives the first two.
@@ -51,6 +52,35 @@
 // forbids making a non-extractable key extractable later. The attributes
 // themselves say which keys are backup-able: [KeyInfo.Backupable] is
 // CKA_SENSITIVE and CKA_EXTRACTABLE both set, and `opencustody hsm keys` shows it.
+//
+// # Moving keys to another HSM
+//
+// Each HSM that takes part in backups has a backup key-agreement key
+// ([ECDHP256], label [BackupKeyLabel]): a P-256 key pair that may only
+// derive (CKA_DERIVE), sensitive and never extractable.
+// [PKCS11Store.ExportWrapped] and [PKCS11Store.ImportWrapped] move custody
+// keys between two such HSMs without a key ever being in plain form
+// outside them:
+//
+//	source: SO logs in, makes T (AES-256, session object, CKA_TRUSTED, wrap only); user logs in again
+//	source: K = ECDH(own backup key, target's backup key)   (CKM_ECDH1_DERIVE, CKD_NULL; wrap only)
+//	source: wrap T under K, each custody key under T        (CKM_AES_KEY_WRAP_PAD)
+//	target: K = ECDH(own backup key, source's backup key)   (unwrap only)
+//	target: unwrap T under K, each custody key under T      (sensitive, never extractable, sign only)
+//
+// Why the transfer key T: backup-able keys carry CKA_WRAP_WITH_TRUSTED, so
+// only a wrapping key with CKA_TRUSTED can take them out, and PKCS#11 lets
+// only the Security Officer set CKA_TRUSTED. SoftHSM2 2.6.1 refuses
+// CKA_TRUSTED in the template of the user's C_DeriveKey and refuses
+// C_SetAttributeValue(CKA_TRUSTED) afterwards, from the user and from the
+// SO alike (CKR_ATTRIBUTE_READ_ONLY); and the SO cannot derive K itself,
+// since the backup key is a private object the SO cannot use. So the SO
+// generates T, trusted from birth, and T travels under K. T is a session
+// object of the exporting process, so no other process can see it, and it
+// is destroyed after the export. The result: taking keys out needs both
+// the user PIN and the SO PIN, and what comes out opens only in the HSM
+// that holds the target's backup key. Keys made without Backupable cannot
+// be wrapped at all (CKR_KEY_UNEXTRACTABLE), so they never leave.
 //
 // # Signatures
 //

@@ -132,13 +132,13 @@ func (s *PKCS11Store) find(sh pkcs11.SessionHandle, ref string, r keyRef) (*key,
 		}
 		k := &key{label: string(a[pkcs11.CKA_LABEL]), id: a[pkcs11.CKA_ID], class: class, keyType: ulong(a[pkcs11.CKA_KEY_TYPE]), handle: h}
 		if k.keyType == pkcs11.CKK_EC || k.keyType == ckkECEdwards {
-			p, err := s.attrs(sh, h, pkcs11.CKA_EC_PARAMS)
+			p, err := s.attrs(sh, h, pkcs11.CKA_EC_PARAMS, pkcs11.CKA_DERIVE)
 			if err != nil {
 				return nil, fmt.Errorf("hsm: read key %q on token %q: %w", ref, s.info.Label, err)
 			}
-			k.alg = algorithmOf(k.keyType, p[pkcs11.CKA_EC_PARAMS])
+			k.alg = algorithmOf(k.keyType, p[pkcs11.CKA_EC_PARAMS], boolAttr(p[pkcs11.CKA_DERIVE]))
 		} else {
-			k.alg = algorithmOf(k.keyType, nil)
+			k.alg = algorithmOf(k.keyType, nil, false)
 		}
 		s.setMechanism(k)
 		found = append(found, k)
@@ -165,19 +165,24 @@ func (s *PKCS11Store) setMechanism(k *key) {
 	case HMACSHA256:
 		k.mech = mechHMAC
 		k.mechErr = s.needMechanism(pkcs11.CKM_SHA256_HMAC, "record MACs")
+	case ECDHP256:
+		k.mechErr = errors.New("it is the backup key-agreement key, which only agrees wrapping keys with another HSM and signs nothing")
 	default:
 		k.mechErr = fmt.Errorf("it is a %s key, which OpenCustody neither signs nor MACs with", keyTypeName(k.keyType))
 	}
 }
 
 // algorithmOf names the algorithm of a key of type kt with EC parameters
-// params, or returns "" for keys OpenCustody does not use.
-func algorithmOf(kt uint, params []byte) Algorithm {
+// params, or returns "" for keys OpenCustody does not use. A P-256 key
+// that may derive (CKA_DERIVE) is the backup key-agreement key.
+func algorithmOf(kt uint, params []byte, derive bool) Algorithm {
 	switch kt {
 	case pkcs11.CKK_EC:
 		switch {
 		case bytes.Equal(params, paramsSecp256k1):
 			return ECDSASecp256k1
+		case bytes.Equal(params, paramsP256) && derive:
+			return ECDHP256
 		case bytes.Equal(params, paramsP256):
 			return ECDSAP256
 		}
@@ -195,7 +200,7 @@ func curveName(a Algorithm) string {
 	switch a {
 	case ECDSASecp256k1:
 		return "secp256k1"
-	case ECDSAP256:
+	case ECDSAP256, ECDHP256:
 		return "P-256"
 	case Ed25519:
 		return "Ed25519"
@@ -280,7 +285,8 @@ func boolAttr(b []byte) bool { return len(b) == 1 && b[0] != 0 }
 // GenerateKey creates a key inside the HSM. Every key is a token object,
 // private (readable only after login) and sensitive; it is not extractable
 // unless req.Backupable, and it may do only its one job: a key pair signs
-// and verifies, a record key computes and checks MACs. After generating,
+// and verifies, a backup key-agreement key ([ECDHP256]) only derives, a
+// record key computes and checks MACs. After generating,
 // GenerateKey reads the attributes back and deletes the key if the HSM did not
 // honour them.
 func (s *PKCS11Store) GenerateKey(ctx context.Context, req GenerateKeyRequest) (*KeyInfo, error) {
@@ -298,7 +304,7 @@ func (s *PKCS11Store) GenerateKey(ctx context.Context, req GenerateKeyRequest) (
 	}
 	var genMech uint
 	switch req.Algorithm {
-	case ECDSASecp256k1, ECDSAP256:
+	case ECDSASecp256k1, ECDSAP256, ECDHP256:
 		genMech = pkcs11.CKM_EC_KEY_PAIR_GEN
 	case Ed25519:
 		genMech = ckmECEdwardsKeyPairGen
@@ -387,10 +393,13 @@ func (s *PKCS11Store) generate(ctx context.Context, req GenerateKeyRequest, genM
 		case Ed25519:
 			kt, params = ckkECEdwards, paramsEd25519
 		}
+		// The backup key-agreement key derives and never signs; every
+		// other key pair signs and never derives.
+		agree := req.Algorithm == ECDHP256
 		pub := append(common(pkcs11.CKO_PUBLIC_KEY, kt),
 			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, params),
 			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
-			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
+			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, !agree),
 			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
 			pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
 			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
@@ -399,10 +408,10 @@ func (s *PKCS11Store) generate(ctx context.Context, req GenerateKeyRequest, genM
 			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
 			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
 			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, req.Backupable),
-			pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_SIGN, !agree),
 			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
 			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
-			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, agree),
 		)
 		if req.Backupable {
 			priv = append(priv, pkcs11.NewAttribute(pkcs11.CKA_WRAP_WITH_TRUSTED, true))
@@ -515,14 +524,15 @@ func (s *PKCS11Store) keyInfo(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (*
 		info.WrapWithTrusted = boolAttr(w[pkcs11.CKA_WRAP_WITH_TRUSTED])
 	}
 	var params []byte
+	var derive bool
 	if kt == pkcs11.CKK_EC || kt == ckkECEdwards {
-		p, err := s.attrs(sh, h, pkcs11.CKA_EC_PARAMS)
+		p, err := s.attrs(sh, h, pkcs11.CKA_EC_PARAMS, pkcs11.CKA_DERIVE)
 		if err != nil {
 			return nil, fmt.Errorf("key %q: read EC parameters: %w", info.Label, err)
 		}
-		params = p[pkcs11.CKA_EC_PARAMS]
+		params, derive = p[pkcs11.CKA_EC_PARAMS], boolAttr(p[pkcs11.CKA_DERIVE])
 	}
-	info.Algorithm = algorithmOf(kt, params)
+	info.Algorithm = algorithmOf(kt, params, derive)
 	info.Curve = curveName(info.Algorithm)
 	info.Role = RoleOf(info.Algorithm)
 	if ulong(a[pkcs11.CKA_CLASS]) == pkcs11.CKO_PRIVATE_KEY && info.Algorithm != "" {

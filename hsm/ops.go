@@ -83,6 +83,7 @@ func (s *PKCS11Store) Sign(ctx context.Context, req SignRequest) (*Signature, er
 	if err != nil {
 		return nil, err
 	}
+	s.ops.signed(k.alg)
 	if k.alg == Ed25519 {
 		if len(raw) != 64 {
 			return nil, fmt.Errorf("hsm: sign with key %q: Ed25519 signature from the HSM is %d bytes, want 64", req.Key, len(raw))
@@ -110,6 +111,7 @@ func (s *PKCS11Store) MAC(ctx context.Context, req MACRequest) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.ops.mac.Add(1)
 	return mac, nil
 }
 
@@ -134,6 +136,7 @@ func (s *PKCS11Store) VerifyMAC(ctx context.Context, req VerifyMACRequest) error
 	if err != nil {
 		return err
 	}
+	s.ops.verifyMAC.Add(1)
 	if mismatch != nil {
 		return fmt.Errorf("hsm: MAC with key %q: %w (%w)", req.Key, ErrMACInvalid, mismatch)
 	}

@@ -58,6 +58,8 @@ type PKCS11Store struct {
 	gen    uint64          // bumped at every new login; handles from older logins are stale
 
 	genKeyMu sync.Mutex // serialises GenerateKey, so one label cannot be made twice
+
+	ops opCounts // completed operations, for Operations
 }
 
 var _ Store = (*PKCS11Store)(nil)

@@ -52,7 +52,7 @@ var (
 // RFC 5480 for ECDSA with the uncompressed point, RFC 8410 for Ed25519).
 func (p *PublicKey) SPKI() ([]byte, error) {
 	switch p.Algorithm {
-	case ECDSAP256, Ed25519:
+	case ECDSAP256, ECDHP256, Ed25519:
 		return x509.MarshalPKIXPublicKey(p.Key)
 	case ECDSASecp256k1:
 		// crypto/x509 does not know secp256k1; the structure is the same
@@ -130,7 +130,7 @@ func parsePublicKey(alg Algorithm, ecPoint []byte) (*PublicKey, error) {
 	p := &PublicKey{Algorithm: alg, point: point}
 	var err error
 	switch alg {
-	case ECDSAP256:
+	case ECDSAP256, ECDHP256:
 		p.Key, err = ecdsa.ParseUncompressedPublicKey(elliptic.P256(), point)
 	case ECDSASecp256k1:
 		if len(point) != 65 || point[0] != 4 {

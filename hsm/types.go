@@ -17,6 +17,9 @@ const (
 	// HMACSHA256 is HMAC-SHA256 (CKM_SHA256_HMAC) with a 32-byte
 	// CKK_GENERIC_SECRET key: the record key.
 	HMACSHA256 Algorithm = "hmac-sha256"
+	// ECDHP256 is ECDH on NIST P-256 (CKM_ECDH1_DERIVE): the backup
+	// key-agreement key, a P-256 key pair that derives and never signs.
+	ECDHP256 Algorithm = "ecdh-p256"
 )
 
 // ParseAlgorithm accepts an [Algorithm] name, and the short forms
@@ -31,8 +34,10 @@ func ParseAlgorithm(s string) (Algorithm, error) {
 		return Ed25519, nil
 	case string(HMACSHA256):
 		return HMACSHA256, nil
+	case string(ECDHP256):
+		return ECDHP256, nil
 	}
-	return "", fmt.Errorf("hsm: unknown algorithm %q (want %s, %s, %s or %s)", s, ECDSASecp256k1, ECDSAP256, Ed25519, HMACSHA256)
+	return "", fmt.Errorf("hsm: unknown algorithm %q (want %s, %s, %s, %s or %s)", s, ECDSASecp256k1, ECDSAP256, Ed25519, HMACSHA256, ECDHP256)
 }
 
 // Role is what a key is for. It follows from the key's algorithm, so it is
@@ -41,12 +46,14 @@ func ParseAlgorithm(s string) (Algorithm, error) {
 //	secp256k1 key pair       custody   signs transactions
 //	P-256 or Ed25519 pair    identity  signs prompts, channel credentials, checkpoints
 //	generic secret (HMAC)    records   authenticates what is stored outside the HSM
+//	P-256 pair with derive   backup    agrees wrapping keys with another HSM (ECDH)
 type Role string
 
 const (
 	RoleCustody  Role = "custody"
 	RoleIdentity Role = "identity"
 	RoleRecords  Role = "records"
+	RoleBackup   Role = "backup"
 	// RoleUnknown is a key OpenCustody did not make (another type or curve).
 	RoleUnknown Role = "unknown"
 )
@@ -60,6 +67,8 @@ func RoleOf(a Algorithm) Role {
 		return RoleIdentity
 	case HMACSHA256:
 		return RoleRecords
+	case ECDHP256:
+		return RoleBackup
 	}
 	return RoleUnknown
 }
@@ -68,6 +77,9 @@ func RoleOf(a Algorithm) Role {
 const (
 	IdentityKeyLabel = "opencustody-identity"
 	RecordKeyLabel   = "opencustody-records"
+	// BackupKeyLabel is the label `opencustody backup enroll` gives the
+	// backup key-agreement key.
+	BackupKeyLabel = "opencustody-backup"
 )
 
 // KeyInfo describes a key on the token, as [KeyManager.ListKeys] and

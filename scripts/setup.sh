@@ -17,6 +17,8 @@ declare -A need=(
   [softhsm2]=/usr/lib/softhsm/libsofthsm2.so
   [opensc]=/usr/bin/pkcs11-tool
   [postgresql]='/usr/lib/postgresql/*/bin/pg_ctl'
+  # The emulator web view's browser test drives a headless Chromium.
+  [chromium]=/usr/bin/chromium
 )
 if $want_proto; then need[protobuf-compiler]=/usr/bin/protoc; fi
 
@@ -42,7 +44,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "  Debian/Ubuntu: sudo apt-get install -y ${missing[*]}" >&2
     brew=()
     for p in "${missing[@]}"; do
-      case $p in softhsm2) brew+=(softhsm);; protobuf-compiler) brew+=(protobuf);; postgresql) brew+=(postgresql@15);; *) brew+=("$p");; esac
+      case $p in softhsm2) brew+=(softhsm);; protobuf-compiler) brew+=(protobuf);; postgresql) brew+=(postgresql@15);; chromium) brew+=(--cask chromium);; *) brew+=("$p");; esac
     done
     echo "  macOS:         brew install ${brew[*]}" >&2
     exit 1

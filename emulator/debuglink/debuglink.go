@@ -16,6 +16,7 @@
 //	GET  /v1/screenshot                    the screen as a PNG image
 //	GET  /v1/rules                         the automation rules, a JSON array of [Rule]
 //	PUT  /v1/rules   [Rule, ...]           replace the automation rules
+//	POST /v1/power-cycle                   unplug and plug back in: state reread from disk, channels forgotten
 //
 // Errors are answered with a non-2xx status and {"error": "text"}. With
 // curl: curl -s localhost:21425/v1/screen.
@@ -214,6 +215,17 @@ func (c *Client) SetRules(ctx context.Context, rules []Rule) error {
 		rules = []Rule{}
 	}
 	return c.do(ctx, http.MethodPut, "/v1/rules", rules, nil)
+}
+
+// PowerCycle simulates unplugging the emulator and plugging it back in:
+// it forgets its channels, its secure channel and a pending request, and
+// reads its state again from disk. It answers the home screen.
+func (c *Client) PowerCycle(ctx context.Context) (*Screen, error) {
+	var s Screen
+	if err := c.do(ctx, http.MethodPost, "/v1/power-cycle", struct{}{}, &s); err != nil {
+		return nil, err
+	}
+	return &s, nil
 }
 
 // do sends a request with body as JSON and decodes the answer into out: a

@@ -33,9 +33,11 @@ const (
 	KindApproval   = "approval"
 	KindRejection  = "rejection"
 	KindSignature  = "signature"
-	KindPolicy     = "policy"
+	KindPolicy     = "policy"       // a policy change proposed, approved, applied or refused
+	KindChange     = "admin-change" // any other admin change
 	KindLogin      = "login-failure"
-	KindRefused    = "answer-refused" // a device answer the core did not accept
+	KindRefused    = "answer-refused"  // a device answer the core did not accept
+	KindChannel    = "channel-failure" // a device's secure channel failed closed on what the device side sent
 )
 
 // Field limits, in bytes.

@@ -462,8 +462,21 @@ func TestPendingPromptsForLateDevice(t *testing.T) {
 	ctx := context.Background()
 	w.connect("carol")
 	ps, err := w.core.PendingPrompts(ctx, w.dev["carol"].id())
-	if err != nil || len(ps) != 1 || !bytes.Equal(ps[0].Marshal(), w.promptFor(sub, "carol").Marshal()) {
+	if err != nil || len(ps) != 1 {
 		t.Fatalf("carol's pending prompts: %v, %v", ps, err)
+	}
+	// The same prompt, issued afresh: another nonce, signed again.
+	first := w.promptFor(sub, "carol")
+	again := *ps[0]
+	if again.Nonce == first.Nonce {
+		t.Fatal("the prompt was sent again with the nonce it was first issued with")
+	}
+	again.Nonce, again.Signature = first.Nonce, first.Signature
+	if !bytes.Equal(again.Marshal(), first.Marshal()) {
+		t.Fatalf("the prompt issued again differs from the first in more than its nonce")
+	}
+	if err := ps[0].Verify(w.identity.Algorithm(), w.identity.PublicKey()); err != nil {
+		t.Fatal(err)
 	}
 	if ps, _ := w.core.PendingPrompts(ctx, w.dev["alice"].id()); len(ps) != 0 {
 		t.Fatalf("alice answered, yet has %d pending prompts", len(ps))
@@ -490,18 +503,18 @@ func TestSubmitRefuses(t *testing.T) {
 			wire.NewTxOut(200_000_000, foreignScript("dest"))}),
 	} {
 		t.Run(name, func(t *testing.T) {
-			if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "treasury", PSBT: psbt}); !errors.Is(err, ErrTransactionRefused) {
+			if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "treasury", Initiator: "operator", PSBT: psbt}); !errors.Is(err, ErrTransactionRefused) {
 				t.Fatalf("got %v, want ErrTransactionRefused", err)
 			}
 		})
 	}
-	if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "nope", PSBT: w.transfer("a")}); !errors.Is(err, ErrWalletNotFound) {
+	if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "nope", Initiator: "operator", PSBT: w.transfer("a")}); !errors.Is(err, ErrWalletNotFound) {
 		t.Fatalf("unknown wallet: %v", err)
 	}
 	if _, err := w.core.CreateWallet(ctx, CreateWalletRequest{Name: "empty", Network: 5, Approvers: []string{"alice"}, Quorum: 1}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "empty", PSBT: w.transfer("a")}); !errors.Is(err, ErrTransactionRefused) || !strings.Contains(err.Error(), "no address") {
+	if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "empty", Initiator: "operator", PSBT: w.transfer("a")}); !errors.Is(err, ErrTransactionRefused) || !strings.Contains(err.Error(), "no address") {
 		t.Fatalf("wallet without address: %v", err)
 	}
 	// With two of three approvers revoked, a quorum of two cannot be met.
@@ -510,7 +523,7 @@ func TestSubmitRefuses(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "treasury", PSBT: w.transfer("a")}); !errors.Is(err, ErrQuorumUnreachable) || !strings.Contains(err.Error(), "only 1 of its approvers") {
+	if _, err := w.core.Submit(ctx, SubmitRequest{Wallet: "treasury", Initiator: "operator", PSBT: w.transfer("a")}); !errors.Is(err, ErrQuorumUnreachable) || !strings.Contains(err.Error(), "only 1 of its approvers") {
 		t.Fatalf("quorum out of reach: %v", err)
 	}
 	if rs, _ := w.core.Requests(ctx); len(rs) != 0 {
@@ -558,7 +571,20 @@ func TestWalletCreation(t *testing.T) {
 	if len(stored.Keys) != 3 || !bytes.Equal(stored.Keys[2].PublicKey, k.PublicKey) {
 		t.Fatal("new key not stored")
 	}
-	if ws, err := w.core.Wallets(ctx); err != nil || len(ws) != 1 {
+	// A backup-able wallet has backup-able keys; the others never do.
+	if len(w.custody.backupable) != 0 {
+		t.Fatalf("keys made backup-able for a wallet that is not: %v", w.custody.backupable)
+	}
+	if _, err := w.core.CreateWallet(ctx, CreateWalletRequest{Name: "reserve", Network: 5, Approvers: []string{"alice"}, Quorum: 1, Backupable: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := w.core.NewAddress(ctx, "reserve"); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := w.core.Wallet(ctx, "reserve"); !r.Backupable || !slices.Equal(w.custody.backupable, []string{"opencustody-reserve-0"}) {
+		t.Fatalf("backup-able wallet: stored %v, keys made backup-able %v", r.Backupable, w.custody.backupable)
+	}
+	if ws, err := w.core.Wallets(ctx); err != nil || len(ws) != 2 {
 		t.Fatalf("wallets: %d, %v", len(ws), err)
 	}
 }
@@ -567,7 +593,7 @@ func TestWalletCreation(t *testing.T) {
 func TestNoApprovalPath(t *testing.T) {
 	c, _ := newTestCore(t, false)
 	ctx := context.Background()
-	if _, err := c.Submit(ctx, SubmitRequest{Wallet: "w"}); !errors.Is(err, ErrNoApprovalPath) {
+	if _, err := c.Submit(ctx, SubmitRequest{Wallet: "w", Initiator: "operator"}); !errors.Is(err, ErrNoApprovalPath) {
 		t.Fatal(err)
 	}
 	if _, err := c.Answer(ctx, Answer{}); !errors.Is(err, ErrNoApprovalPath) {

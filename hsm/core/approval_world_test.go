@@ -122,7 +122,51 @@ func (m memWallets) UpdateWallet(_ context.Context, w *WalletRecord) error {
 	return err
 }
 
-type memRequests struct{ s *jsonStore[RequestRecord] }
+type memChanges struct {
+	s   *jsonStore[ChangeRecord]
+	gov *jsonStore[GovernanceRecord]
+}
+
+func newMemChanges() *memChanges {
+	return &memChanges{newJSONStore[ChangeRecord](ErrChangeNotFound), newJSONStore[GovernanceRecord](ErrNoGovernance)}
+}
+
+func setChangeVersion(ch *ChangeRecord, v uint64)        { ch.Version = v }
+func setGovernanceVersion(g *GovernanceRecord, v uint64) { g.Version = v }
+
+func (m *memChanges) GetChange(_ context.Context, id string) (*ChangeRecord, error) {
+	return m.s.get(id, setChangeVersion)
+}
+func (m *memChanges) ListChanges(context.Context) ([]*ChangeRecord, error) {
+	return m.s.list(setChangeVersion)
+}
+func (m *memChanges) CreateChange(_ context.Context, ch *ChangeRecord) error {
+	v, err := m.s.put(ch.ID, ch, true, 0)
+	ch.Version = v
+	return err
+}
+func (m *memChanges) UpdateChange(_ context.Context, ch *ChangeRecord) error {
+	v, err := m.s.put(ch.ID, ch, false, ch.Version)
+	if err == nil {
+		ch.Version = v
+	}
+	return err
+}
+func (m *memChanges) GetGovernance(context.Context) (*GovernanceRecord, error) {
+	return m.gov.get("admins", setGovernanceVersion)
+}
+func (m *memChanges) PutGovernance(_ context.Context, g *GovernanceRecord) error {
+	v, err := m.gov.put("admins", g, g.Version == 0, g.Version)
+	if err == nil {
+		g.Version = v
+	}
+	return err
+}
+
+type memRequests struct {
+	s      *jsonStore[RequestRecord]
+	spends *jsonStore[SpendLedger]
+}
 
 func setRequestVersion(r *RequestRecord, v uint64) { r.Version = v }
 
@@ -137,6 +181,26 @@ func (m memRequests) CreateRequest(_ context.Context, r *RequestRecord) error {
 	r.Version = v
 	return err
 }
+func (m memRequests) Spends(_ context.Context, wallet string) (*SpendLedger, error) {
+	l, err := m.spends.get(wallet, func(l *SpendLedger, v uint64) { l.Version = v })
+	if errors.Is(err, errNoLedger) {
+		return &SpendLedger{Wallet: wallet, Spends: []LedgerSpend{}}, nil
+	}
+	return l, err
+}
+
+func (m memRequests) UpdateSpends(_ context.Context, l *SpendLedger) error {
+	v, err := m.spends.put(l.Wallet, l, l.Version == 0, l.Version)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrLedgerConflict, err)
+	}
+	l.Version = v
+	return nil
+}
+
+// errNoLedger: a wallet has no spend ledger yet.
+var errNoLedger = errors.New("no spend ledger")
+
 func (m memRequests) UpdateRequest(_ context.Context, r *RequestRecord) error {
 	v, err := m.s.put(r.ID, r, false, r.Version)
 	if err == nil {
@@ -152,6 +216,8 @@ type softCustody struct {
 	mu    sync.Mutex
 	keys  map[string]*btcec.PrivateKey // by ref
 	signs int
+	// backupable are the labels of the keys made backup-able.
+	backupable []string
 }
 
 func newSoftCustody() *softCustody { return &softCustody{keys: map[string]*btcec.PrivateKey{}} }
@@ -166,7 +232,10 @@ func (s *softCustody) GenerateKey(_ context.Context, req hsm.GenerateKeyRequest)
 	d := sha256.Sum256([]byte("opencustody core test key " + req.Label))
 	k, _ := btcec.PrivKeyFromBytes(d[:])
 	s.keys[ref] = k
-	return &hsm.KeyInfo{Label: req.Label, URI: ref, Algorithm: hsm.ECDSASecp256k1, PublicKey: &hsm.PublicKey{Algorithm: hsm.ECDSASecp256k1, Key: k.PubKey()}}, nil
+	if req.Backupable {
+		s.backupable = append(s.backupable, req.Label)
+	}
+	return &hsm.KeyInfo{Label: req.Label, URI: ref, Backupable: req.Backupable, Algorithm: hsm.ECDSASecp256k1, PublicKey: &hsm.PublicKey{Algorithm: hsm.ECDSASecp256k1, Key: k.PubKey()}}, nil
 }
 
 func (s *softCustody) ListKeys(context.Context) ([]hsm.KeyInfo, error) { return nil, nil }
@@ -285,6 +354,8 @@ type world struct {
 	identity *signed.SoftwareKey
 	devices  *memDevices
 	requests memRequests
+	changes  *memChanges
+	handlers map[ChangeKind]ChangeHandler
 	custody  *softCustody
 	clock    *clock
 	dev      map[string]*testDevice // by device name
@@ -319,13 +390,15 @@ func newWorld(t testing.TB, names ...string) *world {
 		t.Fatal(err)
 	}
 	w := &world{rnd: rnd,
-		t: t, identity: id, devices: newMemDevices(), requests: memRequests{newJSONStore[RequestRecord](ErrRequestNotFound)},
+		t: t, identity: id, devices: newMemDevices(), requests: memRequests{newJSONStore[RequestRecord](ErrRequestNotFound), newJSONStore[SpendLedger](errNoLedger)},
+		changes: newMemChanges(), handlers: map[ChangeKind]ChangeHandler{},
 		custody: newSoftCustody(), clock: &clock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)},
 		dev: map[string]*testDevice{}, links: map[string]*Link{}, users: map[string]string{},
 	}
 	w.core, err = New(Config{
 		Identity: id, Devices: w.devices,
 		Wallets: memWallets{newJSONStore[WalletRecord](ErrWalletNotFound)}, Requests: w.requests,
+		Changes: w.changes, ChangeHandlers: w.handlers,
 		Custody: w.custody, Keys: w.custody, Now: w.clock.Now, Rand: rnd,
 	})
 	if err != nil {
@@ -358,15 +431,18 @@ func newWorld(t testing.TB, names ...string) *world {
 
 // pairDirectly stores a pairing record for a new device and pins the HSM
 // key on it, as a completed pairing would (pairing has its own tests).
-func (w *world) pairDirectly(name, user string) {
+func (w *world) pairDirectly(name, user string) { w.pairAs(name, user, RoleApprover) }
+
+func (w *world) pairAs(name, user string, role Role) {
 	d := newTestDeviceFrom(w.t, w.rnd)
 	d.pinned, d.now = w.identity.PublicKey(), w.clock.Now
 	rec := &DeviceRecord{ID: d.id(), Algorithm: d.identity.Algorithm(), IdentityKey: d.identity.PublicKey(),
-		User: user, Role: RoleApprover, State: DevicePaired, PairedAt: w.clock.Now()}
+		User: user, Role: role, State: DevicePaired, PairedAt: w.clock.Now()}
 	if err := w.devices.CreateDevice(context.Background(), rec); err != nil {
 		w.t.Fatal(err)
 	}
 	w.dev[name] = d
+	w.users[name] = user
 }
 
 // connect opens a channel to a paired device.
@@ -412,6 +488,7 @@ func (w *world) react(name string, events []Event) {
 			w.answers = append(w.answers, answerOutcome{device: name, res: res, err: err})
 			if res != nil {
 				w.withdraw(res.Withdraw)
+				w.deliverPrompts(res.Prompts)
 			}
 		case PromptFailed:
 			w.failed = append(w.failed, e)
@@ -449,7 +526,7 @@ func (w *world) transfer(tag string) []byte {
 
 func (w *world) submit(psbt []byte) *Submitted {
 	w.t.Helper()
-	sub, err := w.core.Submit(context.Background(), SubmitRequest{Wallet: "treasury", PSBT: psbt})
+	sub, err := w.core.Submit(context.Background(), SubmitRequest{Wallet: "treasury", Initiator: "operator", PSBT: psbt})
 	if err != nil {
 		w.t.Fatal(err)
 	}

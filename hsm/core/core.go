@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flynn/noise"
@@ -39,6 +40,13 @@ type Config struct {
 	// Keys no address can be made; without Custody nothing is signed.
 	Custody hsm.Signer
 	Keys    hsm.KeyManager
+	// Changes holds admin changes and the governance record (the admin
+	// quorum). Without it, admin changes fail with [ErrNoGovernance].
+	Changes ChangeStore
+	// ChangeHandlers adds change kinds to the core's own (see
+	// [ChangeHandler]); a kind the core defines itself cannot be
+	// replaced.
+	ChangeHandlers map[ChangeKind]ChangeHandler
 	// PromptExpiry is how long a request's prompts may be answered;
 	// zero means DefaultPromptExpiry.
 	PromptExpiry time.Duration
@@ -69,6 +77,13 @@ type Core struct {
 	// HSM calls, so that a request is signed at most once and an answer
 	// counted once. Reads do not take it. Lock order: reqMu, then mu.
 	reqMu sync.Mutex
+	// withdrawQueue holds the prompts of requests a policy change
+	// withdrew, until the call that applied it returns them; guarded by
+	// reqMu.
+	withdrawQueue []PromptRef
+
+	// ceremony starts as Config.Ceremony; EndCeremony clears it.
+	ceremony atomic.Bool
 
 	mu     sync.Mutex // guards static, cred
 	static noise.DHKey
@@ -92,7 +107,9 @@ func New(cfg Config) (*Core, error) {
 	if cfg.PromptExpiry <= 0 {
 		cfg.PromptExpiry = DefaultPromptExpiry
 	}
-	return &Core{cfg: cfg}, nil
+	c := &Core{cfg: cfg}
+	c.ceremony.Store(cfg.Ceremony)
+	return c, nil
 }
 
 // HSMFingerprint is the fingerprint of the HSM identity key, the one
@@ -102,7 +119,12 @@ func (c *Core) HSMFingerprint() string {
 }
 
 // Ceremony reports whether direct pairing is allowed.
-func (c *Core) Ceremony() bool { return c.cfg.Ceremony }
+func (c *Core) Ceremony() bool { return c.ceremony.Load() }
+
+// EndCeremony ends ceremony mode for good, as if hsmd were restarted
+// without --ceremony: from now on pairings and the admin quorum go
+// through the admins. There is no way back.
+func (c *Core) EndCeremony() { c.ceremony.Store(false) }
 
 // credential returns the current Noise static key and its credential,
 // making a new pair (signed inside the HSM) when none exists or the current

@@ -40,7 +40,13 @@
 // device's user and the operator confirmed the same six-digit code (package
 // pairing). Direct pairing is allowed only in ceremony mode
 // ([Config.Ceremony]): the key ceremony at the HSM's console that pairs the
-// first admins.
+// first admins and sets the admin quorum ([Core.EndCeremony] ends it).
+// Outside it, once an admin quorum is set, the same steps end in an admin
+// change ([ChangePairing], event [PairingProposed]) instead of a stored
+// record: the device pins the HSM key, the admins' screens show its
+// fingerprint, user and role, and the record is stored, and the device
+// given a channel, only once the admin quorum approved. A device whose
+// pairing the admins rejected must be reset before it is paired again.
 //
 // # Attestation
 //
@@ -60,20 +66,22 @@
 //
 // A wallet ([WalletRecord]) is a set of custody keys on one Bitcoin
 // network, one key per address ([Core.NewAddress] makes each in the HSM),
-// and who approves its transfers: m of n users ([Core.CreateWallet]; every
-// approver must have a paired device). Quorums count users, not devices: a
-// user with several devices answers once.
+// and who approves its transfers: m of n users, or a policy document
+// ([Core.CreateWallet]; every approver must have a paired device). Quorums
+// count users, not devices: a user with several devices answers once.
 //
 // # Approving a transfer
 //
 // [Core.Submit] takes a PSBT from an untrusted submitter. Package bitcoin
 // checks that the wallet can sign it and derives its summary from the
-// transaction and the wallet alone; the core stores a pending request and
-// builds one prompt per paired device of the wallet's approvers: the
+// transaction and the wallet alone; the core evaluates the wallet's policy,
+// stores a pending request and builds one prompt per paired device of the
+// approvers its rule asks first (never the initiator's): the
 // fields of [TransferFields] (wallet, request, each destination and
 // amount, change, fee, expiry: nothing the submitter wrote), the summary's
 // canonical encoding as payload, a fresh nonce, the device's id and the
-// request's expiry ([Config.PromptExpiry]), signed by the HSM identity key
+// request's expiry (the policy's, or [Config.PromptExpiry]), signed by the
+// HSM identity key
 // (package signed defines the bytes; firmware-spec/approval.md is the
 // device's side).
 //
@@ -83,19 +91,100 @@
 // device has not answered are sent again when its channel comes up
 // ([Core.PendingPrompts]).
 //
-// [Core.Answer] decides. It accepts an answer only from the paired,
-// unrevoked device whose channel carried it and whose identity key signed
+// [Core.Answer] decides, under the wallet's policy (see Policy below). It
+// accepts an answer only from the paired, unrevoked device whose channel
+// carried it and whose identity key signed
 // it, for the exact prompt (digest and nonce) the core issued to that
 // device, before the request's expiry, once per user, and with a counter
 // above the last one the device used (stored before anything else). A
-// rejection closes the request. When the approving users reach the
-// quorum, the HSM signs every input through [bitcoin.Sign], which signs
+// rejection closes the request (single veto, unless the policy turns it
+// off). When the policy's rule is met and its time lock has passed, the
+// HSM signs every input through [bitcoin.Sign], which signs
 // only a transaction whose summary is the approved one; the request ends
 // signed, with the finalized PSBT and the transaction, or failed. Answers
 // that close a request, or that make a user's other devices' prompts moot,
 // come back with the prompts to withdraw ([Link.WithdrawPrompt]).
-// [Core.Tick] stores expiries and finishes a signing a crash interrupted.
+// [Core.Tick] stores expiries, signs requests whose time lock ended, and
+// finishes a signing a crash interrupted.
 //
-// Policy beyond m-of-n (amount tiers, allow-lists, velocity limits) is not
-// yet evaluated.
+// # Policy
+//
+// Who must approve is the wallet's policy (package policy): approver
+// groups, rules combining them, amount tiers, an allow-list, velocity
+// limits, prompt expiry, a time lock and single veto. A wallet made with
+// approvers and a quorum has the default policy of that m of n
+// ([policy.Default]); [CreateWalletRequest.Policy] or an admin change
+// ([ChangePolicy], [Core.ProposePolicy]) sets a document. Each policy
+// has a version, 1 at creation and one more per change.
+//
+// The core evaluates the policy ([policy.Policy.Evaluate]) at every step,
+// with the wallet's signed transfers as velocity history: at submission
+// (a transfer the policy refuses is refused with [ErrPolicyRefused]; one
+// whose rule the users with a paired device, the initiator excepted,
+// cannot meet with [ErrQuorumUnreachable]); after every accepted answer
+// (rejected, failed if now refused, approved, or still pending, with
+// prompts for the next step of a sequential rule in
+// [AnswerResult.Prompts]); and again in the signing step, on the answers
+// whose signatures it verifies anew, which must approve the transfer with
+// its time lock passed. An approved request whose time lock has not
+// ended is signed by [Core.Tick] once it has. [Core.ExplainTransfer]
+// says which rule applies to a PSBT and what it needs, without storing
+// or signing anything.
+//
+// The initiator: [SubmitRequest.Initiator] names the user on whose behalf
+// a request is submitted. The Custody API's callers share the operator
+// token, so the core cannot verify the name; it only ever makes the
+// policy stricter: the initiator gets no prompt and their answers never
+// count (and may not approve their own admin change either).
+//
+// Pending requests and policy changes: a request is evaluated only under
+// the policy version it was submitted with ([RequestRecord.PolicyVersion]),
+// and applying a policy change withdraws every pending or time-locked
+// request of the wallet ([RequestWithdrawn]; its prompts are withdrawn
+// from the devices); the initiator submits it again under the new policy.
+// Approvals are given under the rules the approvers knew: re-evaluating
+// them under a looser policy would sign on fewer approvals than they
+// expected, and under a stricter one (a departed approver removed) would
+// still count the departed approver's approval. The signing step refuses
+// a request whose version is no longer the wallet's, whatever its state.
+//
+// # Admin changes
+//
+// Changes to how the HSM is governed (a wallet's policy, and kinds other
+// packages add, such as registering a backup target) are not made by an
+// operator's call but proposed, and carried out only once the admin quorum
+// approved them on their own devices. The admin quorum is the governance
+// record's ([GovernanceRecord]), set at the key ceremony
+// ([Core.SetAdminQuorum], ceremony mode only); the admins are the users
+// with a paired, unrevoked device of role admin.
+//
+// Each kind of change ([ChangeKind]) has a [ChangeHandler], trusted code
+// of the core: [ChangeHandler.Describe] checks a proposed payload and
+// builds the fields the admins' screens show (a readable diff: nothing the
+// proposer wrote for the screen). Kinds the core defines itself come
+// first; [Config.ChangeHandlers] adds others.
+//
+//   - [Core.ProposeChange] stores a pending [ChangeRecord] and returns its
+//     prompts ([signed.PromptAdmin], title [ChangeTitle]), one per admin
+//     device except the initiator's: the initiator may not approve their
+//     own change. The payload of each prompt is SHA-256 of the change
+//     statement ([ChangeStatement]), which binds the change's id, kind,
+//     subject, initiator and payload. The daemon delivers the prompts
+//     like a transfer's; ids start with "chg-" ([IsChangeID]).
+//   - [Core.Answer] takes the admins' answers like any other: the same
+//     checks, plus the device's role must still be admin. One rejection
+//     stops the change. When the approving admins reach the quorum, the
+//     core recounts the verified approvals and, for a handler that is a
+//     [ChangeApplier], applies the change at once: it ends applied (with
+//     a Result) or failed. [AnswerResult.Change] says what became of it.
+//   - A change whose handler is not a ChangeApplier stays approved: the
+//     daemon carries it out (it may need I/O, such as talking to another
+//     HSM), after [Core.ApprovedChange] recounted its approvals, and
+//     reports with [Core.CompleteChange].
+//   - [Core.Tick] expires overdue changes and applies approved ones a
+//     crash interrupted; [Core.PendingPrompts] includes admin prompts;
+//     [Core.Change] and [Core.Changes] read them.
+//
+// Change records and the governance record are kept in [Config.Changes],
+// authenticated by the HSM record key like every other record.
 package core

@@ -3,6 +3,7 @@ package core
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -39,6 +40,16 @@ type PairingDone struct{ Device *DeviceRecord }
 // PairingFailed: the pairing ended without a pairing; Err says why.
 type PairingFailed struct{ Err error }
 
+// PairingProposed: outside ceremony mode, both people confirmed the code
+// and the device pinned the HSM key, but the pairing is an admin change:
+// Device is the record that the admin quorum's approval will store, and
+// Change the proposed change, whose prompts the caller delivers. Until it
+// is applied, the device gets no channel.
+type PairingProposed struct {
+	Device *DeviceRecord
+	Change *Proposed
+}
+
 // PromptShown: the device accepted a prompt and waits for its user.
 type PromptShown struct{ RequestID string }
 
@@ -64,6 +75,7 @@ func (PairingCode) event()           {}
 func (PairingDeviceDecision) event() {}
 func (PairingDone) event()           {}
 func (PairingFailed) event()         {}
+func (PairingProposed) event()       {}
 func (PromptShown) event()           {}
 func (ApprovalReceived) event()      {}
 func (PromptFailed) event()          {}
@@ -140,6 +152,10 @@ type pairingRun struct {
 	// attestation is what the handshake verified, when roots are configured.
 	attestation *DeviceAttestation
 	record      *DeviceRecord
+	// viaAdmins: outside ceremony mode, the pairing becomes an admin
+	// change (proposed) instead of a stored record.
+	viaAdmins bool
+	proposed  *Proposed
 }
 
 // Link is the core's end of one device attached through a bridge. Calls on
@@ -211,8 +227,12 @@ func (l *Link) openPaired(ctx context.Context) (Output, error) {
 // [PairingCode] event.
 func (l *Link) StartPairing(ctx context.Context, user string, role Role) (Output, error) {
 	l.ctx = ctx
-	if !l.core.cfg.Ceremony {
-		return Output{}, ErrNotCeremony
+	viaAdmins := false
+	if !l.core.Ceremony() {
+		if _, err := l.core.Governance(ctx); err != nil {
+			return Output{}, fmt.Errorf("%w; outside it, pairing needs an admin quorum (%v)", ErrNotCeremony, err)
+		}
+		viaAdmins = true
 	}
 	if user == "" {
 		return Output{}, errors.New("core: pairing needs a user name")
@@ -231,7 +251,10 @@ func (l *Link) StartPairing(ctx context.Context, user string, role Role) (Output
 	case !errors.Is(err, ErrDeviceNotFound):
 		return Output{}, err
 	}
-	run := &pairingRun{user: user, role: role}
+	if err := checkUserName("user", user); err != nil {
+		return Output{}, err
+	}
+	run := &pairingRun{user: user, role: role, viaAdmins: viaAdmins}
 	if l.state == linkOpen {
 		return Output{}, ErrBusy
 	}
@@ -476,6 +499,14 @@ func (l *Link) handleSecure(ctx context.Context, out *Output, m proto.Message) e
 		if p == nil || p.step != pairAwaitFinishAck {
 			return fmt.Errorf("%w: Success", ErrUnexpected)
 		}
+		if p.viaAdmins {
+			// Not paired until the admins approve: no channel now.
+			l.pair = nil
+			out.emit(PairingProposed{Device: p.record, Change: p.proposed})
+			l.sess.Close()
+			l.state, l.sess = linkIdle, nil
+			return nil
+		}
 		l.device, l.pair = p.record, nil
 		out.emit(PairingDone{Device: p.record})
 		// The device pinned the HSM key only now: open a new channel, in
@@ -542,7 +573,17 @@ func (l *Link) maybeFinishPairing(ctx context.Context, out *Output) error {
 		Attestation: p.attestation,
 		PairedAt:    l.core.cfg.Now().UTC(),
 	}
-	if err := l.core.cfg.Devices.CreateDevice(ctx, rec); err != nil {
+	if p.viaAdmins {
+		payload, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		prop, err := l.core.ProposeChange(ctx, ProposeChangeRequest{Kind: ChangePairing, Subject: rec.ID, Payload: payload, Initiator: rec.User})
+		if err != nil {
+			return fmt.Errorf("propose the pairing to the admins: %w", err)
+		}
+		p.proposed = prop
+	} else if err := l.core.cfg.Devices.CreateDevice(ctx, rec); err != nil {
 		return fmt.Errorf("store pairing: %w", err)
 	}
 	p.record, p.step = rec, pairAwaitFinishAck

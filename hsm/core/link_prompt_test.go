@@ -168,7 +168,7 @@ func TestLinkPromptProtocolViolations(t *testing.T) {
 // opened a new channel in which the device accepts the pinned core.
 func TestPromptsAfterPairing(t *testing.T) {
 	w := newWorld(t)
-	w.core.cfg.Ceremony = true
+	w.core.ceremony.Store(true)
 	ctx := context.Background()
 	d := newTestDevice(t)
 	d.now = w.clock.Now

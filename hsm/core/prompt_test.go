@@ -154,7 +154,7 @@ func TestLargestPromptFitsTheScreen(t *testing.T) {
 					h := sha256.Sum256([]byte{byte(i)})
 					outs = append(outs, wire.NewTxOut(1_999_999_999_999_999/int64(n), script(h[:])))
 				}
-				sub, err := w.core.Submit(context.Background(), SubmitRequest{Wallet: "treasury", PSBT: packet(t, []*wire.MsgTx{in}, outs)})
+				sub, err := w.core.Submit(context.Background(), SubmitRequest{Wallet: "treasury", Initiator: "operator", PSBT: packet(t, []*wire.MsgTx{in}, outs)})
 				if errors.Is(err, ErrTransactionRefused) && strings.Contains(err.Error(), "more than a prompt carries") {
 					break
 				}

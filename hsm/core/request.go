@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/opencustodynet/opencustody/hsm/bitcoin"
+	"github.com/opencustodynet/opencustody/hsm/policy"
 	"github.com/opencustodynet/opencustody/protocol/signed"
 )
 
@@ -31,6 +32,9 @@ const (
 	RequestExpired RequestState = "expired"
 	// RequestFailed met its quorum but could not be signed; Error says why.
 	RequestFailed RequestState = "failed"
+	// RequestWithdrawn was pending when its wallet's policy changed; Error
+	// says which change. It is never signed: submit it again.
+	RequestWithdrawn RequestState = "withdrawn"
 )
 
 // Closed reports whether the request will not change any more.
@@ -47,9 +51,22 @@ type RequestRecord struct {
 	// WalletKeys is how many of the wallet's keys it had when the request
 	// was submitted: those keys analysed the transaction and sign it.
 	WalletKeys int `json:"wallet_keys"`
-	// Approvers and Quorum are the wallet's when the request was submitted.
+	// Approvers are the users whose approval can count under the policy
+	// (the initiator excepted); Quorum is the wallet's quorum when its
+	// policy is one group's, and zero otherwise.
 	Approvers []string `json:"approvers"`
 	Quorum    int      `json:"quorum"`
+	// Initiator is the user who submitted the request, as the submitter
+	// named them: their approval does not count and they get no prompt.
+	Initiator string `json:"initiator,omitempty"`
+	// PolicyVersion is the version of the wallet's policy the request was
+	// submitted under, and Rule the rule that applied then. The request is
+	// evaluated under that version only: a policy change withdraws it.
+	PolicyVersion uint64 `json:"policy_version,omitempty"`
+	Rule          string `json:"rule,omitempty"`
+	// SignAfter is when the HSM may sign an approved request: when the
+	// policy's rule was met, plus its time lock.
+	SignAfter time.Time `json:"sign_after,omitzero"`
 	// PSBT is the packet as submitted; Summary the canonical encoding of
 	// its summary ([bitcoin.Summary.Canonical]), the payload of every
 	// prompt and the only thing Sign will sign.
@@ -134,10 +151,6 @@ func (r *RequestRecord) answered(deviceID, user string) bool {
 	return slices.ContainsFunc(r.Answers, func(a AnswerRecord) bool { return a.DeviceID == deviceID || a.User == user })
 }
 
-func (r *RequestRecord) answeredByDevice(deviceID string) bool {
-	return slices.ContainsFunc(r.Answers, func(a AnswerRecord) bool { return a.DeviceID == deviceID })
-}
-
 // open lists the prompts still waiting for an answer: those whose device
 // and user have not answered.
 func (r *RequestRecord) open() []PromptRef {
@@ -174,6 +187,13 @@ type RequestStore interface {
 	CreateRequest(ctx context.Context, r *RequestRecord) error
 	// UpdateRequest replaces the record read at r.Version.
 	UpdateRequest(ctx context.Context, r *RequestRecord) error
+	// Spends returns the wallet's spend ledger, authenticated like the
+	// requests; a wallet without one gets an empty ledger (Version 0).
+	Spends(ctx context.Context, wallet string) (*SpendLedger, error)
+	// UpdateSpends stores l over the version it was read at (0: a new
+	// ledger). If another writer stored the wallet's ledger meanwhile, it
+	// changes nothing and returns an error wrapping [ErrLedgerConflict].
+	UpdateSpends(ctx context.Context, l *SpendLedger) error
 }
 
 // Errors of the approval path. Errors from [Core.Answer] wrap one of them
@@ -219,10 +239,21 @@ type PromptRef struct {
 type SubmitRequest struct {
 	// Wallet is the name of the wallet whose keys sign.
 	Wallet string
+	// Initiator is the user on whose behalf the request is submitted.
+	// The core cannot verify it (submitters hold the operator token, not
+	// a device): it only ever makes the policy stricter, since the
+	// initiator gets no prompt and their approval does not count. A
+	// submitter who names someone else can keep that user from
+	// approving, and can approve their own request if they also approve.
+	// It is required.
+	Initiator string
 	// PSBT is the transaction, binary or base64 (BIP-174), as the
 	// submitter sent it: untrusted.
 	PSBT []byte
 }
+
+// ErrNoInitiator: a request did not name its initiator.
+var ErrNoInitiator = errors.New("core: a request must name its initiator")
 
 // Submitted is a stored request and the prompts to deliver, one per
 // approver device.
@@ -251,53 +282,23 @@ func (c *Core) Submit(ctx context.Context, req SubmitRequest) (*Submitted, error
 	if err := c.approvalPath(); err != nil {
 		return nil, err
 	}
+	if err := checkUserName("initiator", req.Initiator); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoInitiator, err)
+	}
 	c.reqMu.Lock()
 	defer c.reqMu.Unlock()
-	w, err := c.cfg.Wallets.GetWallet(ctx, req.Wallet)
+	w, sum, canonical, err := c.analyse(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	if len(w.Keys) == 0 {
-		return nil, fmt.Errorf("%w: wallet %s has no address yet, so no coins to spend", ErrTransactionRefused, w.Name)
-	}
-	bw, err := w.bitcoinWallet(len(w.Keys))
+	p, err := w.Policy()
 	if err != nil {
 		return nil, err
 	}
-	packet, err := bitcoin.Parse(req.PSBT)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrTransactionRefused, err)
-	}
-	sum, err := bitcoin.Analyse(packet, bw)
-	if err != nil {
-		return nil, fmt.Errorf("%w: wallet %s cannot sign it: %w", ErrTransactionRefused, w.Name, err)
-	}
-	canonical, err := sum.Canonical()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrTransactionRefused, err)
-	}
-	if len(canonical) > signed.MaxPromptPayload {
-		return nil, fmt.Errorf("%w: its summary (%d inputs, %d outputs) is %d bytes, more than a prompt carries (%d): split it into smaller transactions",
-			ErrTransactionRefused, len(sum.Inputs), len(sum.Outputs), len(canonical), signed.MaxPromptPayload)
-	}
-
 	devices, err := c.cfg.Devices.ListDevices(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var targets []*DeviceRecord
-	reachable := 0
-	for _, u := range w.Approvers {
-		ds := pairedDevicesOf(devices, u)
-		if len(ds) > 0 {
-			reachable++
-		}
-		targets = append(targets, ds...)
-	}
-	if reachable < w.Quorum {
-		return nil, fmt.Errorf("%w: wallet %s: only %d of its approvers have a paired device, and its quorum is %d", ErrQuorumUnreachable, w.Name, reachable, w.Quorum)
-	}
-
 	id := make([]byte, requestIDSize)
 	if _, err := io.ReadFull(c.cfg.Rand, id); err != nil {
 		return nil, fmt.Errorf("core: request id: %w", err)
@@ -305,43 +306,112 @@ func (c *Core) Submit(ctx context.Context, req SubmitRequest) (*Submitted, error
 	// Prompts carry whole seconds; the creation time keeps its precision,
 	// which orders requests.
 	now := c.cfg.Now().UTC()
-	expires := now.Truncate(time.Second).Add(c.cfg.PromptExpiry)
+	expiry := c.cfg.PromptExpiry
+	if p.Expiry != 0 {
+		expiry = p.Expiry.D()
+	}
 	r := &RequestRecord{
 		ID: hex.EncodeToString(id), Wallet: w.Name, Network: w.Network, WalletKeys: len(w.Keys),
-		Approvers: slices.Clone(w.Approvers), Quorum: w.Quorum,
+		Quorum: w.Quorum, Initiator: req.Initiator, PolicyVersion: w.CurrentPolicyVersion(),
 		PSBT: bytes.Clone(req.PSBT), Summary: canonical, TxID: sum.TxID.String(),
-		State: RequestPending, CreatedAt: now, ExpiresAt: expires,
+		State: RequestPending, CreatedAt: now, ExpiresAt: now.Truncate(time.Second).Add(expiry),
 		Prompts: []PromptRecord{}, Answers: []AnswerRecord{},
 	}
-	fields := TransferFields(w.Name, r.ID, sum, r.ExpiresAt)
-	var prompts []*signed.Prompt
-	for _, d := range targets {
-		p := &signed.Prompt{
-			Kind: signed.PromptTransaction, RequestID: r.ID, DeviceID: d.ID, NotAfter: r.ExpiresAt,
-			Title: TransferTitle, Fields: fields, Payload: canonical,
-		}
-		if _, err := io.ReadFull(c.cfg.Rand, p.Nonce[:]); err != nil {
-			return nil, fmt.Errorf("core: prompt nonce: %w", err)
-		}
-		if err := p.Sign(c.cfg.Identity); err != nil {
-			if errors.Is(err, signed.ErrMalformedPrompt) {
-				return nil, fmt.Errorf("%w: it cannot be shown on a device (%d outputs): %w", ErrTransactionRefused, len(sum.Outputs), err)
+	available := availableUsers(devices)
+	d, err := c.evaluate(ctx, p, r, nil, available)
+	if err != nil {
+		return nil, err
+	}
+	switch d.Outcome {
+	case policy.Refused:
+		return nil, fmt.Errorf("%w: wallet %s: %s", ErrPolicyRefused, w.Name, d.Reason)
+	case policy.Rejected, policy.Approved:
+		reachable := 0
+		for _, u := range d.Eligible {
+			if slices.Contains(available, u) {
+				reachable++
 			}
-			return nil, fmt.Errorf("core: request %s: sign the prompt for device %s with the HSM identity key: %w", r.ID, d.ID, err)
 		}
-		enc := p.Marshal()
-		if err := checkFitsChannel(enc); err != nil {
-			return nil, fmt.Errorf("%w: its prompt does not fit a device message: %w", ErrTransactionRefused, err)
-		}
-		r.Prompts = append(r.Prompts, PromptRecord{
-			DeviceID: d.ID, User: d.User, Nonce: bytes.Clone(p.Nonce[:]), Digest: p.Digest(), Prompt: enc, IssuedAt: now,
-		})
-		prompts = append(prompts, p)
+		return nil, fmt.Errorf("%w: wallet %s: only %d of its approvers have a paired device besides the initiator %s: %s", ErrQuorumUnreachable, w.Name, reachable, req.Initiator, d.Reason)
+	}
+	r.Approvers, r.Rule = d.Eligible, d.Rule
+	prompts, err := c.issuePrompts(r, sum, d.Ask, devices, now)
+	if err != nil {
+		return nil, err
 	}
 	if err := c.cfg.Requests.CreateRequest(ctx, r); err != nil {
 		return nil, fmt.Errorf("core: store request %s: %w", r.ID, err)
 	}
 	return &Submitted{Request: r, Prompts: prompts}, nil
+}
+
+// analyse checks that the wallet can sign the PSBT and derives its
+// summary and the summary's canonical encoding.
+func (c *Core) analyse(ctx context.Context, req SubmitRequest) (*WalletRecord, *bitcoin.Summary, []byte, error) {
+	w, err := c.cfg.Wallets.GetWallet(ctx, req.Wallet)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if len(w.Keys) == 0 {
+		return nil, nil, nil, fmt.Errorf("%w: wallet %s has no address yet, so no coins to spend", ErrTransactionRefused, w.Name)
+	}
+	bw, err := w.bitcoinWallet(len(w.Keys))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	packet, err := bitcoin.Parse(req.PSBT)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%w: %w", ErrTransactionRefused, err)
+	}
+	sum, err := bitcoin.Analyse(packet, bw)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%w: wallet %s cannot sign it: %w", ErrTransactionRefused, w.Name, err)
+	}
+	canonical, err := sum.Canonical()
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%w: %w", ErrTransactionRefused, err)
+	}
+	if len(canonical) > signed.MaxPromptPayload {
+		return nil, nil, nil, fmt.Errorf("%w: its summary (%d inputs, %d outputs) is %d bytes, more than a prompt carries (%d): split it into smaller transactions",
+			ErrTransactionRefused, len(sum.Inputs), len(sum.Outputs), len(canonical), signed.MaxPromptPayload)
+	}
+	return w, sum, canonical, nil
+}
+
+// issuePrompts adds to r a prompt for each paired, unrevoked device of
+// users that has none yet, and returns the new prompts.
+func (c *Core) issuePrompts(r *RequestRecord, sum *bitcoin.Summary, users []string, devices []*DeviceRecord, now time.Time) ([]*signed.Prompt, error) {
+	fields := TransferFields(r.Wallet, r.ID, sum, r.ExpiresAt)
+	var prompts []*signed.Prompt
+	for _, u := range users {
+		for _, d := range pairedDevicesOf(devices, u) {
+			if r.prompt(d.ID) != nil {
+				continue
+			}
+			p := &signed.Prompt{
+				Kind: signed.PromptTransaction, RequestID: r.ID, DeviceID: d.ID, NotAfter: r.ExpiresAt,
+				Title: TransferTitle, Fields: fields, Payload: r.Summary,
+			}
+			if _, err := io.ReadFull(c.cfg.Rand, p.Nonce[:]); err != nil {
+				return nil, fmt.Errorf("core: prompt nonce: %w", err)
+			}
+			if err := p.Sign(c.cfg.Identity); err != nil {
+				if errors.Is(err, signed.ErrMalformedPrompt) {
+					return nil, fmt.Errorf("%w: it cannot be shown on a device (%d outputs): %w", ErrTransactionRefused, len(sum.Outputs), err)
+				}
+				return nil, fmt.Errorf("core: request %s: sign the prompt for device %s with the HSM identity key: %w", r.ID, d.ID, err)
+			}
+			enc := p.Marshal()
+			if err := checkFitsChannel(enc); err != nil {
+				return nil, fmt.Errorf("%w: its prompt does not fit a device message: %w", ErrTransactionRefused, err)
+			}
+			r.Prompts = append(r.Prompts, PromptRecord{
+				DeviceID: d.ID, User: d.User, Nonce: bytes.Clone(p.Nonce[:]), Digest: p.Digest(), Prompt: enc, IssuedAt: now,
+			})
+			prompts = append(prompts, p)
+		}
+	}
+	return prompts, nil
 }
 
 // Answer is a device's answer to a prompt, as a link received it.
@@ -359,14 +429,22 @@ type Answer struct {
 // AnswerResult is what an accepted answer did.
 type AnswerResult struct {
 	// Request is the request after the answer (and, once the quorum is
-	// met, after signing: signed, or failed with its Error).
-	Request  *RequestRecord
+	// met, after signing: signed, or failed with its Error). It is nil
+	// for an answer to an admin change.
+	Request *RequestRecord
+	// Change is the admin change after the answer (and, once the admin
+	// quorum is met, after the core applied it), for an answer to an
+	// admin prompt; nil otherwise.
+	Change   *ChangeRecord
 	User     string
 	Decision signed.Decision
 	// Withdraw lists prompts nobody needs to answer any more: all of them
 	// once the request is closed, or the user's prompts on other devices.
 	// The caller cancels them on the devices.
 	Withdraw []PromptRef
+	// Prompts are new prompts to deliver: the next step's approvers, once
+	// a sequential rule's step is met.
+	Prompts []*signed.Prompt
 }
 
 // Answer verifies a device's answer and applies it. It accepts the answer
@@ -418,6 +496,9 @@ func (c *Core) Answer(ctx context.Context, a Answer) (*AnswerResult, error) {
 	if err := appr.Verify(dev.Algorithm, dev.IdentityKey); err != nil {
 		return nil, fail(ErrBadApproval, "%v", err)
 	}
+	if IsChangeID(a.RequestID) {
+		return c.answerChange(ctx, dev, appr, a, fail)
+	}
 	r, err := c.cfg.Requests.GetRequest(ctx, a.RequestID)
 	if err != nil {
 		return nil, err
@@ -451,8 +532,9 @@ func (c *Core) Answer(ctx context.Context, a Answer) (*AnswerResult, error) {
 	}
 
 	// Accepted. The counter first: a crash after this loses the answer
-	// (the device answers again with a new counter), never lets one count
-	// twice.
+	// (when the device's channel comes up again, PendingPrompts issues its
+	// prompt afresh and the device answers it with a new counter), never
+	// lets one count twice.
 	dev.Counter = appr.Counter
 	if err := c.cfg.Devices.UpdateDevice(ctx, dev); err != nil {
 		return nil, fmt.Errorf("core: request %s: device %s: store its counter: %w", r.ID, dev.ID, err)
@@ -462,26 +544,16 @@ func (c *Core) Answer(ctx context.Context, a Answer) (*AnswerResult, error) {
 		Approval: bytes.Clone(a.Approval), At: now.UTC(),
 	})
 	res := &AnswerResult{Request: r, User: dev.User, Decision: appr.Decision}
-	switch {
-	case appr.Decision == signed.Reject:
-		r.State, r.FinishedAt = RequestRejected, now.UTC()
-	case len(r.ApprovedBy()) >= r.Quorum:
-		r.State = RequestApproved
+	if err := c.decide(ctx, r, res); err != nil {
+		return nil, err
 	}
 	// Withdraw what no device needs to answer any more: every outstanding
 	// prompt once the request is decided, else the user's other devices'.
-	for _, p := range r.Prompts {
-		if p.DeviceID == dev.ID || r.answeredByDevice(p.DeviceID) {
-			continue
-		}
-		if r.State != RequestPending || p.User == dev.User {
-			res.Withdraw = append(res.Withdraw, PromptRef{RequestID: r.ID, DeviceID: p.DeviceID})
-		}
-	}
+	res.Withdraw = append(res.Withdraw, withdrawals(r.ID, r.Prompts, r.Answers, dev, r.State != RequestPending)...)
 	if err := c.cfg.Requests.UpdateRequest(ctx, r); err != nil {
 		return nil, fmt.Errorf("core: request %s: store the answer of device %s: %w", r.ID, dev.ID, err)
 	}
-	if r.State == RequestApproved {
+	if r.State == RequestApproved && !now.Before(r.SignAfter) {
 		if err := c.sign(ctx, r); err != nil {
 			return nil, err
 		}
@@ -489,11 +561,69 @@ func (c *Core) Answer(ctx context.Context, a Answer) (*AnswerResult, error) {
 	return res, nil
 }
 
+// decide evaluates the request's policy after an answer and moves it on:
+// rejected, failed (refused by the policy, say over a velocity limit now),
+// approved (signable after SignAfter), withdrawn (its policy version is no
+// longer the wallet's), or still pending, with prompts for the approvers
+// the next step needs.
+func (c *Core) decide(ctx context.Context, r *RequestRecord, res *AnswerResult) error {
+	now := c.cfg.Now().UTC()
+	w, err := c.cfg.Wallets.GetWallet(ctx, r.Wallet)
+	if err != nil {
+		return err
+	}
+	if w.CurrentPolicyVersion() != r.requestPolicyVersion() {
+		r.State, r.FinishedAt = RequestWithdrawn, now
+		r.Error = fmt.Sprintf("the wallet's policy is version %d, the request was submitted under version %d: submit it again", w.CurrentPolicyVersion(), r.requestPolicyVersion())
+		return nil
+	}
+	p, err := w.Policy()
+	if err != nil {
+		return err
+	}
+	d, err := c.evaluate(ctx, p, r, storedAnswers(r), nil)
+	if err != nil {
+		return err
+	}
+	switch d.Outcome {
+	case policy.Rejected:
+		r.State, r.FinishedAt, r.Error = RequestRejected, now, d.Reason
+	case policy.Refused:
+		r.State, r.FinishedAt, r.Error = RequestFailed, now, "refused by the policy: "+d.Reason
+	case policy.Approved:
+		r.State, r.SignAfter = RequestApproved, d.SignAfter
+	case policy.Pending:
+		sum, err := r.ParsedSummary()
+		if err != nil {
+			return err
+		}
+		devices, err := c.cfg.Devices.ListDevices(ctx)
+		if err != nil {
+			return err
+		}
+		res.Prompts, err = c.issuePrompts(r, sum, d.Ask, devices, now)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // sign has the HSM sign an approved request and stores the outcome:
 // signed, or failed with the error. It returns an error when the outcome
 // could not be stored, or when ctx ended the signing (the request then
 // stays approved, for [Core.Tick]).
 func (c *Core) sign(ctx context.Context, r *RequestRecord) error {
+	// The spend is recorded first, so that the velocity check at signing
+	// counts exactly the spends recorded before it, whichever hsmd
+	// instance recorded them.
+	sum, err := r.ParsedSummary()
+	if err != nil {
+		return fmt.Errorf("core: request %s: stored summary: %w", r.ID, err)
+	}
+	if err := c.recordSpend(ctx, r, int64(sum.SentTotal)); err != nil {
+		return fmt.Errorf("core: request %s: not signed, it stays approved: %w", r.ID, err)
+	}
 	signedTx, err := c.signTransaction(ctx, r)
 	if err != nil && ctx.Err() != nil {
 		// Interrupted, not refused: the request stays approved and the
@@ -502,6 +632,10 @@ func (c *Core) sign(ctx context.Context, r *RequestRecord) error {
 	}
 	now := c.cfg.Now().UTC()
 	if err != nil {
+		if ferr := c.forgetSpend(ctx, r); ferr != nil {
+			// Counted though not sent: stricter, and said.
+			err = fmt.Errorf("%w (its spend stays counted against the velocity limits: %w)", err, ferr)
+		}
 		r.State, r.FinishedAt, r.Error = RequestFailed, now, err.Error()
 	} else {
 		r.State, r.FinishedAt = RequestSigned, now
@@ -530,7 +664,7 @@ func (c *Core) signTransaction(ctx context.Context, r *RequestRecord) (*signedTr
 	if err != nil {
 		return nil, err
 	}
-	if err := c.checkApprovals(ctx, r); err != nil {
+	if err := c.checkApprovals(ctx, r, w); err != nil {
 		return nil, err
 	}
 	packet, err := bitcoin.Parse(r.PSBT)
@@ -553,41 +687,44 @@ func (c *Core) signTransaction(ctx context.Context, r *RequestRecord) (*signedTr
 }
 
 // ErrNotApproved means a request reached signing without the approvals its
-// quorum needs: the stored request claims more than its answers prove.
+// policy needs: the stored request claims more than its answers prove.
 var ErrNotApproved = errors.New("core: not enough verified approvals")
 
 // checkApprovals is the precondition of every signature, checked where the
 // HSM is asked to sign rather than trusted from the request's stored state:
-// at least Quorum distinct users must have approved, each with an approval
-// that verifies under the key of a paired, unrevoked device, over the
-// prompt the core issued to that device.
-func (c *Core) checkApprovals(ctx context.Context, r *RequestRecord) error {
-	users := map[string]bool{}
-	for _, a := range r.Answers {
-		if a.Decision != signed.Approve {
-			continue
-		}
-		appr, err := signed.ParseApproval(a.Approval)
-		if err != nil || appr.Decision != signed.Approve || appr.DeviceID != a.DeviceID {
-			continue
-		}
-		dev, err := c.cfg.Devices.GetDevice(ctx, a.DeviceID)
-		if errors.Is(err, ErrDeviceNotFound) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		p := r.prompt(dev.ID)
-		if dev.State != DevicePaired || p == nil || p.User != dev.User || dev.User != a.User ||
-			!bytes.Equal(p.Digest, appr.PromptDigest[:]) || !bytes.Equal(p.Nonce, appr.Nonce[:]) ||
-			appr.Verify(dev.Algorithm, dev.IdentityKey) != nil {
-			continue
-		}
-		users[dev.User] = true
+// the request's policy version must still be the wallet's, and the policy,
+// evaluated on the answers whose signatures verify (each under the key of
+// a paired, unrevoked device, over the prompt the core issued to that
+// device), must approve it, its time lock passed.
+func (c *Core) checkApprovals(ctx context.Context, r *RequestRecord, w *WalletRecord) error {
+	if w.CurrentPolicyVersion() != r.requestPolicyVersion() {
+		return fmt.Errorf("%w: request %s was approved under policy version %d, the wallet's is %d; refusing to sign", ErrNotApproved, r.ID, r.requestPolicyVersion(), w.CurrentPolicyVersion())
 	}
-	if len(users) < r.Quorum {
-		return fmt.Errorf("%w: request %s has %d of the %d it needs; refusing to sign", ErrNotApproved, r.ID, len(users), r.Quorum)
+	p, err := w.Policy()
+	if err != nil {
+		return err
+	}
+	verified, err := c.verifiedAnswers(ctx, r.Prompts, r.Answers, func(*DeviceRecord) bool { return true })
+	if err != nil {
+		return err
+	}
+	answers := make([]policy.Answer, 0, len(verified))
+	for _, v := range verified {
+		answers = append(answers, policy.Answer{User: v.User, Approve: v.Decision == signed.Approve, At: v.At})
+	}
+	d, err := c.evaluate(ctx, p, r, answers, nil)
+	if err != nil {
+		return err
+	}
+	if d.Outcome != policy.Approved {
+		why := d.Reason
+		if why == "" {
+			why = strings.Join(d.Missing, "; ")
+		}
+		return fmt.Errorf("%w: request %s is %s under its policy (%s); refusing to sign", ErrNotApproved, r.ID, d.Outcome, why)
+	}
+	if !d.Ready(c.cfg.Now()) {
+		return fmt.Errorf("%w: request %s is time-locked until %s; refusing to sign", ErrNotApproved, r.ID, signAfterText(d.SignAfter))
 	}
 	return nil
 }
@@ -602,9 +739,10 @@ func (c *Core) expire(ctx context.Context, r *RequestRecord) ([]PromptRef, error
 	return withdraw, nil
 }
 
-// Tick stores the expiry of pending requests past their expiry, and signs
-// requests left approved but unsigned (by a crash between the two
-// writes). It returns the prompts to withdraw from devices. The daemon
+// Tick stores the expiry of pending requests and admin changes past their
+// expiry, signs requests left approved but unsigned (by a crash between
+// the two writes), and applies approved admin changes a crash left
+// unapplied. It returns the prompts to withdraw from devices. The daemon
 // calls it now and then; reads already show an overdue request as
 // expired.
 func (c *Core) Tick(ctx context.Context) ([]PromptRef, error) {
@@ -626,10 +764,13 @@ func (c *Core) Tick(ctx context.Context) ([]PromptRef, error) {
 			w, err := c.expire(ctx, r)
 			withdraw = append(withdraw, w...)
 			errs = append(errs, err)
-		case r.State == RequestApproved:
+		case r.State == RequestApproved && !now.Before(r.SignAfter):
 			errs = append(errs, c.sign(ctx, r))
 		}
 	}
+	w, err := c.tickChanges(ctx)
+	withdraw = append(withdraw, w...)
+	errs = append(errs, err)
 	return withdraw, errors.Join(errs...)
 }
 
@@ -668,10 +809,18 @@ func (c *Core) Requests(ctx context.Context) ([]*RequestRecord, error) {
 }
 
 // PendingPrompts returns the prompts a device has yet to answer, oldest
-// request first: those of pending, unexpired requests that neither the
-// device nor its user answered. The daemon sends them when the device's
-// channel comes up.
+// request first, then admin changes: those of pending, unexpired requests
+// and changes that neither the device nor its user answered. The daemon
+// sends them when the device's channel comes up.
+//
+// Each is issued afresh (see [Core.reissue]): the same prompt under a new
+// nonce, which replaces the one stored. A device refuses a prompt it has
+// answered before, so one whose answer was lost on the way (the channel
+// went down first) could otherwise never be answered again; an answer to
+// the prompt it replaces is refused as not for the prompt issued.
 func (c *Core) PendingPrompts(ctx context.Context, deviceID string) ([]*signed.Prompt, error) {
+	c.reqMu.Lock()
+	defer c.reqMu.Unlock()
 	rs, err := c.Requests(ctx)
 	if err != nil {
 		return nil, err
@@ -685,11 +834,35 @@ func (c *Core) PendingPrompts(ctx context.Context, deviceID string) ([]*signed.P
 		if p == nil || r.answered(p.DeviceID, p.User) {
 			continue
 		}
-		sp, err := signed.ParsePrompt(p.Prompt)
+		sp, err := c.reissue(p)
 		if err != nil {
-			return nil, fmt.Errorf("core: request %s: stored prompt for device %s: %w", r.ID, deviceID, err)
+			return nil, fmt.Errorf("core: request %s: prompt for device %s: %w", r.ID, deviceID, err)
+		}
+		if err := c.cfg.Requests.UpdateRequest(ctx, r); err != nil {
+			return nil, fmt.Errorf("core: request %s: store the prompt issued again to device %s: %w", r.ID, deviceID, err)
 		}
 		out = append(out, sp)
 	}
-	return out, nil
+	cps, err := c.pendingChangePrompts(ctx, deviceID)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, cps...), nil
+}
+
+// reissue replaces the stored prompt pr by the same prompt under a fresh
+// nonce, signed again by the HSM identity key, and returns it.
+func (c *Core) reissue(pr *PromptRecord) (*signed.Prompt, error) {
+	p, err := signed.ParsePrompt(pr.Prompt)
+	if err != nil {
+		return nil, fmt.Errorf("stored prompt: %w", err)
+	}
+	if _, err := io.ReadFull(c.cfg.Rand, p.Nonce[:]); err != nil {
+		return nil, fmt.Errorf("prompt nonce: %w", err)
+	}
+	if err := p.Sign(c.cfg.Identity); err != nil {
+		return nil, fmt.Errorf("sign the prompt with the HSM identity key: %w", err)
+	}
+	pr.Nonce, pr.Digest, pr.Prompt, pr.IssuedAt = bytes.Clone(p.Nonce[:]), p.Digest(), p.Marshal(), c.cfg.Now().UTC()
+	return p, nil
 }

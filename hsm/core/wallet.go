@@ -2,6 +2,7 @@ package core
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/opencustodynet/opencustody/hsm"
 	"github.com/opencustodynet/opencustody/hsm/bitcoin"
+	"github.com/opencustodynet/opencustody/hsm/policy"
 )
 
 // WalletRecord is what the core stores about a wallet: its custody keys
@@ -22,10 +24,21 @@ type WalletRecord struct {
 	// whatever number of devices a user has).
 	Approvers []string `json:"approvers"`
 	Quorum    int      `json:"quorum"`
+	// PolicyDoc is the wallet's policy, its canonical document
+	// ([policy.Policy.Marshal]); empty means the default policy of
+	// Approvers and Quorum ([WalletRecord.Policy]). Once a policy is set,
+	// Approvers lists its users and Quorum is the quorum of its only
+	// group, or zero. PolicyVersion counts the policy's changes (see
+	// [WalletRecord.CurrentPolicyVersion]).
+	PolicyDoc     json.RawMessage `json:"policy,omitempty"`
+	PolicyVersion uint64          `json:"policy_version,omitempty"`
 	// Keys are the wallet's custody keys, one per address, in the order
 	// they were made. Keys are only ever appended.
 	Keys      []WalletKey `json:"keys"`
 	CreatedAt time.Time   `json:"created_at"`
+	// Backupable: the wallet's custody keys are made backup-able, so they
+	// can move to a backup HSM wrapped end to end (package backup).
+	Backupable bool `json:"backupable,omitempty"`
 	// Version is the storage version the record was read at.
 	Version uint64 `json:"-"`
 }
@@ -127,6 +140,13 @@ type CreateWalletRequest struct {
 	// Quorum is how many of the approvers must approve, 1 to
 	// len(Approvers).
 	Quorum int
+	// Policy, instead of Approvers and Quorum, is a policy document
+	// (package policy, YAML or JSON): every user it names must have a
+	// paired device.
+	Policy []byte
+	// Backupable makes every custody key of the wallet backup-able
+	// (hsm.GenerateKeyRequest.Backupable). Decided at creation.
+	Backupable bool
 }
 
 func (c *Core) approvalPath() error {
@@ -148,11 +168,31 @@ func (c *Core) CreateWallet(ctx context.Context, req CreateWalletRequest) (*Wall
 	if req.Network.Params() == nil {
 		return nil, fmt.Errorf("%w: wallet %s: unknown network %d", ErrInvalidWallet, req.Name, uint8(req.Network))
 	}
-	if len(req.Approvers) == 0 {
-		return nil, fmt.Errorf("%w: wallet %s needs at least one approver", ErrInvalidWallet, req.Name)
-	}
-	if req.Quorum < 1 || req.Quorum > len(req.Approvers) {
-		return nil, fmt.Errorf("%w: wallet %s: quorum %d is not between 1 and the %d approvers", ErrInvalidWallet, req.Name, req.Quorum, len(req.Approvers))
+	var pol *policy.Policy
+	if len(req.Policy) > 0 {
+		if len(req.Approvers) > 0 || req.Quorum != 0 {
+			return nil, fmt.Errorf("%w: wallet %s: give a policy, or approvers and a quorum, not both", ErrInvalidWallet, req.Name)
+		}
+		p, err := policy.Parse(req.Policy)
+		if err != nil {
+			return nil, fmt.Errorf("%w: wallet %s: %w", ErrInvalidWallet, req.Name, err)
+		}
+		if err := p.CheckNetwork(req.Network); err != nil {
+			return nil, fmt.Errorf("%w: wallet %s: %w", ErrInvalidWallet, req.Name, err)
+		}
+		pol, req.Approvers = p, p.Users()
+	} else {
+		if len(req.Approvers) == 0 {
+			return nil, fmt.Errorf("%w: wallet %s needs at least one approver", ErrInvalidWallet, req.Name)
+		}
+		if req.Quorum < 1 || req.Quorum > len(req.Approvers) {
+			return nil, fmt.Errorf("%w: wallet %s: quorum %d is not between 1 and the %d approvers", ErrInvalidWallet, req.Name, req.Quorum, len(req.Approvers))
+		}
+		for _, u := range req.Approvers {
+			if err := policy.CheckUser(u); err != nil {
+				return nil, fmt.Errorf("%w: wallet %s: %w", ErrInvalidWallet, req.Name, err)
+			}
+		}
 	}
 	c.reqMu.Lock()
 	defer c.reqMu.Unlock()
@@ -172,6 +212,10 @@ func (c *Core) CreateWallet(ctx context.Context, req CreateWalletRequest) (*Wall
 		Name: req.Name, Network: req.Network,
 		Approvers: slices.Clone(req.Approvers), Quorum: req.Quorum,
 		Keys: []WalletKey{}, CreatedAt: c.cfg.Now().UTC().Truncate(time.Second),
+		Backupable: req.Backupable,
+	}
+	if pol != nil {
+		w.setPolicy(pol, 1)
 	}
 	if err := c.cfg.Wallets.CreateWallet(ctx, w); err != nil {
 		return nil, err
@@ -198,7 +242,8 @@ const maxKeyLabelAttempts = 8
 
 // NewAddress makes a new custody key in the HSM for wallet name and
 // returns the updated wallet and the new key; [WalletKey.Address] gives
-// its address. The key is labelled "opencustody-NAME-INDEX" on the token.
+// its address. The key is labelled "opencustody-NAME-INDEX" on the token,
+// and is backup-able if the wallet is.
 func (c *Core) NewAddress(ctx context.Context, name string) (*WalletRecord, WalletKey, error) {
 	if err := c.approvalPath(); err != nil {
 		return nil, WalletKey{}, err
@@ -216,7 +261,7 @@ func (c *Core) NewAddress(ctx context.Context, name string) (*WalletRecord, Wall
 	var key bitcoin.Key
 	for attempt := 0; ; attempt++ {
 		label := fmt.Sprintf("opencustody-%s-%d", w.Name, index+uint32(attempt))
-		key, err = bitcoin.NewKey(ctx, c.cfg.Keys, bitcoin.NewKeyRequest{Label: label})
+		key, err = bitcoin.NewKey(ctx, c.cfg.Keys, bitcoin.NewKeyRequest{Label: label, Backupable: w.Backupable})
 		if err == nil {
 			break
 		}

@@ -425,7 +425,7 @@ func TestApprovalPathOverRelay(t *testing.T) {
 
 	// 2 of 3 approve: signed, and the node takes it.
 	prev, index := coinbase(0)
-	req, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "treasury", Psbt: spend(t, prev, index, p2wpkh(addrs[1].GetPublicKey()))})
+	req, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "treasury", Initiator: "operator", Psbt: spend(t, prev, index, p2wpkh(addrs[1].GetPublicKey()))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -483,7 +483,7 @@ func TestApprovalPathOverRelay(t *testing.T) {
 		return nil
 	})
 	prev2, index2 := coinbase(1)
-	req2, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "treasury", Psbt: spend(t, prev2, index2, p2wpkh(addrs[1].GetPublicKey()))})
+	req2, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "treasury", Initiator: "operator", Psbt: spend(t, prev2, index2, p2wpkh(addrs[1].GetPublicKey()))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -567,7 +567,7 @@ func TestCustodyAPIErrors(t *testing.T) {
 	if _, err := cust.CreateWallet(ctx, &apipb.CreateWalletRequest{Name: "w", Network: "simnet", Approvers: []string{"alice"}, Quorum: 1}); status.Code(err) != codes.AlreadyExists {
 		t.Fatalf("existing wallet: %v", err)
 	}
-	if _, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Psbt: []byte("not a psbt")}); status.Code(err) != codes.FailedPrecondition {
+	if _, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Initiator: "operator", Psbt: []byte("not a psbt")}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("garbage PSBT: %v", err)
 	}
 	// The bridge token does not open the Custody API.
@@ -602,7 +602,7 @@ func TestTamperedApprovalRecordsAreRefused(t *testing.T) {
 	h := chainhash.HashH([]byte("funding"))
 	prev.AddTxIn(wire.NewTxIn(wire.NewOutPoint(&h, 0), nil, nil))
 	prev.AddTxOut(wire.NewTxOut(100_000_000, p2wpkh(a.GetAddress().GetPublicKey())))
-	req, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Psbt: spend(t, prev, 0, p2wpkh(a.GetAddress().GetPublicKey()))})
+	req, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Initiator: "operator", Psbt: spend(t, prev, 0, p2wpkh(a.GetAddress().GetPublicKey()))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -626,7 +626,7 @@ func TestTamperedApprovalRecordsAreRefused(t *testing.T) {
 	if _, err := cust.GetWallet(ctx, &apipb.GetWalletRequest{Name: "w"}); status.Code(err) != codes.DataLoss {
 		t.Fatalf("wallet with a lowered quorum: %v, want DataLoss", err)
 	}
-	if _, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Psbt: spend(t, prev, 0, p2wpkh(a.GetAddress().GetPublicKey()))}); status.Code(err) != codes.DataLoss {
+	if _, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Initiator: "operator", Psbt: spend(t, prev, 0, p2wpkh(a.GetAddress().GetPublicKey()))}); status.Code(err) != codes.DataLoss {
 		t.Fatalf("submit to a tampered wallet: %v, want DataLoss", err)
 	}
 	edit("request", `"state":"pending"`, `"state":"approved"`)
@@ -636,6 +636,70 @@ func TestTamperedApprovalRecordsAreRefused(t *testing.T) {
 	// The core's upkeep refuses it too: nothing gets signed.
 	if _, err := e.core.Tick(ctx); err == nil {
 		t.Fatal("Tick used a tampered request")
+	}
+}
+
+// A hostile database cannot lower the admin quorum or approve an admin
+// change: the governance and change records are authenticated, and the
+// core refuses them, saying which failed.
+func TestTamperedChangeRecordsAreRefused(t *testing.T) {
+	e := startWith(t, true, true)
+	ctx := t.Context()
+	if _, err := e.core.SetAdminQuorum(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	cust := apipb.NewCustodyClient(e.dial(t, "operator"))
+	op := apipb.NewOperatorClient(e.dial(t, "operator"))
+	alice := newRelayDevice(t, "emu-a", "alice", pb.Algorithm_ALGORITHM_ECDSA_P256, e.identity.PublicKey())
+	bob := newRelayDevice(t, "emu-b", "bob", pb.Algorithm_ALGORITHM_ECDSA_P256, e.identity.PublicKey())
+	pairDevices(t, e, alice, bob)
+	for _, name := range []string{"root1", "root2"} {
+		rec := newRelayDevice(t, name, name, pb.Algorithm_ALGORITHM_ED25519, e.identity.PublicKey()).record()
+		rec.Role = core.RoleAdmin
+		if err := e.devices.CreateDevice(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cust.CreateWallet(ctx, &apipb.CreateWalletRequest{Name: "w", Network: "simnet", Approvers: []string{"alice", "bob"}, Quorum: 2}); err != nil {
+		t.Fatal(err)
+	}
+	doc := []byte("version: 1\ngroups: {g: {members: [alice, bob], quorum: 1}}\nrequire: g\n")
+	ch, err := cust.ProposePolicy(ctx, &apipb.ProposePolicyRequest{Wallet: "w", Document: doc, Initiator: "olivia"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch.GetQuorum() != 2 || len(ch.GetAdmins()) != 2 {
+		t.Fatalf("change %v", ch)
+	}
+
+	db, err := sql.Open("sqlite", filepath.Join(e.dataDir, "opencustody.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	edit := func(kind, from, to string) {
+		t.Helper()
+		res, err := db.Exec(`UPDATE records SET body = CAST(replace(CAST(body AS TEXT), ?, ?) AS BLOB) WHERE kind = ?`, from, to, kind)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			t.Fatalf("no %s record edited", kind)
+		}
+	}
+	edit("change", `"state":"pending"`, `"state":"approved"`)
+	if _, err := op.GetChange(ctx, &apipb.GetChangeRequest{Id: ch.GetId()}); status.Code(err) != codes.DataLoss || !strings.Contains(err.Error(), ch.GetId()) {
+		t.Fatalf("change marked approved: %v, want DataLoss naming it", err)
+	}
+	if _, err := e.core.Tick(ctx); err == nil {
+		t.Fatal("Tick used a tampered change")
+	}
+	if p, err := cust.GetPolicy(ctx, &apipb.GetPolicyRequest{Wallet: "w"}); err != nil || p.GetVersion() != 1 {
+		t.Fatalf("policy after a forged approval: %v %v", p, err)
+	}
+	edit("governance", `"admin_quorum":2`, `"admin_quorum":1`)
+	if _, err := cust.ProposePolicy(ctx, &apipb.ProposePolicyRequest{Wallet: "w", Document: doc, Initiator: "olivia"}); status.Code(err) != codes.DataLoss || !strings.Contains(err.Error(), "governance") {
+		t.Fatalf("lowered admin quorum: %v, want DataLoss naming the governance record", err)
 	}
 }
 
@@ -721,7 +785,7 @@ func TestRolledBackAndDeletedRecordsAreRefused(t *testing.T) {
 	restore("wallet", "w")
 	_, err = cust.GetWallet(ctx, &apipb.GetWalletRequest{Name: "w"})
 	wantDataLoss("wallet rolled back", err, `wallet "w"`, "rolled back to version 2")
-	_, err = cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Psbt: spend(t, prev, 0, p2wpkh(a.GetAddress().GetPublicKey()))})
+	_, err = cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Initiator: "olivia", Psbt: spend(t, prev, 0, p2wpkh(a.GetAddress().GetPublicKey()))})
 	wantDataLoss("submit to a rolled back wallet", err, `wallet "w"`)
 }
 
@@ -745,7 +809,7 @@ func TestDeletedRequestIsRefused(t *testing.T) {
 	h := chainhash.HashH([]byte("funding"))
 	prev.AddTxIn(wire.NewTxIn(wire.NewOutPoint(&h, 0), nil, nil))
 	prev.AddTxOut(wire.NewTxOut(100_000_000, p2wpkh(a.GetAddress().GetPublicKey())))
-	req, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Psbt: spend(t, prev, 0, p2wpkh(a.GetAddress().GetPublicKey()))})
+	req, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Initiator: "olivia", Psbt: spend(t, prev, 0, p2wpkh(a.GetAddress().GetPublicKey()))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/opencustodynet/opencustody/hsm/audit"
@@ -22,12 +23,7 @@ func (s *Server) sendPrompts(ctx context.Context, prompts []*signed.Prompt) {
 }
 
 func (s *Server) sendPrompt(ctx context.Context, d *deviceConn, p *signed.Prompt) {
-	err := d.call(func(l *core.Link) (core.Output, error) {
-		if d.answering[p.RequestID] { // d.mu is held
-			return core.Output{}, nil
-		}
-		return l.SendPrompt(ctx, p)
-	})
+	err := d.call(func(l *core.Link) (core.Output, error) { return l.SendPrompt(ctx, p) })
 	switch {
 	case err == nil:
 	case errors.Is(err, core.ErrNoChannel), errors.Is(err, errDetached):
@@ -39,7 +35,13 @@ func (s *Server) sendPrompt(ctx context.Context, d *deviceConn, p *signed.Prompt
 
 // sendPending sends a device the prompts it has yet to answer.
 func (s *Server) sendPending(ctx context.Context, d *deviceConn, deviceID string) {
-	ps, err := s.cfg.Core.PendingPrompts(ctx, deviceID)
+	// PendingPrompts issues each prompt afresh, a change of the request:
+	// one at a time with the others, across instances too.
+	var ps []*signed.Prompt
+	err := s.exclusive(ctx, func() (err error) {
+		ps, err = s.cfg.Core.PendingPrompts(ctx, deviceID)
+		return err
+	})
 	if errors.Is(err, core.ErrNoApprovalPath) {
 		return
 	}
@@ -50,6 +52,37 @@ func (s *Server) sendPending(ctx context.Context, d *deviceConn, deviceID string
 	for _, p := range ps {
 		s.sendPrompt(ctx, d, p)
 	}
+}
+
+// queueAnswer hands a device's answer to the core after the answers the
+// device sent before it, one at a time. A device answers the next prompt
+// while the core still checks its last answer, and the core refuses an
+// answer whose counter is not above the last it accepted: checked out of
+// order, honest approvals would be refused as stale and their requests
+// left waiting for answers the device has already given.
+func (s *Server) queueAnswer(a core.Answer) {
+	s.answersMu.Lock()
+	defer s.answersMu.Unlock()
+	q, busy := s.answers[a.Device]
+	s.answers[a.Device] = append(q, a)
+	if busy {
+		return // the device's worker takes it in turn
+	}
+	s.background(func(ctx context.Context) {
+		for {
+			s.answersMu.Lock()
+			q := s.answers[a.Device]
+			if len(q) == 0 {
+				delete(s.answers, a.Device)
+				s.answersMu.Unlock()
+				return
+			}
+			next := q[0]
+			s.answers[a.Device] = q[1:]
+			s.answersMu.Unlock()
+			s.check(ctx, next)
+		}
+	})
 }
 
 // answer has the core verify and apply a device's answer, then withdraws
@@ -65,6 +98,15 @@ func (s *Server) answer(ctx context.Context, a core.Answer) {
 		s.metrics.answers.WithLabelValues("refused").Inc()
 		log.Warn("answer refused", "err", err)
 		s.record(ctx, audit.KindRefused, a.RequestID, fmt.Sprintf("answer from device %s refused: %v", a.Device, err))
+	} else if ch := res.Change; ch != nil {
+		s.metrics.answers.WithLabelValues(res.Decision.String()).Inc()
+		log.Info("admin answer accepted", "user", res.User, "decision", res.Decision.String(), "kind", string(ch.Kind), "state", string(ch.State), "approved_by", ch.ApprovedBy())
+		kind := audit.KindApproval
+		if res.Decision == signed.Reject {
+			kind = audit.KindRejection
+		}
+		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s by admin %s on device %s; change %s", res.Decision, res.User, a.Device, ch.State))
+		s.changeOutcome(ctx, ch)
 	} else {
 		r := res.Request
 		s.metrics.answers.WithLabelValues(res.Decision.String()).Inc()
@@ -88,6 +130,7 @@ func (s *Server) answer(ctx context.Context, a core.Answer) {
 	}
 	if res != nil {
 		s.withdraw(ctx, res.Withdraw)
+		s.sendPrompts(ctx, res.Prompts)
 	}
 }
 
@@ -103,12 +146,22 @@ func (s *Server) withdraw(ctx context.Context, refs []core.PromptRef) {
 	}
 }
 
-// deliverPending sends every device with a secure channel here the prompts
-// it has yet to answer. With several hsmd instances on one database, a
+// deliverPending hands every device with a secure channel here the stored
+// prompts of pending requests it has yet to answer and that this link has
+// not been handed yet. With several hsmd instances on one database, a
 // request submitted to another instance has prompts for devices attached
 // here, which nothing else would hand over until their channel came up
-// again. A prompt the link already holds is not sent twice.
+// again. It sends each prompt as stored, without issuing it afresh (which
+// would make the copy a device already holds unanswerable), and once per
+// link.
 func (s *Server) deliverPending(ctx context.Context) {
+	rs, err := s.cfg.Core.Requests(ctx)
+	if err != nil {
+		if ctx.Err() == nil && !errors.Is(err, core.ErrNoApprovalPath) {
+			s.log.Error("cannot read the pending requests", "err", err)
+		}
+		return
+	}
 	s.mu.Lock()
 	ds := make([]*deviceConn, 0, len(s.devices))
 	for _, d := range s.devices {
@@ -116,16 +169,42 @@ func (s *Server) deliverPending(ctx context.Context) {
 	}
 	s.mu.Unlock()
 	for _, d := range ds {
-		var id string
+		var dev *core.DeviceRecord
 		d.mu.Lock()
 		if !d.detached && d.link != nil {
-			if up, rec := d.link.Secure(); up && rec != nil {
-				id = rec.ID
+			if up, rec := d.link.Secure(); up {
+				dev = rec
 			}
 		}
 		d.mu.Unlock()
-		if id != "" {
-			s.sendPending(ctx, d, id)
+		if dev == nil {
+			continue
+		}
+		for _, r := range rs {
+			if r.State != core.RequestPending {
+				continue
+			}
+			p := slices.IndexFunc(r.Prompts, func(p core.PromptRecord) bool { return p.DeviceID == dev.ID })
+			answered := slices.ContainsFunc(r.Answers, func(a core.AnswerRecord) bool { return a.DeviceID == dev.ID || a.User == dev.User })
+			if p < 0 || answered {
+				continue
+			}
+			d.mu.Lock()
+			sent := d.delivered[r.ID]
+			if d.delivered == nil {
+				d.delivered = map[string]bool{}
+			}
+			d.delivered[r.ID] = true
+			d.mu.Unlock()
+			if sent {
+				continue
+			}
+			sp, err := signed.ParsePrompt(r.Prompts[p].Prompt)
+			if err != nil {
+				s.log.Error("stored prompt does not parse", "request", r.ID, "device", dev.ID, "err", err)
+				continue
+			}
+			s.sendPrompt(ctx, d, sp)
 		}
 	}
 }
@@ -138,37 +217,16 @@ func (s *Server) tickLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		var withdraw []core.PromptRef
-		var finished []*core.RequestRecord
 		err := s.exclusive(ctx, func() (err error) {
-			// Requests left approved (a crash between the approval and
-			// the signature) are signed by Tick: note them, to audit
-			// their outcome.
-			rs, err := s.cfg.Core.Requests(ctx)
-			if err != nil {
-				return err
-			}
+			// Requests approved before Tick (a time lock running, or a
+			// crash between the approval and the signature) may be signed
+			// by it: note them, to audit their outcome. Under exclusive,
+			// so that no answer is half-way through its own signing.
+			approved := s.approvedRequests(ctx)
 			withdraw, err = s.cfg.Core.Tick(ctx)
-			for _, r := range rs {
-				if r.State != core.RequestApproved {
-					continue
-				}
-				if now, gerr := s.cfg.Core.Request(ctx, r.ID); gerr == nil && now.State.Closed() {
-					finished = append(finished, now)
-				}
-			}
+			s.recordTicked(ctx, approved)
 			return err
 		})
-		for _, r := range finished {
-			switch r.State {
-			case core.RequestSigned:
-				s.log.Info("interrupted request signed", "request", r.ID, "txid", r.TxID)
-				s.record(ctx, audit.KindSignature, r.ID, "signed after an interruption: txid "+r.TxID)
-			case core.RequestFailed:
-				s.log.Error("interrupted request approved but not signed", "request", r.ID, "err", r.Error)
-				s.record(ctx, audit.KindSignature, r.ID, "approved but not signed after an interruption: "+r.Error)
-			}
-			s.metrics.requests.WithLabelValues(string(r.State)).Inc()
-		}
 		switch {
 		case errors.Is(err, core.ErrNoApprovalPath):
 			return
@@ -186,4 +244,77 @@ func (s *Server) tickLoop(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// changeOutcome logs and audits what became of an admin change once an
+// answer closed or approved it.
+func (s *Server) changeOutcome(ctx context.Context, ch *core.ChangeRecord) {
+	kind := changeAuditKind(ch.Kind)
+	switch ch.State {
+	case core.ChangeApplied:
+		if ch.Kind == core.ChangePairing {
+			// The device is paired now: open its channel if it is here.
+			if d := s.device(ch.Subject); d != nil {
+				if err := d.call(func(l *core.Link) (core.Output, error) { return l.Open(ctx) }); err != nil && !errors.Is(err, errDetached) {
+					s.log.Warn("cannot open the newly paired device's channel", "device", ch.Subject, "err", err)
+				}
+			}
+		}
+		s.log.Info("admin change applied", "change", ch.ID, "kind", string(ch.Kind), "subject", ch.Subject, "result", ch.Result)
+		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s %s applied: %s", ch.Kind, ch.Subject, ch.Result))
+	case core.ChangeFailed:
+		s.log.Error("admin change approved but not applied", "change", ch.ID, "kind", string(ch.Kind), "err", ch.Error)
+		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s %s approved but not applied: %s", ch.Kind, ch.Subject, ch.Error))
+	case core.ChangeApproved:
+		s.log.Info("admin change approved; the daemon carries it out", "change", ch.ID, "kind", string(ch.Kind), "subject", ch.Subject)
+		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s %s approved by %v", ch.Kind, ch.Subject, ch.ApprovedBy()))
+	case core.ChangeRejected:
+		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s %s rejected by %v", ch.Kind, ch.Subject, ch.RejectedBy()))
+	}
+}
+
+// approvedRequests lists the ids of the requests approved but not signed
+// yet (time-locked, or interrupted), which Tick may sign.
+func (s *Server) approvedRequests(ctx context.Context) []string {
+	rs, err := s.cfg.Core.Requests(ctx)
+	if err != nil {
+		return nil
+	}
+	var ids []string
+	for _, r := range rs {
+		if r.State == core.RequestApproved {
+			ids = append(ids, r.ID)
+		}
+	}
+	return ids
+}
+
+// recordTicked audits what Tick did to the requests that were approved
+// before it: signed (a time lock ended) or failed.
+func (s *Server) recordTicked(ctx context.Context, ids []string) {
+	for _, id := range ids {
+		r, err := s.cfg.Core.Request(ctx, id)
+		if err != nil {
+			continue
+		}
+		switch r.State {
+		case core.RequestSigned:
+			s.log.Info("request signed", "request", r.ID, "txid", r.TxID)
+			s.record(ctx, audit.KindSignature, r.ID, "signed: txid "+r.TxID)
+		case core.RequestFailed:
+			s.log.Error("request approved but not signed", "request", r.ID, "err", r.Error)
+			s.record(ctx, audit.KindSignature, r.ID, "approved but not signed: "+r.Error)
+		}
+	}
+}
+
+// changeAuditKind is the audit kind of an admin change's events.
+func changeAuditKind(k core.ChangeKind) string {
+	switch k {
+	case core.ChangePolicy:
+		return audit.KindPolicy
+	case core.ChangePairing:
+		return audit.KindPairing
+	}
+	return audit.KindChange
 }

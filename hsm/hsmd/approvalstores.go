@@ -12,8 +12,12 @@ import (
 
 // Record kinds of the approval path.
 const (
-	walletKind  = "wallet"
-	requestKind = "request"
+	walletKind     = "wallet"
+	requestKind    = "request"
+	changeKind     = "change"
+	governanceKind = "governance"
+	spendsKind     = "spends"
+	governanceKey  = "admins"
 )
 
 // WalletStore keeps the core's wallet records as authenticated records:
@@ -32,9 +36,18 @@ type RequestStore struct {
 	Records *records.Store
 }
 
+// ChangeStore keeps the core's admin changes (kind "change", keyed by
+// change id) and its governance record (kind "governance", key "admins")
+// the same way: a hostile database cannot approve a change, alter what
+// the admins approved, or lower the admin quorum.
+type ChangeStore struct {
+	Records *records.Store
+}
+
 var (
 	_ core.WalletStore  = WalletStore{}
 	_ core.RequestStore = RequestStore{}
+	_ core.ChangeStore  = ChangeStore{}
 )
 
 // decodeRecord decodes r's JSON body into v and checks that the body names
@@ -183,5 +196,124 @@ func (s RequestStore) UpdateRequest(ctx context.Context, r *core.RequestRecord) 
 		return err
 	}
 	r.Version = v
+	return nil
+}
+
+// GetChange implements core.ChangeStore.
+func (s ChangeStore) GetChange(ctx context.Context, id string) (*core.ChangeRecord, error) {
+	var ch core.ChangeRecord
+	v, err := getRecord(ctx, s.Records, changeKind, id, core.ErrChangeNotFound, &ch, func() string { return ch.ID })
+	if err != nil {
+		return nil, err
+	}
+	ch.Version = v
+	return &ch, nil
+}
+
+// ListChanges implements core.ChangeStore.
+func (s ChangeStore) ListChanges(ctx context.Context) ([]*core.ChangeRecord, error) {
+	rs, err := s.Records.List(ctx, changeKind)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*core.ChangeRecord, 0, len(rs))
+	for _, rec := range rs {
+		ch := &core.ChangeRecord{}
+		if err := decodeRecord(rec, ch, func() string { return ch.ID }); err != nil {
+			return nil, err
+		}
+		ch.Version = rec.Version
+		out = append(out, ch)
+	}
+	return out, nil
+}
+
+// CreateChange implements core.ChangeStore.
+func (s ChangeStore) CreateChange(ctx context.Context, ch *core.ChangeRecord) error {
+	v, err := createRecord(ctx, s.Records, changeKind, ch.ID, ch)
+	if err != nil {
+		return err
+	}
+	ch.Version = v
+	return nil
+}
+
+// UpdateChange implements core.ChangeStore.
+func (s ChangeStore) UpdateChange(ctx context.Context, ch *core.ChangeRecord) error {
+	v, err := updateRecord(ctx, s.Records, changeKind, ch.ID, ch.Version, ch)
+	if err != nil {
+		return err
+	}
+	ch.Version = v
+	return nil
+}
+
+// GetGovernance implements core.ChangeStore.
+func (s ChangeStore) GetGovernance(ctx context.Context) (*core.GovernanceRecord, error) {
+	r, err := s.Records.Get(ctx, governanceKind, governanceKey)
+	if errors.Is(err, records.ErrNotFound) {
+		return nil, core.ErrNoGovernance
+	}
+	if err != nil {
+		return nil, err
+	}
+	var g core.GovernanceRecord
+	if err := json.Unmarshal(r.Body, &g); err != nil {
+		return nil, fmt.Errorf("hsmd: %s record %s: %w", r.Kind, r.Key, err)
+	}
+	g.Version = r.Version
+	return &g, nil
+}
+
+// PutGovernance implements core.ChangeStore.
+func (s ChangeStore) PutGovernance(ctx context.Context, g *core.GovernanceRecord) error {
+	var (
+		v   uint64
+		err error
+	)
+	if g.Version == 0 {
+		v, err = createRecord(ctx, s.Records, governanceKind, governanceKey, g)
+	} else {
+		v, err = updateRecord(ctx, s.Records, governanceKind, governanceKey, g.Version, g)
+	}
+	if err != nil {
+		return err
+	}
+	g.Version = v
+	return nil
+}
+
+// Spends implements core.RequestStore: the wallet's spend ledger, kind
+// "spends" keyed by wallet name, authenticated like the requests (a
+// hostile database cannot lower what a wallet has sent).
+func (s RequestStore) Spends(ctx context.Context, wallet string) (*core.SpendLedger, error) {
+	l := &core.SpendLedger{}
+	v, err := getRecord(ctx, s.Records, spendsKind, wallet, records.ErrNotFound, l, func() string { return l.Wallet })
+	if errors.Is(err, records.ErrNotFound) {
+		return &core.SpendLedger{Wallet: wallet, Spends: []core.LedgerSpend{}}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	l.Version = v
+	return l, nil
+}
+
+// UpdateSpends implements core.RequestStore.
+func (s RequestStore) UpdateSpends(ctx context.Context, l *core.SpendLedger) error {
+	var v uint64
+	var err error
+	if l.Version == 0 {
+		v, err = createRecord(ctx, s.Records, spendsKind, l.Wallet, l)
+	} else {
+		v, err = updateRecord(ctx, s.Records, spendsKind, l.Wallet, l.Version, l)
+	}
+	if errors.Is(err, records.ErrExists) || errors.Is(err, records.ErrConflict) {
+		return fmt.Errorf("%w: wallet %s: %w", core.ErrLedgerConflict, l.Wallet, err)
+	}
+	if err != nil {
+		return err
+	}
+	l.Version = v
 	return nil
 }

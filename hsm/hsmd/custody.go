@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -31,8 +32,14 @@ func custodyError(err error) error {
 	switch {
 	case errors.Is(err, records.ErrIntegrity):
 		return status.Error(codes.DataLoss, "hsmd: refusing a stored record that failed authentication: "+err.Error())
-	case errors.Is(err, core.ErrWalletNotFound), errors.Is(err, core.ErrRequestNotFound):
+	case errors.Is(err, core.ErrWalletNotFound), errors.Is(err, core.ErrRequestNotFound), errors.Is(err, core.ErrChangeNotFound):
 		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, core.ErrNoInitiator), errors.Is(err, core.ErrChangeRefused):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, core.ErrPolicyRefused):
+		return status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, core.ErrNoGovernance):
+		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, core.ErrWalletExists):
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, core.ErrInvalidWallet):
@@ -51,14 +58,18 @@ func (c *custodyService) CreateWallet(ctx context.Context, req *apipb.CreateWall
 	var w *core.WalletRecord
 	err = c.s.exclusive(ctx, func() (err error) {
 		w, err = c.s.cfg.Core.CreateWallet(ctx, core.CreateWalletRequest{
-			Name: req.GetName(), Network: n, Approvers: req.GetApprovers(), Quorum: int(req.GetQuorum()),
+			Name: req.GetName(), Network: n, Approvers: req.GetApprovers(), Quorum: int(req.GetQuorum()), Policy: req.GetPolicy(),
+			Backupable: req.GetBackupable(),
 		})
 		return err
 	})
 	if err != nil {
 		return nil, custodyError(err)
 	}
-	c.s.log.Info("wallet created", "wallet", w.Name, "network", w.Network.String(), "approvers", w.Approvers, "quorum", w.Quorum)
+	c.s.log.Info("wallet created", "wallet", w.Name, "network", w.Network.String(), "approvers", w.Approvers, "quorum", w.Quorum, "backupable", w.Backupable)
+	if len(req.GetPolicy()) > 0 {
+		c.s.record(ctx, audit.KindPolicy, w.Name, fmt.Sprintf("wallet %s created with policy version 1: %s", w.Name, w.PolicyDoc))
+	}
 	return walletMessage(w)
 }
 
@@ -107,7 +118,7 @@ func (c *custodyService) ListWallets(ctx context.Context, _ *apipb.ListWalletsRe
 func (c *custodyService) Submit(ctx context.Context, req *apipb.SubmitRequest) (*apipb.Request, error) {
 	var sub *core.Submitted
 	err := c.s.exclusive(ctx, func() (err error) {
-		sub, err = c.s.cfg.Core.Submit(ctx, core.SubmitRequest{Wallet: req.GetWallet(), PSBT: req.GetPsbt()})
+		sub, err = c.s.cfg.Core.Submit(ctx, core.SubmitRequest{Wallet: req.GetWallet(), Initiator: req.GetInitiator(), PSBT: req.GetPsbt()})
 		return err
 	})
 	if err != nil {
@@ -117,7 +128,7 @@ func (c *custodyService) Submit(ctx context.Context, req *apipb.SubmitRequest) (
 	r := sub.Request
 	c.s.metrics.requests.WithLabelValues("submitted").Inc()
 	c.s.log.Info("request submitted", "request", r.ID, "wallet", r.Wallet, "txid", r.TxID, "prompts", len(sub.Prompts), "expires", r.ExpiresAt)
-	c.s.record(ctx, audit.KindRequest, r.ID, fmt.Sprintf("submitted: wallet %s, txid %s, %d prompts", r.Wallet, r.TxID, len(sub.Prompts)))
+	c.s.record(ctx, audit.KindRequest, r.ID, fmt.Sprintf("submitted by %s: wallet %s, txid %s, policy version %d, %s, %d prompts", r.Initiator, r.Wallet, r.TxID, r.PolicyVersion, r.Rule, len(sub.Prompts)))
 	// Devices connected now get their prompt now; the others when their
 	// channel comes up.
 	c.s.background(func(ctx context.Context) { c.s.sendPrompts(ctx, sub.Prompts) })
@@ -149,13 +160,88 @@ func (c *custodyService) GetRequest(ctx context.Context, req *apipb.GetRequestRe
 	if err != nil {
 		return nil, custodyError(err)
 	}
-	return requestMessage(r, true)
+	m, err := requestMessage(r, true)
+	if err != nil {
+		return nil, err
+	}
+	if r.State == core.RequestPending {
+		if ex, err := c.s.cfg.Core.ExplainRequest(ctx, r.ID); err == nil {
+			m.PolicyNeeds, m.PolicyMissing = ex.Decision.Needs, ex.Decision.Missing
+		}
+	}
+	return m, nil
+}
+
+func (c *custodyService) GetPolicy(ctx context.Context, req *apipb.GetPolicyRequest) (*apipb.Policy, error) {
+	w, err := c.s.cfg.Core.Wallet(ctx, req.GetWallet())
+	if err != nil {
+		return nil, custodyError(err)
+	}
+	p, err := w.Policy()
+	if err != nil {
+		return nil, custodyError(err)
+	}
+	return &apipb.Policy{Wallet: w.Name, Version: w.CurrentPolicyVersion(), Document: p.Marshal(), Lines: p.Lines()}, nil
+}
+
+func (c *custodyService) ProposePolicy(ctx context.Context, req *apipb.ProposePolicyRequest) (*apipb.Change, error) {
+	var prop *core.Proposed
+	err := c.s.exclusive(ctx, func() (err error) {
+		prop, err = c.s.cfg.Core.ProposePolicy(ctx, req.GetWallet(), req.GetDocument(), req.GetInitiator())
+		return err
+	})
+	if err != nil {
+		c.s.log.Warn("policy change refused", "wallet", req.GetWallet(), "err", err)
+		return nil, custodyError(err)
+	}
+	c.s.proposed(ctx, prop)
+	return changeMessage(prop.Change), nil
+}
+
+func (c *custodyService) TestPolicy(ctx context.Context, req *apipb.TestPolicyRequest) (*apipb.PolicyDecision, error) {
+	ex, err := c.s.cfg.Core.ExplainTransfer(ctx, core.SubmitRequest{Wallet: req.GetWallet(), Initiator: req.GetInitiator(), PSBT: req.GetPsbt()})
+	if err != nil {
+		return nil, custodyError(err)
+	}
+	d := ex.Decision
+	return &apipb.PolicyDecision{
+		Outcome: d.Outcome.String(), Rule: d.Rule, Needs: d.Needs, Missing: d.Missing, Reason: d.Reason,
+		Explanation: d.Explanation, Ask: d.Ask, Eligible: d.Eligible, PolicyVersion: ex.PolicyVersion,
+		Summary: summaryMessage(ex.Summary),
+	}, nil
+}
+
+// proposed logs and audits a new admin change and hands its prompts to
+// the admins' devices.
+func (s *Server) proposed(ctx context.Context, prop *core.Proposed) {
+	ch := prop.Change
+	kind := changeAuditKind(ch.Kind)
+	var shown []string
+	for _, f := range ch.Fields {
+		shown = append(shown, f.Label+": "+f.Value)
+	}
+	s.log.Info("admin change proposed", "change", ch.ID, "kind", string(ch.Kind), "subject", ch.Subject, "initiator", ch.Initiator, "prompts", len(prop.Prompts))
+	s.record(ctx, kind, ch.ID, fmt.Sprintf("%s %s proposed by %s, %d of %v to approve: %s", ch.Kind, ch.Subject, ch.Initiator, ch.Quorum, ch.Admins, strings.Join(shown, "; ")))
+	s.background(func(ctx context.Context) { s.sendPrompts(ctx, prop.Prompts) })
+}
+
+func changeMessage(ch *core.ChangeRecord) *apipb.Change {
+	m := &apipb.Change{
+		Id: ch.ID, Kind: string(ch.Kind), Subject: ch.Subject, State: string(ch.State), Initiator: ch.Initiator,
+		Admins: ch.Admins, Quorum: uint32(ch.Quorum), ApprovedBy: ch.ApprovedBy(), RejectedBy: ch.RejectedBy(),
+		CreatedAt: ch.CreatedAt.Unix(), ExpiresAt: ch.ExpiresAt.Unix(), FinishedAt: unixOrZero(ch.FinishedAt),
+		Result: ch.Result, Error: ch.Error,
+	}
+	for _, f := range ch.Fields {
+		m.Fields = append(m.Fields, &apipb.ChangeField{Label: f.Label, Value: f.Value})
+	}
+	return m
 }
 
 func walletMessage(w *core.WalletRecord) (*apipb.Wallet, error) {
 	m := &apipb.Wallet{
 		Name: w.Name, Network: w.Network.String(), Approvers: w.Approvers, Quorum: uint32(w.Quorum),
-		CreatedAt: w.CreatedAt.Unix(),
+		CreatedAt: w.CreatedAt.Unix(), PolicyVersion: w.CurrentPolicyVersion(), Backupable: w.Backupable,
 	}
 	for _, k := range w.Keys {
 		a, err := addressMessage(w, k)
@@ -189,8 +275,22 @@ func apiRequestState(s core.RequestState) apipb.RequestState {
 		return apipb.RequestState_REQUEST_STATE_EXPIRED
 	case core.RequestFailed:
 		return apipb.RequestState_REQUEST_STATE_FAILED
+	case core.RequestWithdrawn:
+		return apipb.RequestState_REQUEST_STATE_WITHDRAWN
 	}
 	return apipb.RequestState_REQUEST_STATE_UNSPECIFIED
+}
+
+func summaryMessage(sum *bitcoin.Summary) *apipb.TransferSummary {
+	m := &apipb.TransferSummary{
+		Txid: sum.TxID.String(), Network: sum.Network.String(), Inputs: uint32(len(sum.Inputs)),
+		InputTotal: int64(sum.InputTotal), SentTotal: int64(sum.SentTotal), ChangeTotal: int64(sum.ChangeTotal), Fee: int64(sum.Fee),
+		Vsize: sum.VSize, FeeRateSatPerKvb: int64(sum.FeeRate), LockTime: sum.LockTime,
+	}
+	for _, o := range sum.Outputs {
+		m.Outputs = append(m.Outputs, &apipb.TransferOutput{Amount: int64(o.Amount), Address: o.Address, Change: o.Change, Dust: o.Dust})
+	}
+	return m
 }
 
 func unixOrZero(t time.Time) int64 {
@@ -211,15 +311,8 @@ func requestMessage(r *core.RequestRecord, withResult bool) (*apipb.Request, err
 		Id: r.ID, Wallet: r.Wallet, State: apiRequestState(r.State), Quorum: uint32(r.Quorum), Approvers: r.Approvers,
 		ApprovedBy: r.ApprovedBy(), RejectedBy: r.RejectedBy(),
 		CreatedAt: r.CreatedAt.Unix(), ExpiresAt: r.ExpiresAt.Unix(), FinishedAt: unixOrZero(r.FinishedAt),
-		Error: r.Error, SummaryCanonical: r.Summary,
-		Summary: &apipb.TransferSummary{
-			Txid: r.TxID, Network: sum.Network.String(), Inputs: uint32(len(sum.Inputs)),
-			InputTotal: int64(sum.InputTotal), SentTotal: int64(sum.SentTotal), ChangeTotal: int64(sum.ChangeTotal), Fee: int64(sum.Fee),
-			Vsize: sum.VSize, FeeRateSatPerKvb: int64(sum.FeeRate), LockTime: sum.LockTime,
-		},
-	}
-	for _, o := range sum.Outputs {
-		m.Summary.Outputs = append(m.Summary.Outputs, &apipb.TransferOutput{Amount: int64(o.Amount), Address: o.Address, Change: o.Change, Dust: o.Dust})
+		Error: r.Error, SummaryCanonical: r.Summary, Summary: summaryMessage(sum),
+		Initiator: r.Initiator, PolicyVersion: max(r.PolicyVersion, 1), Rule: r.Rule, SignAfter: unixOrZero(r.SignAfter),
 	}
 	answered := map[string]bool{}
 	for _, a := range r.Answers {

@@ -46,7 +46,7 @@ func TestE2ETransferAcceptedByNode(t *testing.T) {
 		t.Fatal("the first block does not pay the wallet")
 	}
 
-	req, err := apipb.NewCustodyClient(w.hsmd.dial(t, "operator")).Submit(w.ctx, &apipb.SubmitRequest{Wallet: "treasury", Psbt: spend(t, prev, index, p2wpkh(addrs[1].GetPublicKey()))})
+	req, err := apipb.NewCustodyClient(w.hsmd.dial(t, "operator")).Submit(w.ctx, &apipb.SubmitRequest{Wallet: "treasury", Initiator: "operator", Psbt: spend(t, prev, index, p2wpkh(addrs[1].GetPublicKey()))})
 	if err != nil {
 		t.Fatal(err)
 	}

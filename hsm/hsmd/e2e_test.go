@@ -426,7 +426,7 @@ func (w *world) submit(h *env, wallet string, addrs []*apipb.WalletAddress, valu
 	rand.Read(coin[:])
 	prev.AddTxIn(wire.NewTxIn(wire.NewOutPoint(&coin, 0), nil, nil))
 	prev.AddTxOut(wire.NewTxOut(value, p2wpkh(addrs[0].GetPublicKey())))
-	req, err := apipb.NewCustodyClient(h.dial(w.t, "operator")).Submit(w.ctx, &apipb.SubmitRequest{Wallet: wallet, Psbt: spend(w.t, prev, 0, p2wpkh(addrs[1].GetPublicKey()))})
+	req, err := apipb.NewCustodyClient(h.dial(w.t, "operator")).Submit(w.ctx, &apipb.SubmitRequest{Wallet: wallet, Initiator: "operator", Psbt: spend(w.t, prev, 0, p2wpkh(addrs[1].GetPublicKey()))})
 	if err != nil {
 		w.t.Fatal(err)
 	}

@@ -55,7 +55,7 @@ func realRecordBodies(tb testing.TB) map[string][][]byte {
 	h := chainhash.HashH([]byte("funding"))
 	prev.AddTxIn(wire.NewTxIn(wire.NewOutPoint(&h, 0), nil, nil))
 	prev.AddTxOut(wire.NewTxOut(100_000_000, p2wpkh(key.PublicKey)))
-	if _, err := cr.Submit(ctx, core.SubmitRequest{Wallet: "treasury", PSBT: spend(tb, prev, 0, p2wpkh(key.PublicKey))}); err != nil {
+	if _, err := cr.Submit(ctx, core.SubmitRequest{Wallet: "treasury", Initiator: "olivia", PSBT: spend(tb, prev, 0, p2wpkh(key.PublicKey))}); err != nil {
 		tb.Fatal(err)
 	}
 	out := map[string][][]byte{}

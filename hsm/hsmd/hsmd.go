@@ -168,6 +168,14 @@ type Server struct {
 	mu      sync.Mutex // guards bridges, devices
 	bridges map[*bridgeConn]struct{}
 	devices map[string]*deviceConn // by claimed device id
+
+	answersMu sync.Mutex               // guards answers
+	answers   map[string][]core.Answer // per device, the answers waiting for the core, in arrival order
+	// check is answer; tests of the queue replace it.
+	check func(context.Context, core.Answer)
+
+	// channelAudit bounds the audit entries of channel failures.
+	channelAudit channelAudit
 }
 
 // New prepares a server: it loads or makes the TLS certificate and the
@@ -206,6 +214,7 @@ func New(cfg Config) (*Server, error) {
 		certFingerprint: apiclient.CertFingerprint(cert.Certificate[0]),
 		bridges:         map[*bridgeConn]struct{}{},
 		devices:         map[string]*deviceConn{},
+		answers:         map[string][]core.Answer{},
 		stopping:        make(chan struct{}),
 		logins:          newLoginLimiter(cfg.LoginAuditBurst, cfg.LoginAuditEvery, time.Now),
 	}
@@ -241,6 +250,7 @@ func New(cfg Config) (*Server, error) {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
+	s.check = s.answer
 	apipb.RegisterRelayServer(s.grpc, &relayService{s: s})
 	apipb.RegisterOperatorServer(s.grpc, &operatorService{s: s})
 	apipb.RegisterCustodyServer(s.grpc, &custodyService{s: s})

@@ -19,6 +19,7 @@ import (
 
 	"github.com/opencustodynet/opencustody/hsm"
 	"github.com/opencustodynet/opencustody/hsm/audit"
+	"github.com/opencustodynet/opencustody/hsm/backup"
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/hsm/hsmd"
 	"github.com/opencustodynet/opencustody/hsm/hsmtest"
@@ -50,6 +51,8 @@ type env struct {
 	devices  hsmd.DeviceStore
 	store    *hsm.PKCS11Store
 	audit    *audit.Log
+	records  *records.Store
+	token    *softhsmtest.Token
 
 	// For an hsmd in another process (srv is nil): its certificate
 	// fingerprint and its directory with the token files.
@@ -96,6 +99,8 @@ func startWith(t *testing.T, ceremony, approvals bool) *env {
 	cfg := core.Config{Identity: id, Devices: ds, Ceremony: ceremony}
 	if approvals {
 		cfg.Wallets, cfg.Requests, cfg.Custody, cfg.Keys = hsmd.WalletStore{Records: rs}, hsmd.RequestStore{Records: rs}, store, store
+		cfg.Changes = hsmd.ChangeStore{Records: rs}
+		cfg.ChangeHandlers = hsmd.BackupChangeHandlers(&backup.Site{HSM: store, Identity: id, Records: rs})
 	}
 	cr, err := core.New(cfg)
 	if err != nil {
@@ -121,7 +126,7 @@ func startWith(t *testing.T, ceremony, approvals bool) *env {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return &env{srv: srv, core: cr, addr: l.Addr().String(), dataDir: dir, identity: id, devices: ds, store: store, audit: al}
+	return &env{srv: srv, core: cr, addr: l.Addr().String(), dataDir: dir, identity: id, devices: ds, store: store, audit: al, records: rs, token: c.Token}
 }
 
 func (e *env) dial(t *testing.T, tokenFile string) *grpc.ClientConn {

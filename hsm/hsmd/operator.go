@@ -192,6 +192,11 @@ func (o *operatorService) Pair(stream apipb.Operator_PairServer) error {
 			case core.PairingDone:
 				finished = true
 				return stream.Send(&apipb.PairServerMessage{Msg: &apipb.PairServerMessage_Result{Result: &apipb.PairResult{Device: deviceMessage(e.Device)}}})
+			case core.PairingProposed:
+				finished = true
+				dev := deviceMessage(e.Device)
+				dev.State = apipb.DeviceState_DEVICE_STATE_UNPAIRED
+				return stream.Send(&apipb.PairServerMessage{Msg: &apipb.PairServerMessage_Result{Result: &apipb.PairResult{Device: dev, ChangeId: e.Change.Change.ID}}})
 			case core.PairingFailed:
 				finished = true
 				return pairingError(e.Err)
@@ -224,4 +229,24 @@ func pairingError(err error) error {
 		return status.Error(codes.Aborted, err.Error())
 	}
 	return status.Error(codes.Aborted, "hsmd: pairing failed: "+err.Error())
+}
+
+func (o *operatorService) GetChange(ctx context.Context, req *apipb.GetChangeRequest) (*apipb.Change, error) {
+	ch, err := o.s.cfg.Core.Change(ctx, req.GetId())
+	if err != nil {
+		return nil, custodyError(err)
+	}
+	return changeMessage(ch), nil
+}
+
+func (o *operatorService) ListChanges(ctx context.Context, _ *apipb.ListChangesRequest) (*apipb.ListChangesResponse, error) {
+	chs, err := o.s.cfg.Core.Changes(ctx)
+	if err != nil {
+		return nil, custodyError(err)
+	}
+	out := &apipb.ListChangesResponse{}
+	for _, ch := range chs {
+		out.Changes = append(out.Changes, changeMessage(ch))
+	}
+	return out, nil
 }

@@ -26,7 +26,10 @@ const (
 	maxDevicesPerBridge = 1024
 	maxRefLength        = 256
 	helloTimeout        = 10 * time.Second
-	sendQueue           = 256
+	// sendQueue holds a burst of a handshake for each device a bridge
+	// may announce, twice over, so that an honest bridge announcing all
+	// its devices at once is not taken for one that stopped reading.
+	sendQueue = 2 * maxDevicesPerBridge
 )
 
 // bridgeConn is one bridge's relay stream.
@@ -34,16 +37,26 @@ type bridgeConn struct {
 	name, remote string
 	out          chan *apipb.CoreMessage // drained by the stream's sender
 	done         chan struct{}           // closed when the stream ends
+	// stalled is closed when out was full: the bridge is not reading its
+	// stream, and hsmd ends it.
+	stalled     chan struct{}
+	stalledOnce sync.Once
 
 	// refs is touched only by the stream's receive loop.
 	refs map[string]*deviceConn
 }
 
-// send queues m for the bridge; it gives up when the stream has ended.
+// send queues m for the bridge; it gives up when the stream has ended. It
+// never waits for the bridge: callers hold a device's lock that other
+// bridges' work needs (prompts, listings, revocations), so a bridge that
+// lets sendQueue messages pile up — one that stopped reading, or cannot
+// keep up — has its stream ended instead, and reconnects if it is honest.
 func (b *bridgeConn) send(m *apipb.CoreMessage) {
 	select {
 	case b.out <- m:
 	case <-b.done:
+	default:
+		b.stalledOnce.Do(func() { close(b.stalled) })
 	}
 }
 
@@ -63,9 +76,9 @@ type deviceConn struct {
 	retry    time.Duration
 	timer    *time.Timer
 	detached bool
-	// answering holds the requests whose answer from this device the core
-	// has yet to apply: their prompts are not sent again meanwhile.
-	answering map[string]bool
+	// delivered holds the requests whose stored prompt deliverPending
+	// handed to this link.
+	delivered map[string]bool
 }
 
 var errDetached = errors.New("hsmd: device is no longer attached")
@@ -126,6 +139,11 @@ func (d *deviceConn) event(e core.Event) {
 		d.s.metrics.pairings.WithLabelValues("paired").Inc()
 		log.Info("device paired", "user", e.Device.User, "role", e.Device.Role, "fingerprint", e.Device.Fingerprint())
 		d.s.recordLater(audit.KindPairing, e.Device.ID, fmt.Sprintf("paired: user %s, role %s, fingerprint %s", e.Device.User, e.Device.Role, e.Device.Fingerprint()))
+	case core.PairingProposed:
+		d.s.metrics.pairings.WithLabelValues("proposed").Inc()
+		log.Info("pairing proposed to the admins", "user", e.Device.User, "role", e.Device.Role, "fingerprint", e.Device.Fingerprint(), "change", e.Change.Change.ID)
+		prop := e.Change
+		d.s.background(func(ctx context.Context) { d.s.proposed(ctx, prop) })
 	case core.PairingFailed:
 		d.s.metrics.pairings.WithLabelValues("failed").Inc()
 		log.Warn("pairing failed", "err", e.Err)
@@ -134,17 +152,7 @@ func (d *deviceConn) event(e core.Event) {
 		log.Info("device shows a prompt", "request", e.RequestID)
 		d.s.recordLater(audit.KindPrompt, e.RequestID, "shown on device "+d.id)
 	case core.ApprovalReceived:
-		a := e.Answer
-		if d.answering == nil {
-			d.answering = map[string]bool{}
-		}
-		d.answering[a.RequestID] = true
-		d.s.background(func(ctx context.Context) {
-			d.s.answer(ctx, a)
-			d.mu.Lock()
-			delete(d.answering, a.RequestID)
-			d.mu.Unlock()
-		})
+		d.s.queueAnswer(e.Answer)
 	case core.PromptFailed:
 		if e.Withdrawn {
 			log.Info("prompt withdrawn from the device", "request", e.RequestID)
@@ -246,7 +254,7 @@ func (r *relayService) Connect(stream apipb.Relay_ConnectServer) error {
 	}
 	b := &bridgeConn{
 		name: hello.GetBridgeName(), out: make(chan *apipb.CoreMessage, sendQueue),
-		done: make(chan struct{}), refs: map[string]*deviceConn{},
+		done: make(chan struct{}), stalled: make(chan struct{}), refs: map[string]*deviceConn{},
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		b.remote = p.Addr.String()
@@ -299,6 +307,9 @@ func (r *relayService) Connect(stream apipb.Relay_ConnectServer) error {
 			return err
 		case err := <-sendErr:
 			return err
+		case <-b.stalled:
+			log.Warn("bridge is not reading its stream; disconnected", "queued", sendQueue)
+			return status.Errorf(codes.ResourceExhausted, "hsmd: the bridge left %d messages unread; disconnected", sendQueue)
 		case <-s.stopping:
 			return status.Error(codes.Unavailable, "hsmd: shutting down")
 		case <-ctx.Done():
@@ -378,7 +389,13 @@ func (r *relayService) handle(ctx context.Context, b *bridgeConn, m *apipb.Bridg
 			return nil
 		}
 		s.metrics.frames.WithLabelValues("from_device").Inc()
-		if err := d.call(func(l *core.Link) (core.Output, error) { return l.Handle(ctx, m.Frame.GetEnvelope()) }); err != nil {
+		if err := d.call(func(l *core.Link) (core.Output, error) {
+			out, err := l.Handle(ctx, m.Frame.GetEnvelope())
+			if err != nil && channelWentDown(out) {
+				s.auditChannelFailure(d.id, err)
+			}
+			return out, err
+		}); err != nil {
 			log.Debug("device frame refused", "device", d.id, "err", err)
 		}
 	case *apipb.BridgeMessage_Hello:

@@ -25,6 +25,14 @@ const (
 // ends.
 func Store(t testing.TB) *hsm.PKCS11Store {
 	t.Helper()
+	s, _ := StoreToken(t)
+	return s
+}
+
+// StoreToken is [Store], also returning the token (its PINs, for tests of
+// Security Officer steps).
+func StoreToken(t testing.TB) (*hsm.PKCS11Store, *softhsmtest.Token) {
+	t.Helper()
 	tok := softhsmtest.NewTestToken(t)
 	s, err := hsm.Open(t.Context(), hsm.Config{URI: tok.URI})
 	if err != nil {
@@ -35,7 +43,7 @@ func Store(t testing.TB) *hsm.PKCS11Store {
 			t.Errorf("hsmtest: close store: %v", err)
 		}
 	})
-	return s
+	return s, tok
 }
 
 // Core is what the custody core needs from outside: the HSM with its
@@ -48,14 +56,22 @@ type Core struct {
 	Records  *records.Store
 	// Dir holds the database file, records.SQLiteFile.
 	Dir string
+	// Token is the SoftHSM2 token the store is on.
+	Token *softhsmtest.Token
 }
 
 // NewHSM opens a store on a new token holding the identity key (P-256) and
 // the record key (HMAC-SHA256), and returns it with the identity signer.
 func NewHSM(t testing.TB) (*hsm.PKCS11Store, *hsm.IdentitySigner) {
 	t.Helper()
+	store, id, _ := newHSM(t)
+	return store, id
+}
+
+func newHSM(t testing.TB) (*hsm.PKCS11Store, *hsm.IdentitySigner, *softhsmtest.Token) {
+	t.Helper()
 	ctx := t.Context()
-	store := Store(t)
+	store, tok := StoreToken(t)
 	for _, k := range []hsm.GenerateKeyRequest{{Label: IdentityKey, Algorithm: hsm.ECDSAP256}, {Label: RecordKey, Algorithm: hsm.HMACSHA256}} {
 		if _, err := store.GenerateKey(ctx, k); err != nil {
 			t.Fatalf("hsmtest: %v", err)
@@ -65,7 +81,7 @@ func NewHSM(t testing.TB) (*hsm.PKCS11Store, *hsm.IdentitySigner) {
 	if err != nil {
 		t.Fatalf("hsmtest: %v", err)
 	}
-	return store, id
+	return store, id, tok
 }
 
 // NewCore makes a Core on a new token and a new directory; everything is
@@ -73,12 +89,12 @@ func NewHSM(t testing.TB) (*hsm.PKCS11Store, *hsm.IdentitySigner) {
 func NewCore(t testing.TB) *Core {
 	t.Helper()
 	ctx := t.Context()
-	store, id := NewHSM(t)
+	store, id, tok := newHSM(t)
 	dir := t.TempDir()
 	db, err := records.OpenSQLite(ctx, dir)
 	if err != nil {
 		t.Fatalf("hsmtest: %v", err)
 	}
 	t.Cleanup(func() { db.Close() })
-	return &Core{Store: store, Identity: id, DB: db, Records: records.New(db, hsm.RecordAuthenticator{A: store, Key: RecordKey}), Dir: dir}
+	return &Core{Store: store, Identity: id, DB: db, Records: records.New(db, hsm.RecordAuthenticator{A: store, Key: RecordKey}), Dir: dir, Token: tok}
 }

@@ -13,10 +13,12 @@ import (
 
 // A Store reads and writes authenticated records through a [Backend]. It
 // returns only records whose MAC verifies and whose version is the latest
-// the kind's manifest lists. It is safe for concurrent use.
+// the kind's manifest lists. Its state is the set of rows already verified
+// (see verifiedSet) and its pin; it is safe for concurrent use.
 type Store struct {
-	backend Backend
-	auth    Authenticator
+	backend  Backend
+	auth     Authenticator
+	verified verifiedSet
 
 	mu   sync.Mutex // guards root
 	root uint64     // the highest root manifest version this Store has verified: its pin
@@ -458,6 +460,7 @@ func (s *Store) seal(kind, key string, version uint64, body []byte) (Row, error)
 	if err != nil {
 		return Row{}, fmt.Errorf("records: %s %q: mac: %w", kind, key, err)
 	}
+	s.verified.add(data, mac)
 	return Row{Kind: kind, Key: key, Version: version, Body: body, MAC: mac}, nil
 }
 
@@ -477,7 +480,11 @@ func (s *Store) verify(kind, key string, row Row) (Record, error) {
 	if err != nil {
 		return Record{}, &IntegrityError{Kind: kind, Key: key, Reason: "cannot encode row", Err: err}
 	}
-	err = s.auth.VerifyMAC(data, row.MAC)
+	if s.verified.has(data, row.MAC) {
+		err = nil
+	} else if err = s.auth.VerifyMAC(data, row.MAC); err == nil {
+		s.verified.add(data, row.MAC)
+	}
 	if errors.Is(err, ErrBadMAC) {
 		return Record{}, &IntegrityError{Kind: kind, Key: key, Reason: "mac does not verify", Err: err}
 	}

@@ -157,6 +157,8 @@ const (
 	RequestState_REQUEST_STATE_EXPIRED RequestState = 5
 	// Approved, but signing failed (see error).
 	RequestState_REQUEST_STATE_FAILED RequestState = 6
+	// The wallet's policy changed while it was pending; submit it again.
+	RequestState_REQUEST_STATE_WITHDRAWN RequestState = 7
 )
 
 // Enum value maps for RequestState.
@@ -169,6 +171,7 @@ var (
 		4: "REQUEST_STATE_REJECTED",
 		5: "REQUEST_STATE_EXPIRED",
 		6: "REQUEST_STATE_FAILED",
+		7: "REQUEST_STATE_WITHDRAWN",
 	}
 	RequestState_value = map[string]int32{
 		"REQUEST_STATE_UNSPECIFIED": 0,
@@ -178,6 +181,7 @@ var (
 		"REQUEST_STATE_REJECTED":    4,
 		"REQUEST_STATE_EXPIRED":     5,
 		"REQUEST_STATE_FAILED":      6,
+		"REQUEST_STATE_WITHDRAWN":   7,
 	}
 )
 
@@ -685,6 +689,491 @@ func (x *DeviceFrame) GetEnvelope() []byte {
 	return nil
 }
 
+type ProposeBackupChangeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "backup-register" or "backup-export".
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The target HSM's identity fingerprint.
+	Subject string `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	// The change's canonical encoding (backup.Change.Canonical).
+	Payload       []byte `protobuf:"bytes,3,opt,name=payload,proto3" json:"payload,omitempty"`
+	Initiator     string `protobuf:"bytes,4,opt,name=initiator,proto3" json:"initiator,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProposeBackupChangeRequest) Reset() {
+	*x = ProposeBackupChangeRequest{}
+	mi := &file_api_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProposeBackupChangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProposeBackupChangeRequest) ProtoMessage() {}
+
+func (x *ProposeBackupChangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProposeBackupChangeRequest.ProtoReflect.Descriptor instead.
+func (*ProposeBackupChangeRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ProposeBackupChangeRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ProposeBackupChangeRequest) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *ProposeBackupChangeRequest) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *ProposeBackupChangeRequest) GetInitiator() string {
+	if x != nil {
+		return x.Initiator
+	}
+	return ""
+}
+
+type CompleteChangeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// What was done; or, if error is set, why it failed.
+	Result        string `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompleteChangeRequest) Reset() {
+	*x = CompleteChangeRequest{}
+	mi := &file_api_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompleteChangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompleteChangeRequest) ProtoMessage() {}
+
+func (x *CompleteChangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompleteChangeRequest.ProtoReflect.Descriptor instead.
+func (*CompleteChangeRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CompleteChangeRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CompleteChangeRequest) GetResult() string {
+	if x != nil {
+		return x.Result
+	}
+	return ""
+}
+
+func (x *CompleteChangeRequest) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// Change is an admin change: proposed by an initiator, shown to every
+// other admin's device, carried out once the admin quorum approved.
+type Change struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "chg-" and 16 hex digits.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// What it changes: "policy", or a kind another component added.
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// What it is about, such as a wallet's name.
+	Subject string `protobuf:"bytes,3,opt,name=subject,proto3" json:"subject,omitempty"`
+	// pending, approved, applied, rejected, expired or failed.
+	State     string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	Initiator string `protobuf:"bytes,5,opt,name=initiator,proto3" json:"initiator,omitempty"`
+	// The admins asked (every admin with a paired device but the
+	// initiator), and how many of them must approve.
+	Admins     []string `protobuf:"bytes,6,rep,name=admins,proto3" json:"admins,omitempty"`
+	Quorum     uint32   `protobuf:"varint,7,opt,name=quorum,proto3" json:"quorum,omitempty"`
+	ApprovedBy []string `protobuf:"bytes,8,rep,name=approved_by,json=approvedBy,proto3" json:"approved_by,omitempty"`
+	RejectedBy []string `protobuf:"bytes,9,rep,name=rejected_by,json=rejectedBy,proto3" json:"rejected_by,omitempty"`
+	// What the admins' devices show between the change id, kind and
+	// subject and the initiator and expiry: for a policy, its diff.
+	Fields []*ChangeField `protobuf:"bytes,10,rep,name=fields,proto3" json:"fields,omitempty"`
+	// Unix seconds.
+	CreatedAt  int64 `protobuf:"varint,11,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	ExpiresAt  int64 `protobuf:"varint,12,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	FinishedAt int64 `protobuf:"varint,13,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	// What applying it did, or why it failed.
+	Result string `protobuf:"bytes,14,opt,name=result,proto3" json:"result,omitempty"`
+	Error  string `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	// SHA-256 of the change's payload (set by ApprovedChange).
+	PayloadSha256 []byte `protobuf:"bytes,16,opt,name=payload_sha256,json=payloadSha256,proto3" json:"payload_sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Change) Reset() {
+	*x = Change{}
+	mi := &file_api_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Change) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Change) ProtoMessage() {}
+
+func (x *Change) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Change.ProtoReflect.Descriptor instead.
+func (*Change) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Change) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Change) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Change) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *Change) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Change) GetInitiator() string {
+	if x != nil {
+		return x.Initiator
+	}
+	return ""
+}
+
+func (x *Change) GetAdmins() []string {
+	if x != nil {
+		return x.Admins
+	}
+	return nil
+}
+
+func (x *Change) GetQuorum() uint32 {
+	if x != nil {
+		return x.Quorum
+	}
+	return 0
+}
+
+func (x *Change) GetApprovedBy() []string {
+	if x != nil {
+		return x.ApprovedBy
+	}
+	return nil
+}
+
+func (x *Change) GetRejectedBy() []string {
+	if x != nil {
+		return x.RejectedBy
+	}
+	return nil
+}
+
+func (x *Change) GetFields() []*ChangeField {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
+func (x *Change) GetCreatedAt() int64 {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return 0
+}
+
+func (x *Change) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+func (x *Change) GetFinishedAt() int64 {
+	if x != nil {
+		return x.FinishedAt
+	}
+	return 0
+}
+
+func (x *Change) GetResult() string {
+	if x != nil {
+		return x.Result
+	}
+	return ""
+}
+
+func (x *Change) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *Change) GetPayloadSha256() []byte {
+	if x != nil {
+		return x.PayloadSha256
+	}
+	return nil
+}
+
+type ChangeField struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Label         string                 `protobuf:"bytes,1,opt,name=label,proto3" json:"label,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeField) Reset() {
+	*x = ChangeField{}
+	mi := &file_api_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeField) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeField) ProtoMessage() {}
+
+func (x *ChangeField) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeField.ProtoReflect.Descriptor instead.
+func (*ChangeField) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ChangeField) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
+func (x *ChangeField) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+type GetChangeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetChangeRequest) Reset() {
+	*x = GetChangeRequest{}
+	mi := &file_api_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetChangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetChangeRequest) ProtoMessage() {}
+
+func (x *GetChangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetChangeRequest.ProtoReflect.Descriptor instead.
+func (*GetChangeRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GetChangeRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ListChangesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListChangesRequest) Reset() {
+	*x = ListChangesRequest{}
+	mi := &file_api_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListChangesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListChangesRequest) ProtoMessage() {}
+
+func (x *ListChangesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListChangesRequest.ProtoReflect.Descriptor instead.
+func (*ListChangesRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{12}
+}
+
+type ListChangesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Changes       []*Change              `protobuf:"bytes,1,rep,name=changes,proto3" json:"changes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListChangesResponse) Reset() {
+	*x = ListChangesResponse{}
+	mi := &file_api_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListChangesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListChangesResponse) ProtoMessage() {}
+
+func (x *ListChangesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListChangesResponse.ProtoReflect.Descriptor instead.
+func (*ListChangesResponse) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListChangesResponse) GetChanges() []*Change {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -693,7 +1182,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_api_proto_msgTypes[7]
+	mi := &file_api_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +1194,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[7]
+	mi := &file_api_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +1207,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{7}
+	return file_api_proto_rawDescGZIP(), []int{14}
 }
 
 type StatusResponse struct {
@@ -733,7 +1222,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_api_proto_msgTypes[8]
+	mi := &file_api_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -745,7 +1234,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[8]
+	mi := &file_api_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -758,7 +1247,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{8}
+	return file_api_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -800,7 +1289,7 @@ type BridgeStatus struct {
 
 func (x *BridgeStatus) Reset() {
 	*x = BridgeStatus{}
-	mi := &file_api_proto_msgTypes[9]
+	mi := &file_api_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -812,7 +1301,7 @@ func (x *BridgeStatus) String() string {
 func (*BridgeStatus) ProtoMessage() {}
 
 func (x *BridgeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[9]
+	mi := &file_api_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -825,7 +1314,7 @@ func (x *BridgeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BridgeStatus.ProtoReflect.Descriptor instead.
 func (*BridgeStatus) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{9}
+	return file_api_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BridgeStatus) GetName() string {
@@ -857,7 +1346,7 @@ type ListDevicesRequest struct {
 
 func (x *ListDevicesRequest) Reset() {
 	*x = ListDevicesRequest{}
-	mi := &file_api_proto_msgTypes[10]
+	mi := &file_api_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -869,7 +1358,7 @@ func (x *ListDevicesRequest) String() string {
 func (*ListDevicesRequest) ProtoMessage() {}
 
 func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[10]
+	mi := &file_api_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -882,7 +1371,7 @@ func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
 func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{10}
+	return file_api_proto_rawDescGZIP(), []int{17}
 }
 
 type ListDevicesResponse struct {
@@ -894,7 +1383,7 @@ type ListDevicesResponse struct {
 
 func (x *ListDevicesResponse) Reset() {
 	*x = ListDevicesResponse{}
-	mi := &file_api_proto_msgTypes[11]
+	mi := &file_api_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -906,7 +1395,7 @@ func (x *ListDevicesResponse) String() string {
 func (*ListDevicesResponse) ProtoMessage() {}
 
 func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[11]
+	mi := &file_api_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -919,7 +1408,7 @@ func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
 func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{11}
+	return file_api_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListDevicesResponse) GetDevices() []*Device {
@@ -961,7 +1450,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_api_proto_msgTypes[12]
+	mi := &file_api_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1462,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[12]
+	mi := &file_api_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1475,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{12}
+	return file_api_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Device) GetId() string {
@@ -1107,7 +1596,7 @@ type PairClientMessage struct {
 
 func (x *PairClientMessage) Reset() {
 	*x = PairClientMessage{}
-	mi := &file_api_proto_msgTypes[13]
+	mi := &file_api_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1119,7 +1608,7 @@ func (x *PairClientMessage) String() string {
 func (*PairClientMessage) ProtoMessage() {}
 
 func (x *PairClientMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[13]
+	mi := &file_api_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1132,7 +1621,7 @@ func (x *PairClientMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PairClientMessage.ProtoReflect.Descriptor instead.
 func (*PairClientMessage) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{13}
+	return file_api_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PairClientMessage) GetMsg() isPairClientMessage_Msg {
@@ -1189,7 +1678,7 @@ type PairServerMessage struct {
 
 func (x *PairServerMessage) Reset() {
 	*x = PairServerMessage{}
-	mi := &file_api_proto_msgTypes[14]
+	mi := &file_api_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1201,7 +1690,7 @@ func (x *PairServerMessage) String() string {
 func (*PairServerMessage) ProtoMessage() {}
 
 func (x *PairServerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[14]
+	mi := &file_api_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1214,7 +1703,7 @@ func (x *PairServerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PairServerMessage.ProtoReflect.Descriptor instead.
 func (*PairServerMessage) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{14}
+	return file_api_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PairServerMessage) GetMsg() isPairServerMessage_Msg {
@@ -1269,7 +1758,7 @@ type PairStart struct {
 
 func (x *PairStart) Reset() {
 	*x = PairStart{}
-	mi := &file_api_proto_msgTypes[15]
+	mi := &file_api_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1770,7 @@ func (x *PairStart) String() string {
 func (*PairStart) ProtoMessage() {}
 
 func (x *PairStart) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[15]
+	mi := &file_api_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1783,7 @@ func (x *PairStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PairStart.ProtoReflect.Descriptor instead.
 func (*PairStart) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{15}
+	return file_api_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PairStart) GetDeviceId() string {
@@ -1331,7 +1820,7 @@ type PairCode struct {
 
 func (x *PairCode) Reset() {
 	*x = PairCode{}
-	mi := &file_api_proto_msgTypes[16]
+	mi := &file_api_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1343,7 +1832,7 @@ func (x *PairCode) String() string {
 func (*PairCode) ProtoMessage() {}
 
 func (x *PairCode) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[16]
+	mi := &file_api_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1356,7 +1845,7 @@ func (x *PairCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PairCode.ProtoReflect.Descriptor instead.
 func (*PairCode) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{16}
+	return file_api_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PairCode) GetCode() string {
@@ -1390,7 +1879,7 @@ type PairDecision struct {
 
 func (x *PairDecision) Reset() {
 	*x = PairDecision{}
-	mi := &file_api_proto_msgTypes[17]
+	mi := &file_api_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1891,7 @@ func (x *PairDecision) String() string {
 func (*PairDecision) ProtoMessage() {}
 
 func (x *PairDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[17]
+	mi := &file_api_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1904,7 @@ func (x *PairDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PairDecision.ProtoReflect.Descriptor instead.
 func (*PairDecision) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{17}
+	return file_api_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PairDecision) GetConfirmed() bool {
@@ -1426,15 +1915,19 @@ func (x *PairDecision) GetConfirmed() bool {
 }
 
 type PairResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Device        *Device                `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Device *Device                `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	// Outside ceremony mode, the pairing is an admin change (see Change):
+	// its id. The device is paired (and its state PAIRED) only once the
+	// admin quorum approved it on their devices; until then it is UNPAIRED.
+	ChangeId      string `protobuf:"bytes,2,opt,name=change_id,json=changeId,proto3" json:"change_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PairResult) Reset() {
 	*x = PairResult{}
-	mi := &file_api_proto_msgTypes[18]
+	mi := &file_api_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1939,7 @@ func (x *PairResult) String() string {
 func (*PairResult) ProtoMessage() {}
 
 func (x *PairResult) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[18]
+	mi := &file_api_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,7 +1952,7 @@ func (x *PairResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PairResult.ProtoReflect.Descriptor instead.
 func (*PairResult) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{18}
+	return file_api_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PairResult) GetDevice() *Device {
@@ -1467,6 +1960,13 @@ func (x *PairResult) GetDevice() *Device {
 		return x.Device
 	}
 	return nil
+}
+
+func (x *PairResult) GetChangeId() string {
+	if x != nil {
+		return x.ChangeId
+	}
+	return ""
 }
 
 type RevokeDeviceRequest struct {
@@ -1478,7 +1978,7 @@ type RevokeDeviceRequest struct {
 
 func (x *RevokeDeviceRequest) Reset() {
 	*x = RevokeDeviceRequest{}
-	mi := &file_api_proto_msgTypes[19]
+	mi := &file_api_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1990,7 @@ func (x *RevokeDeviceRequest) String() string {
 func (*RevokeDeviceRequest) ProtoMessage() {}
 
 func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[19]
+	mi := &file_api_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +2003,7 @@ func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceRequest.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{19}
+	return file_api_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RevokeDeviceRequest) GetDeviceId() string {
@@ -1522,7 +2022,7 @@ type RevokeDeviceResponse struct {
 
 func (x *RevokeDeviceResponse) Reset() {
 	*x = RevokeDeviceResponse{}
-	mi := &file_api_proto_msgTypes[20]
+	mi := &file_api_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1534,7 +2034,7 @@ func (x *RevokeDeviceResponse) String() string {
 func (*RevokeDeviceResponse) ProtoMessage() {}
 
 func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[20]
+	mi := &file_api_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1547,7 +2047,7 @@ func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{20}
+	return file_api_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RevokeDeviceResponse) GetDevice() *Device {
@@ -1557,23 +2057,392 @@ func (x *RevokeDeviceResponse) GetDevice() *Device {
 	return nil
 }
 
+type Policy struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Wallet string                 `protobuf:"bytes,1,opt,name=wallet,proto3" json:"wallet,omitempty"`
+	// 1 for the policy the wallet was created with, one more per change.
+	Version uint64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// The canonical document (JSON), which policy set accepts back.
+	Document []byte `protobuf:"bytes,3,opt,name=document,proto3" json:"document,omitempty"`
+	// One line per fact, as devices show a diff of them.
+	Lines         []string `protobuf:"bytes,4,rep,name=lines,proto3" json:"lines,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Policy) Reset() {
+	*x = Policy{}
+	mi := &file_api_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Policy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Policy) ProtoMessage() {}
+
+func (x *Policy) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Policy.ProtoReflect.Descriptor instead.
+func (*Policy) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *Policy) GetWallet() string {
+	if x != nil {
+		return x.Wallet
+	}
+	return ""
+}
+
+func (x *Policy) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *Policy) GetDocument() []byte {
+	if x != nil {
+		return x.Document
+	}
+	return nil
+}
+
+func (x *Policy) GetLines() []string {
+	if x != nil {
+		return x.Lines
+	}
+	return nil
+}
+
+type GetPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Wallet        string                 `protobuf:"bytes,1,opt,name=wallet,proto3" json:"wallet,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyRequest) Reset() {
+	*x = GetPolicyRequest{}
+	mi := &file_api_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyRequest) ProtoMessage() {}
+
+func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *GetPolicyRequest) GetWallet() string {
+	if x != nil {
+		return x.Wallet
+	}
+	return ""
+}
+
+type ProposePolicyRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Wallet string                 `protobuf:"bytes,1,opt,name=wallet,proto3" json:"wallet,omitempty"`
+	// The policy document, YAML or JSON (see hsm/policy).
+	Document []byte `protobuf:"bytes,2,opt,name=document,proto3" json:"document,omitempty"`
+	// The user who proposes it: they may not approve it.
+	Initiator     string `protobuf:"bytes,3,opt,name=initiator,proto3" json:"initiator,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProposePolicyRequest) Reset() {
+	*x = ProposePolicyRequest{}
+	mi := &file_api_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProposePolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProposePolicyRequest) ProtoMessage() {}
+
+func (x *ProposePolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProposePolicyRequest.ProtoReflect.Descriptor instead.
+func (*ProposePolicyRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ProposePolicyRequest) GetWallet() string {
+	if x != nil {
+		return x.Wallet
+	}
+	return ""
+}
+
+func (x *ProposePolicyRequest) GetDocument() []byte {
+	if x != nil {
+		return x.Document
+	}
+	return nil
+}
+
+func (x *ProposePolicyRequest) GetInitiator() string {
+	if x != nil {
+		return x.Initiator
+	}
+	return ""
+}
+
+type TestPolicyRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Wallet string                 `protobuf:"bytes,1,opt,name=wallet,proto3" json:"wallet,omitempty"`
+	Psbt   []byte                 `protobuf:"bytes,2,opt,name=psbt,proto3" json:"psbt,omitempty"`
+	// The user who would submit it (their approval would not count).
+	Initiator     string `protobuf:"bytes,3,opt,name=initiator,proto3" json:"initiator,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TestPolicyRequest) Reset() {
+	*x = TestPolicyRequest{}
+	mi := &file_api_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TestPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TestPolicyRequest) ProtoMessage() {}
+
+func (x *TestPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TestPolicyRequest.ProtoReflect.Descriptor instead.
+func (*TestPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *TestPolicyRequest) GetWallet() string {
+	if x != nil {
+		return x.Wallet
+	}
+	return ""
+}
+
+func (x *TestPolicyRequest) GetPsbt() []byte {
+	if x != nil {
+		return x.Psbt
+	}
+	return nil
+}
+
+func (x *TestPolicyRequest) GetInitiator() string {
+	if x != nil {
+		return x.Initiator
+	}
+	return ""
+}
+
+type PolicyDecision struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// refused, rejected, pending or approved.
+	Outcome string `protobuf:"bytes,1,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	// The rule that applies: the tier, and the allow-list's rule for
+	// destinations outside it.
+	Rule string `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`
+	// What the rule requires, in words.
+	Needs string `protobuf:"bytes,3,opt,name=needs,proto3" json:"needs,omitempty"`
+	// What is still missing, per group.
+	Missing []string `protobuf:"bytes,4,rep,name=missing,proto3" json:"missing,omitempty"`
+	// Why a transfer is refused or rejected.
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Every step of the evaluation.
+	Explanation []string `protobuf:"bytes,6,rep,name=explanation,proto3" json:"explanation,omitempty"`
+	// Who would be asked first, and who may approve at some step.
+	Ask           []string         `protobuf:"bytes,7,rep,name=ask,proto3" json:"ask,omitempty"`
+	Eligible      []string         `protobuf:"bytes,8,rep,name=eligible,proto3" json:"eligible,omitempty"`
+	PolicyVersion uint64           `protobuf:"varint,9,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+	Summary       *TransferSummary `protobuf:"bytes,10,opt,name=summary,proto3" json:"summary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyDecision) Reset() {
+	*x = PolicyDecision{}
+	mi := &file_api_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyDecision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyDecision) ProtoMessage() {}
+
+func (x *PolicyDecision) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyDecision.ProtoReflect.Descriptor instead.
+func (*PolicyDecision) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *PolicyDecision) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *PolicyDecision) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *PolicyDecision) GetNeeds() string {
+	if x != nil {
+		return x.Needs
+	}
+	return ""
+}
+
+func (x *PolicyDecision) GetMissing() []string {
+	if x != nil {
+		return x.Missing
+	}
+	return nil
+}
+
+func (x *PolicyDecision) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *PolicyDecision) GetExplanation() []string {
+	if x != nil {
+		return x.Explanation
+	}
+	return nil
+}
+
+func (x *PolicyDecision) GetAsk() []string {
+	if x != nil {
+		return x.Ask
+	}
+	return nil
+}
+
+func (x *PolicyDecision) GetEligible() []string {
+	if x != nil {
+		return x.Eligible
+	}
+	return nil
+}
+
+func (x *PolicyDecision) GetPolicyVersion() uint64 {
+	if x != nil {
+		return x.PolicyVersion
+	}
+	return 0
+}
+
+func (x *PolicyDecision) GetSummary() *TransferSummary {
+	if x != nil {
+		return x.Summary
+	}
+	return nil
+}
+
 type Wallet struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// "mainnet", "testnet3", "signet", "regtest" or "simnet".
-	Network   string           `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"`
-	Approvers []string         `protobuf:"bytes,3,rep,name=approvers,proto3" json:"approvers,omitempty"`
+	Network   string   `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"`
+	Approvers []string `protobuf:"bytes,3,rep,name=approvers,proto3" json:"approvers,omitempty"`
+	// The quorum when the policy is one group's; 0 for other policies
+	// (GetPolicy has them).
 	Quorum    uint32           `protobuf:"varint,4,opt,name=quorum,proto3" json:"quorum,omitempty"`
 	Addresses []*WalletAddress `protobuf:"bytes,5,rep,name=addresses,proto3" json:"addresses,omitempty"`
 	// Unix seconds.
-	CreatedAt     int64 `protobuf:"varint,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	CreatedAt     int64  `protobuf:"varint,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	PolicyVersion uint64 `protobuf:"varint,7,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+	// The wallet's custody keys are made backup-able: they can leave the HSM
+	// wrapped for a registered backup HSM ('opencustody backup'), and in no
+	// other form.
+	Backupable    bool `protobuf:"varint,8,opt,name=backupable,proto3" json:"backupable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Wallet) Reset() {
 	*x = Wallet{}
-	mi := &file_api_proto_msgTypes[21]
+	mi := &file_api_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1585,7 +2454,7 @@ func (x *Wallet) String() string {
 func (*Wallet) ProtoMessage() {}
 
 func (x *Wallet) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[21]
+	mi := &file_api_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1598,7 +2467,7 @@ func (x *Wallet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wallet.ProtoReflect.Descriptor instead.
 func (*Wallet) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{21}
+	return file_api_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Wallet) GetName() string {
@@ -1643,6 +2512,20 @@ func (x *Wallet) GetCreatedAt() int64 {
 	return 0
 }
 
+func (x *Wallet) GetPolicyVersion() uint64 {
+	if x != nil {
+		return x.PolicyVersion
+	}
+	return 0
+}
+
+func (x *Wallet) GetBackupable() bool {
+	if x != nil {
+		return x.Backupable
+	}
+	return false
+}
+
 type WalletAddress struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Index   uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
@@ -1658,7 +2541,7 @@ type WalletAddress struct {
 
 func (x *WalletAddress) Reset() {
 	*x = WalletAddress{}
-	mi := &file_api_proto_msgTypes[22]
+	mi := &file_api_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1670,7 +2553,7 @@ func (x *WalletAddress) String() string {
 func (*WalletAddress) ProtoMessage() {}
 
 func (x *WalletAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[22]
+	mi := &file_api_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1683,7 +2566,7 @@ func (x *WalletAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WalletAddress.ProtoReflect.Descriptor instead.
 func (*WalletAddress) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{22}
+	return file_api_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WalletAddress) GetIndex() uint32 {
@@ -1722,18 +2605,23 @@ func (x *WalletAddress) GetCreatedAt() int64 {
 }
 
 type CreateWalletRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Network       string                 `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"`
-	Approvers     []string               `protobuf:"bytes,3,rep,name=approvers,proto3" json:"approvers,omitempty"`
-	Quorum        uint32                 `protobuf:"varint,4,opt,name=quorum,proto3" json:"quorum,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Network string                 `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"`
+	// Approvers and quorum, or a policy document (YAML or JSON).
+	Approvers []string `protobuf:"bytes,3,rep,name=approvers,proto3" json:"approvers,omitempty"`
+	Quorum    uint32   `protobuf:"varint,4,opt,name=quorum,proto3" json:"quorum,omitempty"`
+	Policy    []byte   `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Make the wallet's custody keys backup-able (see Wallet.backupable).
+	// Decided at creation: a key cannot become backup-able later.
+	Backupable    bool `protobuf:"varint,6,opt,name=backupable,proto3" json:"backupable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateWalletRequest) Reset() {
 	*x = CreateWalletRequest{}
-	mi := &file_api_proto_msgTypes[23]
+	mi := &file_api_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1745,7 +2633,7 @@ func (x *CreateWalletRequest) String() string {
 func (*CreateWalletRequest) ProtoMessage() {}
 
 func (x *CreateWalletRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[23]
+	mi := &file_api_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1758,7 +2646,7 @@ func (x *CreateWalletRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateWalletRequest.ProtoReflect.Descriptor instead.
 func (*CreateWalletRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{23}
+	return file_api_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CreateWalletRequest) GetName() string {
@@ -1789,6 +2677,20 @@ func (x *CreateWalletRequest) GetQuorum() uint32 {
 	return 0
 }
 
+func (x *CreateWalletRequest) GetPolicy() []byte {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *CreateWalletRequest) GetBackupable() bool {
+	if x != nil {
+		return x.Backupable
+	}
+	return false
+}
+
 type NewAddressRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Wallet        string                 `protobuf:"bytes,1,opt,name=wallet,proto3" json:"wallet,omitempty"`
@@ -1798,7 +2700,7 @@ type NewAddressRequest struct {
 
 func (x *NewAddressRequest) Reset() {
 	*x = NewAddressRequest{}
-	mi := &file_api_proto_msgTypes[24]
+	mi := &file_api_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1810,7 +2712,7 @@ func (x *NewAddressRequest) String() string {
 func (*NewAddressRequest) ProtoMessage() {}
 
 func (x *NewAddressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[24]
+	mi := &file_api_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1823,7 +2725,7 @@ func (x *NewAddressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewAddressRequest.ProtoReflect.Descriptor instead.
 func (*NewAddressRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{24}
+	return file_api_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *NewAddressRequest) GetWallet() string {
@@ -1843,7 +2745,7 @@ type NewAddressResponse struct {
 
 func (x *NewAddressResponse) Reset() {
 	*x = NewAddressResponse{}
-	mi := &file_api_proto_msgTypes[25]
+	mi := &file_api_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1855,7 +2757,7 @@ func (x *NewAddressResponse) String() string {
 func (*NewAddressResponse) ProtoMessage() {}
 
 func (x *NewAddressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[25]
+	mi := &file_api_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1868,7 +2770,7 @@ func (x *NewAddressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewAddressResponse.ProtoReflect.Descriptor instead.
 func (*NewAddressResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{25}
+	return file_api_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *NewAddressResponse) GetWallet() string {
@@ -1894,7 +2796,7 @@ type GetWalletRequest struct {
 
 func (x *GetWalletRequest) Reset() {
 	*x = GetWalletRequest{}
-	mi := &file_api_proto_msgTypes[26]
+	mi := &file_api_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1906,7 +2808,7 @@ func (x *GetWalletRequest) String() string {
 func (*GetWalletRequest) ProtoMessage() {}
 
 func (x *GetWalletRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[26]
+	mi := &file_api_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1919,7 +2821,7 @@ func (x *GetWalletRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetWalletRequest.ProtoReflect.Descriptor instead.
 func (*GetWalletRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{26}
+	return file_api_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetWalletRequest) GetName() string {
@@ -1937,7 +2839,7 @@ type ListWalletsRequest struct {
 
 func (x *ListWalletsRequest) Reset() {
 	*x = ListWalletsRequest{}
-	mi := &file_api_proto_msgTypes[27]
+	mi := &file_api_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1949,7 +2851,7 @@ func (x *ListWalletsRequest) String() string {
 func (*ListWalletsRequest) ProtoMessage() {}
 
 func (x *ListWalletsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[27]
+	mi := &file_api_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1962,7 +2864,7 @@ func (x *ListWalletsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWalletsRequest.ProtoReflect.Descriptor instead.
 func (*ListWalletsRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{27}
+	return file_api_proto_rawDescGZIP(), []int{39}
 }
 
 type ListWalletsResponse struct {
@@ -1974,7 +2876,7 @@ type ListWalletsResponse struct {
 
 func (x *ListWalletsResponse) Reset() {
 	*x = ListWalletsResponse{}
-	mi := &file_api_proto_msgTypes[28]
+	mi := &file_api_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1986,7 +2888,7 @@ func (x *ListWalletsResponse) String() string {
 func (*ListWalletsResponse) ProtoMessage() {}
 
 func (x *ListWalletsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[28]
+	mi := &file_api_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1999,7 +2901,7 @@ func (x *ListWalletsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWalletsResponse.ProtoReflect.Descriptor instead.
 func (*ListWalletsResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{28}
+	return file_api_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListWalletsResponse) GetWallets() []*Wallet {
@@ -2013,14 +2915,18 @@ type SubmitRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Wallet string                 `protobuf:"bytes,1,opt,name=wallet,proto3" json:"wallet,omitempty"`
 	// The PSBT (BIP-174), binary or base64.
-	Psbt          []byte `protobuf:"bytes,2,opt,name=psbt,proto3" json:"psbt,omitempty"`
+	Psbt []byte `protobuf:"bytes,2,opt,name=psbt,proto3" json:"psbt,omitempty"`
+	// Required: the user on whose behalf it is submitted. hsmd cannot check
+	// it (the operator token is shared); it only makes the policy stricter:
+	// the initiator gets no prompt and their approval does not count.
+	Initiator     string `protobuf:"bytes,3,opt,name=initiator,proto3" json:"initiator,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_api_proto_msgTypes[29]
+	mi := &file_api_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2032,7 +2938,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[29]
+	mi := &file_api_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2045,7 +2951,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{29}
+	return file_api_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SubmitRequest) GetWallet() string {
@@ -2060,6 +2966,13 @@ func (x *SubmitRequest) GetPsbt() []byte {
 		return x.Psbt
 	}
 	return nil
+}
+
+func (x *SubmitRequest) GetInitiator() string {
+	if x != nil {
+		return x.Initiator
+	}
+	return ""
 }
 
 type Request struct {
@@ -2088,13 +3001,24 @@ type Request struct {
 	// The summary's canonical encoding: the payload of every prompt, and
 	// the only transaction the HSM will sign for this request.
 	SummaryCanonical []byte `protobuf:"bytes,17,opt,name=summary_canonical,json=summaryCanonical,proto3" json:"summary_canonical,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	Initiator        string `protobuf:"bytes,18,opt,name=initiator,proto3" json:"initiator,omitempty"`
+	// The policy version it was submitted under, and the rule that applied.
+	PolicyVersion uint64 `protobuf:"varint,19,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+	Rule          string `protobuf:"bytes,20,opt,name=rule,proto3" json:"rule,omitempty"`
+	// When an approved request may be signed (its policy's time lock), Unix
+	// seconds; 0 if it has none.
+	SignAfter int64 `protobuf:"varint,21,opt,name=sign_after,json=signAfter,proto3" json:"sign_after,omitempty"`
+	// While pending (GetRequest only): what the rule needs, and what is
+	// still missing.
+	PolicyNeeds   string   `protobuf:"bytes,22,opt,name=policy_needs,json=policyNeeds,proto3" json:"policy_needs,omitempty"`
+	PolicyMissing []string `protobuf:"bytes,23,rep,name=policy_missing,json=policyMissing,proto3" json:"policy_missing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Request) Reset() {
 	*x = Request{}
-	mi := &file_api_proto_msgTypes[30]
+	mi := &file_api_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2106,7 +3030,7 @@ func (x *Request) String() string {
 func (*Request) ProtoMessage() {}
 
 func (x *Request) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[30]
+	mi := &file_api_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2119,7 +3043,7 @@ func (x *Request) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Request.ProtoReflect.Descriptor instead.
 func (*Request) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{30}
+	return file_api_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Request) GetId() string {
@@ -2241,6 +3165,48 @@ func (x *Request) GetSummaryCanonical() []byte {
 	return nil
 }
 
+func (x *Request) GetInitiator() string {
+	if x != nil {
+		return x.Initiator
+	}
+	return ""
+}
+
+func (x *Request) GetPolicyVersion() uint64 {
+	if x != nil {
+		return x.PolicyVersion
+	}
+	return 0
+}
+
+func (x *Request) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *Request) GetSignAfter() int64 {
+	if x != nil {
+		return x.SignAfter
+	}
+	return 0
+}
+
+func (x *Request) GetPolicyNeeds() string {
+	if x != nil {
+		return x.PolicyNeeds
+	}
+	return ""
+}
+
+func (x *Request) GetPolicyMissing() []string {
+	if x != nil {
+		return x.PolicyMissing
+	}
+	return nil
+}
+
 // RequestPrompt is a prompt issued to one approver device.
 type RequestPrompt struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -2254,7 +3220,7 @@ type RequestPrompt struct {
 
 func (x *RequestPrompt) Reset() {
 	*x = RequestPrompt{}
-	mi := &file_api_proto_msgTypes[31]
+	mi := &file_api_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2266,7 +3232,7 @@ func (x *RequestPrompt) String() string {
 func (*RequestPrompt) ProtoMessage() {}
 
 func (x *RequestPrompt) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[31]
+	mi := &file_api_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2279,7 +3245,7 @@ func (x *RequestPrompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestPrompt.ProtoReflect.Descriptor instead.
 func (*RequestPrompt) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{31}
+	return file_api_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RequestPrompt) GetDeviceId() string {
@@ -2318,7 +3284,7 @@ type RequestAnswer struct {
 
 func (x *RequestAnswer) Reset() {
 	*x = RequestAnswer{}
-	mi := &file_api_proto_msgTypes[32]
+	mi := &file_api_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2330,7 +3296,7 @@ func (x *RequestAnswer) String() string {
 func (*RequestAnswer) ProtoMessage() {}
 
 func (x *RequestAnswer) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[32]
+	mi := &file_api_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2343,7 +3309,7 @@ func (x *RequestAnswer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAnswer.ProtoReflect.Descriptor instead.
 func (*RequestAnswer) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{32}
+	return file_api_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RequestAnswer) GetDeviceId() string {
@@ -2405,7 +3371,7 @@ type TransferSummary struct {
 
 func (x *TransferSummary) Reset() {
 	*x = TransferSummary{}
-	mi := &file_api_proto_msgTypes[33]
+	mi := &file_api_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2417,7 +3383,7 @@ func (x *TransferSummary) String() string {
 func (*TransferSummary) ProtoMessage() {}
 
 func (x *TransferSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[33]
+	mi := &file_api_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2430,7 +3396,7 @@ func (x *TransferSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferSummary.ProtoReflect.Descriptor instead.
 func (*TransferSummary) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{33}
+	return file_api_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TransferSummary) GetTxid() string {
@@ -2523,7 +3489,7 @@ type TransferOutput struct {
 
 func (x *TransferOutput) Reset() {
 	*x = TransferOutput{}
-	mi := &file_api_proto_msgTypes[34]
+	mi := &file_api_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2535,7 +3501,7 @@ func (x *TransferOutput) String() string {
 func (*TransferOutput) ProtoMessage() {}
 
 func (x *TransferOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[34]
+	mi := &file_api_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2548,7 +3514,7 @@ func (x *TransferOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferOutput.ProtoReflect.Descriptor instead.
 func (*TransferOutput) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{34}
+	return file_api_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *TransferOutput) GetAmount() int64 {
@@ -2590,7 +3556,7 @@ type ListRequestsRequest struct {
 
 func (x *ListRequestsRequest) Reset() {
 	*x = ListRequestsRequest{}
-	mi := &file_api_proto_msgTypes[35]
+	mi := &file_api_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2602,7 +3568,7 @@ func (x *ListRequestsRequest) String() string {
 func (*ListRequestsRequest) ProtoMessage() {}
 
 func (x *ListRequestsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[35]
+	mi := &file_api_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2615,7 +3581,7 @@ func (x *ListRequestsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequestsRequest.ProtoReflect.Descriptor instead.
 func (*ListRequestsRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{35}
+	return file_api_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListRequestsRequest) GetWallet() string {
@@ -2641,7 +3607,7 @@ type ListRequestsResponse struct {
 
 func (x *ListRequestsResponse) Reset() {
 	*x = ListRequestsResponse{}
-	mi := &file_api_proto_msgTypes[36]
+	mi := &file_api_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2653,7 +3619,7 @@ func (x *ListRequestsResponse) String() string {
 func (*ListRequestsResponse) ProtoMessage() {}
 
 func (x *ListRequestsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[36]
+	mi := &file_api_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2666,7 +3632,7 @@ func (x *ListRequestsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequestsResponse.ProtoReflect.Descriptor instead.
 func (*ListRequestsResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{36}
+	return file_api_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListRequestsResponse) GetRequests() []*Request {
@@ -2685,7 +3651,7 @@ type GetRequestRequest struct {
 
 func (x *GetRequestRequest) Reset() {
 	*x = GetRequestRequest{}
-	mi := &file_api_proto_msgTypes[37]
+	mi := &file_api_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2697,7 +3663,7 @@ func (x *GetRequestRequest) String() string {
 func (*GetRequestRequest) ProtoMessage() {}
 
 func (x *GetRequestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[37]
+	mi := &file_api_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2710,7 +3676,7 @@ func (x *GetRequestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequestRequest.ProtoReflect.Descriptor instead.
 func (*GetRequestRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{37}
+	return file_api_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GetRequestRequest) GetId() string {
@@ -2728,7 +3694,7 @@ type ListAuditRequest struct {
 
 func (x *ListAuditRequest) Reset() {
 	*x = ListAuditRequest{}
-	mi := &file_api_proto_msgTypes[38]
+	mi := &file_api_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2740,7 +3706,7 @@ func (x *ListAuditRequest) String() string {
 func (*ListAuditRequest) ProtoMessage() {}
 
 func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[38]
+	mi := &file_api_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2753,7 +3719,7 @@ func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{38}
+	return file_api_proto_rawDescGZIP(), []int{50}
 }
 
 type AuditEntry struct {
@@ -2771,7 +3737,7 @@ type AuditEntry struct {
 
 func (x *AuditEntry) Reset() {
 	*x = AuditEntry{}
-	mi := &file_api_proto_msgTypes[39]
+	mi := &file_api_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2783,7 +3749,7 @@ func (x *AuditEntry) String() string {
 func (*AuditEntry) ProtoMessage() {}
 
 func (x *AuditEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[39]
+	mi := &file_api_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2796,7 +3762,7 @@ func (x *AuditEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
 func (*AuditEntry) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{39}
+	return file_api_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *AuditEntry) GetSeq() uint64 {
@@ -2864,7 +3830,7 @@ type AuditCheckpoint struct {
 
 func (x *AuditCheckpoint) Reset() {
 	*x = AuditCheckpoint{}
-	mi := &file_api_proto_msgTypes[40]
+	mi := &file_api_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2876,7 +3842,7 @@ func (x *AuditCheckpoint) String() string {
 func (*AuditCheckpoint) ProtoMessage() {}
 
 func (x *AuditCheckpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[40]
+	mi := &file_api_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2889,7 +3855,7 @@ func (x *AuditCheckpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditCheckpoint.ProtoReflect.Descriptor instead.
 func (*AuditCheckpoint) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{40}
+	return file_api_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *AuditCheckpoint) GetSeq() uint64 {
@@ -2944,7 +3910,7 @@ type ListAuditResponse struct {
 
 func (x *ListAuditResponse) Reset() {
 	*x = ListAuditResponse{}
-	mi := &file_api_proto_msgTypes[41]
+	mi := &file_api_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2956,7 +3922,7 @@ func (x *ListAuditResponse) String() string {
 func (*ListAuditResponse) ProtoMessage() {}
 
 func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[41]
+	mi := &file_api_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2969,7 +3935,7 @@ func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{41}
+	return file_api_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListAuditResponse) GetEntries() []*AuditEntry {
@@ -2994,7 +3960,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_api_proto_msgTypes[42]
+	mi := &file_api_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3006,7 +3972,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[42]
+	mi := &file_api_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3019,7 +3985,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{42}
+	return file_api_proto_rawDescGZIP(), []int{54}
 }
 
 type AuditProblem struct {
@@ -3035,7 +4001,7 @@ type AuditProblem struct {
 
 func (x *AuditProblem) Reset() {
 	*x = AuditProblem{}
-	mi := &file_api_proto_msgTypes[43]
+	mi := &file_api_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3047,7 +4013,7 @@ func (x *AuditProblem) String() string {
 func (*AuditProblem) ProtoMessage() {}
 
 func (x *AuditProblem) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[43]
+	mi := &file_api_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3060,7 +4026,7 @@ func (x *AuditProblem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditProblem.ProtoReflect.Descriptor instead.
 func (*AuditProblem) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{43}
+	return file_api_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *AuditProblem) GetSeq() uint64 {
@@ -3097,7 +4063,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_api_proto_msgTypes[44]
+	mi := &file_api_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3109,7 +4075,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[44]
+	mi := &file_api_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3122,7 +4088,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{44}
+	return file_api_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *VerifyAuditResponse) GetEntries() uint32 {
@@ -3191,7 +4157,47 @@ const file_api_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\";\n" +
 	"\vDeviceFrame\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x1a\n" +
-	"\benvelope\x18\x02 \x01(\fR\benvelope\"\x0f\n" +
+	"\benvelope\x18\x02 \x01(\fR\benvelope\"\x82\x01\n" +
+	"\x1aProposeBackupChangeRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x18\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\x12\x18\n" +
+	"\apayload\x18\x03 \x01(\fR\apayload\x12\x1c\n" +
+	"\tinitiator\x18\x04 \x01(\tR\tinitiator\"U\n" +
+	"\x15CompleteChangeRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06result\x18\x02 \x01(\tR\x06result\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\xd9\x03\n" +
+	"\x06Change\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
+	"\asubject\x18\x03 \x01(\tR\asubject\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12\x1c\n" +
+	"\tinitiator\x18\x05 \x01(\tR\tinitiator\x12\x16\n" +
+	"\x06admins\x18\x06 \x03(\tR\x06admins\x12\x16\n" +
+	"\x06quorum\x18\a \x01(\rR\x06quorum\x12\x1f\n" +
+	"\vapproved_by\x18\b \x03(\tR\n" +
+	"approvedBy\x12\x1f\n" +
+	"\vrejected_by\x18\t \x03(\tR\n" +
+	"rejectedBy\x127\n" +
+	"\x06fields\x18\n" +
+	" \x03(\v2\x1f.opencustody.api.v1.ChangeFieldR\x06fields\x12\x1d\n" +
+	"\n" +
+	"created_at\x18\v \x01(\x03R\tcreatedAt\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\f \x01(\x03R\texpiresAt\x12\x1f\n" +
+	"\vfinished_at\x18\r \x01(\x03R\n" +
+	"finishedAt\x12\x16\n" +
+	"\x06result\x18\x0e \x01(\tR\x06result\x12\x14\n" +
+	"\x05error\x18\x0f \x01(\tR\x05error\x12%\n" +
+	"\x0epayload_sha256\x18\x10 \x01(\fR\rpayloadSha256\"9\n" +
+	"\vChangeField\x12\x14\n" +
+	"\x05label\x18\x01 \x01(\tR\x05label\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\"\n" +
+	"\x10GetChangeRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x14\n" +
+	"\x12ListChangesRequest\"K\n" +
+	"\x13ListChangesResponse\x124\n" +
+	"\achanges\x18\x01 \x03(\v2\x1a.opencustody.api.v1.ChangeR\achanges\"\x0f\n" +
 	"\rStatusRequest\"\xac\x01\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12'\n" +
@@ -3240,14 +4246,42 @@ const file_api_proto_rawDesc = "" +
 	"\x0fhsm_fingerprint\x18\x02 \x01(\tR\x0ehsmFingerprint\x12-\n" +
 	"\x12device_fingerprint\x18\x03 \x01(\tR\x11deviceFingerprint\",\n" +
 	"\fPairDecision\x12\x1c\n" +
-	"\tconfirmed\x18\x01 \x01(\bR\tconfirmed\"@\n" +
+	"\tconfirmed\x18\x01 \x01(\bR\tconfirmed\"]\n" +
 	"\n" +
 	"PairResult\x122\n" +
-	"\x06device\x18\x01 \x01(\v2\x1a.opencustody.api.v1.DeviceR\x06device\"2\n" +
+	"\x06device\x18\x01 \x01(\v2\x1a.opencustody.api.v1.DeviceR\x06device\x12\x1b\n" +
+	"\tchange_id\x18\x02 \x01(\tR\bchangeId\"2\n" +
 	"\x13RevokeDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"J\n" +
 	"\x14RevokeDeviceResponse\x122\n" +
-	"\x06device\x18\x01 \x01(\v2\x1a.opencustody.api.v1.DeviceR\x06device\"\xcc\x01\n" +
+	"\x06device\x18\x01 \x01(\v2\x1a.opencustody.api.v1.DeviceR\x06device\"l\n" +
+	"\x06Policy\x12\x16\n" +
+	"\x06wallet\x18\x01 \x01(\tR\x06wallet\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x1a\n" +
+	"\bdocument\x18\x03 \x01(\fR\bdocument\x12\x14\n" +
+	"\x05lines\x18\x04 \x03(\tR\x05lines\"*\n" +
+	"\x10GetPolicyRequest\x12\x16\n" +
+	"\x06wallet\x18\x01 \x01(\tR\x06wallet\"h\n" +
+	"\x14ProposePolicyRequest\x12\x16\n" +
+	"\x06wallet\x18\x01 \x01(\tR\x06wallet\x12\x1a\n" +
+	"\bdocument\x18\x02 \x01(\fR\bdocument\x12\x1c\n" +
+	"\tinitiator\x18\x03 \x01(\tR\tinitiator\"]\n" +
+	"\x11TestPolicyRequest\x12\x16\n" +
+	"\x06wallet\x18\x01 \x01(\tR\x06wallet\x12\x12\n" +
+	"\x04psbt\x18\x02 \x01(\fR\x04psbt\x12\x1c\n" +
+	"\tinitiator\x18\x03 \x01(\tR\tinitiator\"\xbc\x02\n" +
+	"\x0ePolicyDecision\x12\x18\n" +
+	"\aoutcome\x18\x01 \x01(\tR\aoutcome\x12\x12\n" +
+	"\x04rule\x18\x02 \x01(\tR\x04rule\x12\x14\n" +
+	"\x05needs\x18\x03 \x01(\tR\x05needs\x12\x18\n" +
+	"\amissing\x18\x04 \x03(\tR\amissing\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12 \n" +
+	"\vexplanation\x18\x06 \x03(\tR\vexplanation\x12\x10\n" +
+	"\x03ask\x18\a \x03(\tR\x03ask\x12\x1a\n" +
+	"\beligible\x18\b \x03(\tR\beligible\x12%\n" +
+	"\x0epolicy_version\x18\t \x01(\x04R\rpolicyVersion\x12=\n" +
+	"\asummary\x18\n" +
+	" \x01(\v2#.opencustody.api.v1.TransferSummaryR\asummary\"\x93\x02\n" +
 	"\x06Wallet\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x1c\n" +
@@ -3255,7 +4289,11 @@ const file_api_proto_rawDesc = "" +
 	"\x06quorum\x18\x04 \x01(\rR\x06quorum\x12?\n" +
 	"\taddresses\x18\x05 \x03(\v2!.opencustody.api.v1.WalletAddressR\taddresses\x12\x1d\n" +
 	"\n" +
-	"created_at\x18\x06 \x01(\x03R\tcreatedAt\"\x96\x01\n" +
+	"created_at\x18\x06 \x01(\x03R\tcreatedAt\x12%\n" +
+	"\x0epolicy_version\x18\a \x01(\x04R\rpolicyVersion\x12\x1e\n" +
+	"\n" +
+	"backupable\x18\b \x01(\bR\n" +
+	"backupable\"\x96\x01\n" +
 	"\rWalletAddress\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1d\n" +
@@ -3263,12 +4301,16 @@ const file_api_proto_rawDesc = "" +
 	"public_key\x18\x03 \x01(\fR\tpublicKey\x12\x17\n" +
 	"\akey_ref\x18\x04 \x01(\tR\x06keyRef\x12\x1d\n" +
 	"\n" +
-	"created_at\x18\x05 \x01(\x03R\tcreatedAt\"y\n" +
+	"created_at\x18\x05 \x01(\x03R\tcreatedAt\"\xb1\x01\n" +
 	"\x13CreateWalletRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x1c\n" +
 	"\tapprovers\x18\x03 \x03(\tR\tapprovers\x12\x16\n" +
-	"\x06quorum\x18\x04 \x01(\rR\x06quorum\"+\n" +
+	"\x06quorum\x18\x04 \x01(\rR\x06quorum\x12\x16\n" +
+	"\x06policy\x18\x05 \x01(\fR\x06policy\x12\x1e\n" +
+	"\n" +
+	"backupable\x18\x06 \x01(\bR\n" +
+	"backupable\"+\n" +
 	"\x11NewAddressRequest\x12\x16\n" +
 	"\x06wallet\x18\x01 \x01(\tR\x06wallet\"i\n" +
 	"\x12NewAddressResponse\x12\x16\n" +
@@ -3278,10 +4320,11 @@ const file_api_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x14\n" +
 	"\x12ListWalletsRequest\"K\n" +
 	"\x13ListWalletsResponse\x124\n" +
-	"\awallets\x18\x01 \x03(\v2\x1a.opencustody.api.v1.WalletR\awallets\";\n" +
+	"\awallets\x18\x01 \x03(\v2\x1a.opencustody.api.v1.WalletR\awallets\"Y\n" +
 	"\rSubmitRequest\x12\x16\n" +
 	"\x06wallet\x18\x01 \x01(\tR\x06wallet\x12\x12\n" +
-	"\x04psbt\x18\x02 \x01(\fR\x04psbt\"\xfa\x04\n" +
+	"\x04psbt\x18\x02 \x01(\fR\x04psbt\x12\x1c\n" +
+	"\tinitiator\x18\x03 \x01(\tR\tinitiator\"\xbc\x06\n" +
 	"\aRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06wallet\x18\x02 \x01(\tR\x06wallet\x126\n" +
@@ -3306,7 +4349,14 @@ const file_api_proto_rawDesc = "" +
 	"signedPsbt\x12\x1b\n" +
 	"\tsigned_tx\x18\x0f \x01(\fR\bsignedTx\x12\x14\n" +
 	"\x05error\x18\x10 \x01(\tR\x05error\x12+\n" +
-	"\x11summary_canonical\x18\x11 \x01(\fR\x10summaryCanonical\"\\\n" +
+	"\x11summary_canonical\x18\x11 \x01(\fR\x10summaryCanonical\x12\x1c\n" +
+	"\tinitiator\x18\x12 \x01(\tR\tinitiator\x12%\n" +
+	"\x0epolicy_version\x18\x13 \x01(\x04R\rpolicyVersion\x12\x12\n" +
+	"\x04rule\x18\x14 \x01(\tR\x04rule\x12\x1d\n" +
+	"\n" +
+	"sign_after\x18\x15 \x01(\x03R\tsignAfter\x12!\n" +
+	"\fpolicy_needs\x18\x16 \x01(\tR\vpolicyNeeds\x12%\n" +
+	"\x0epolicy_missing\x18\x17 \x03(\tR\rpolicyMissing\"\\\n" +
 	"\rRequestPrompt\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12\x1a\n" +
@@ -3387,7 +4437,7 @@ const file_api_proto_rawDesc = "" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rROLE_APPROVER\x10\x01\x12\x0e\n" +
 	"\n" +
-	"ROLE_ADMIN\x10\x02*\xcf\x01\n" +
+	"ROLE_ADMIN\x10\x02*\xec\x01\n" +
 	"\fRequestState\x12\x1d\n" +
 	"\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15REQUEST_STATE_PENDING\x10\x01\x12\x1a\n" +
@@ -3395,14 +4445,20 @@ const file_api_proto_rawDesc = "" +
 	"\x14REQUEST_STATE_SIGNED\x10\x03\x12\x1a\n" +
 	"\x16REQUEST_STATE_REJECTED\x10\x04\x12\x19\n" +
 	"\x15REQUEST_STATE_EXPIRED\x10\x05\x12\x18\n" +
-	"\x14REQUEST_STATE_FAILED\x10\x062Z\n" +
+	"\x14REQUEST_STATE_FAILED\x10\x06\x12\x1b\n" +
+	"\x17REQUEST_STATE_WITHDRAWN\x10\a2Z\n" +
 	"\x05Relay\x12Q\n" +
-	"\aConnect\x12!.opencustody.api.v1.BridgeMessage\x1a\x1f.opencustody.api.v1.CoreMessage(\x010\x012\xf8\x02\n" +
+	"\aConnect\x12!.opencustody.api.v1.BridgeMessage\x1a\x1f.opencustody.api.v1.CoreMessage(\x010\x012\xb7\x06\n" +
 	"\bOperator\x12O\n" +
 	"\x06Status\x12!.opencustody.api.v1.StatusRequest\x1a\".opencustody.api.v1.StatusResponse\x12^\n" +
 	"\vListDevices\x12&.opencustody.api.v1.ListDevicesRequest\x1a'.opencustody.api.v1.ListDevicesResponse\x12X\n" +
 	"\x04Pair\x12%.opencustody.api.v1.PairClientMessage\x1a%.opencustody.api.v1.PairServerMessage(\x010\x01\x12a\n" +
-	"\fRevokeDevice\x12'.opencustody.api.v1.RevokeDeviceRequest\x1a(.opencustody.api.v1.RevokeDeviceResponse2\xe9\x04\n" +
+	"\fRevokeDevice\x12'.opencustody.api.v1.RevokeDeviceRequest\x1a(.opencustody.api.v1.RevokeDeviceResponse\x12M\n" +
+	"\tGetChange\x12$.opencustody.api.v1.GetChangeRequest\x1a\x1a.opencustody.api.v1.Change\x12^\n" +
+	"\vListChanges\x12&.opencustody.api.v1.ListChangesRequest\x1a'.opencustody.api.v1.ListChangesResponse\x12a\n" +
+	"\x13ProposeBackupChange\x12..opencustody.api.v1.ProposeBackupChangeRequest\x1a\x1a.opencustody.api.v1.Change\x12R\n" +
+	"\x0eApprovedChange\x12$.opencustody.api.v1.GetChangeRequest\x1a\x1a.opencustody.api.v1.Change\x12W\n" +
+	"\x0eCompleteChange\x12).opencustody.api.v1.CompleteChangeRequest\x1a\x1a.opencustody.api.v1.Change2\xe8\x06\n" +
 	"\aCustody\x12S\n" +
 	"\fCreateWallet\x12'.opencustody.api.v1.CreateWalletRequest\x1a\x1a.opencustody.api.v1.Wallet\x12[\n" +
 	"\n" +
@@ -3412,7 +4468,11 @@ const file_api_proto_rawDesc = "" +
 	"\x06Submit\x12!.opencustody.api.v1.SubmitRequest\x1a\x1b.opencustody.api.v1.Request\x12a\n" +
 	"\fListRequests\x12'.opencustody.api.v1.ListRequestsRequest\x1a(.opencustody.api.v1.ListRequestsResponse\x12P\n" +
 	"\n" +
-	"GetRequest\x12%.opencustody.api.v1.GetRequestRequest\x1a\x1b.opencustody.api.v1.Request2\xc1\x01\n" +
+	"GetRequest\x12%.opencustody.api.v1.GetRequestRequest\x1a\x1b.opencustody.api.v1.Request\x12M\n" +
+	"\tGetPolicy\x12$.opencustody.api.v1.GetPolicyRequest\x1a\x1a.opencustody.api.v1.Policy\x12U\n" +
+	"\rProposePolicy\x12(.opencustody.api.v1.ProposePolicyRequest\x1a\x1a.opencustody.api.v1.Change\x12W\n" +
+	"\n" +
+	"TestPolicy\x12%.opencustody.api.v1.TestPolicyRequest\x1a\".opencustody.api.v1.PolicyDecision2\xc1\x01\n" +
 	"\x05Audit\x12X\n" +
 	"\tListAudit\x12$.opencustody.api.v1.ListAuditRequest\x1a%.opencustody.api.v1.ListAuditResponse\x12^\n" +
 	"\vVerifyAudit\x12&.opencustody.api.v1.VerifyAuditRequest\x1a'.opencustody.api.v1.VerifyAuditResponseB6Z4github.com/opencustodynet/opencustody/protocol/apipbb\x06proto3"
@@ -3430,56 +4490,68 @@ func file_api_proto_rawDescGZIP() []byte {
 }
 
 var file_api_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_api_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_api_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_api_proto_goTypes = []any{
-	(DeviceState)(0),             // 0: opencustody.api.v1.DeviceState
-	(Role)(0),                    // 1: opencustody.api.v1.Role
-	(RequestState)(0),            // 2: opencustody.api.v1.RequestState
-	(*BridgeMessage)(nil),        // 3: opencustody.api.v1.BridgeMessage
-	(*CoreMessage)(nil),          // 4: opencustody.api.v1.CoreMessage
-	(*BridgeHello)(nil),          // 5: opencustody.api.v1.BridgeHello
-	(*CoreHello)(nil),            // 6: opencustody.api.v1.CoreHello
-	(*DeviceAttached)(nil),       // 7: opencustody.api.v1.DeviceAttached
-	(*DeviceDetached)(nil),       // 8: opencustody.api.v1.DeviceDetached
-	(*DeviceFrame)(nil),          // 9: opencustody.api.v1.DeviceFrame
-	(*StatusRequest)(nil),        // 10: opencustody.api.v1.StatusRequest
-	(*StatusResponse)(nil),       // 11: opencustody.api.v1.StatusResponse
-	(*BridgeStatus)(nil),         // 12: opencustody.api.v1.BridgeStatus
-	(*ListDevicesRequest)(nil),   // 13: opencustody.api.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),  // 14: opencustody.api.v1.ListDevicesResponse
-	(*Device)(nil),               // 15: opencustody.api.v1.Device
-	(*PairClientMessage)(nil),    // 16: opencustody.api.v1.PairClientMessage
-	(*PairServerMessage)(nil),    // 17: opencustody.api.v1.PairServerMessage
-	(*PairStart)(nil),            // 18: opencustody.api.v1.PairStart
-	(*PairCode)(nil),             // 19: opencustody.api.v1.PairCode
-	(*PairDecision)(nil),         // 20: opencustody.api.v1.PairDecision
-	(*PairResult)(nil),           // 21: opencustody.api.v1.PairResult
-	(*RevokeDeviceRequest)(nil),  // 22: opencustody.api.v1.RevokeDeviceRequest
-	(*RevokeDeviceResponse)(nil), // 23: opencustody.api.v1.RevokeDeviceResponse
-	(*Wallet)(nil),               // 24: opencustody.api.v1.Wallet
-	(*WalletAddress)(nil),        // 25: opencustody.api.v1.WalletAddress
-	(*CreateWalletRequest)(nil),  // 26: opencustody.api.v1.CreateWalletRequest
-	(*NewAddressRequest)(nil),    // 27: opencustody.api.v1.NewAddressRequest
-	(*NewAddressResponse)(nil),   // 28: opencustody.api.v1.NewAddressResponse
-	(*GetWalletRequest)(nil),     // 29: opencustody.api.v1.GetWalletRequest
-	(*ListWalletsRequest)(nil),   // 30: opencustody.api.v1.ListWalletsRequest
-	(*ListWalletsResponse)(nil),  // 31: opencustody.api.v1.ListWalletsResponse
-	(*SubmitRequest)(nil),        // 32: opencustody.api.v1.SubmitRequest
-	(*Request)(nil),              // 33: opencustody.api.v1.Request
-	(*RequestPrompt)(nil),        // 34: opencustody.api.v1.RequestPrompt
-	(*RequestAnswer)(nil),        // 35: opencustody.api.v1.RequestAnswer
-	(*TransferSummary)(nil),      // 36: opencustody.api.v1.TransferSummary
-	(*TransferOutput)(nil),       // 37: opencustody.api.v1.TransferOutput
-	(*ListRequestsRequest)(nil),  // 38: opencustody.api.v1.ListRequestsRequest
-	(*ListRequestsResponse)(nil), // 39: opencustody.api.v1.ListRequestsResponse
-	(*GetRequestRequest)(nil),    // 40: opencustody.api.v1.GetRequestRequest
-	(*ListAuditRequest)(nil),     // 41: opencustody.api.v1.ListAuditRequest
-	(*AuditEntry)(nil),           // 42: opencustody.api.v1.AuditEntry
-	(*AuditCheckpoint)(nil),      // 43: opencustody.api.v1.AuditCheckpoint
-	(*ListAuditResponse)(nil),    // 44: opencustody.api.v1.ListAuditResponse
-	(*VerifyAuditRequest)(nil),   // 45: opencustody.api.v1.VerifyAuditRequest
-	(*AuditProblem)(nil),         // 46: opencustody.api.v1.AuditProblem
-	(*VerifyAuditResponse)(nil),  // 47: opencustody.api.v1.VerifyAuditResponse
+	(DeviceState)(0),                   // 0: opencustody.api.v1.DeviceState
+	(Role)(0),                          // 1: opencustody.api.v1.Role
+	(RequestState)(0),                  // 2: opencustody.api.v1.RequestState
+	(*BridgeMessage)(nil),              // 3: opencustody.api.v1.BridgeMessage
+	(*CoreMessage)(nil),                // 4: opencustody.api.v1.CoreMessage
+	(*BridgeHello)(nil),                // 5: opencustody.api.v1.BridgeHello
+	(*CoreHello)(nil),                  // 6: opencustody.api.v1.CoreHello
+	(*DeviceAttached)(nil),             // 7: opencustody.api.v1.DeviceAttached
+	(*DeviceDetached)(nil),             // 8: opencustody.api.v1.DeviceDetached
+	(*DeviceFrame)(nil),                // 9: opencustody.api.v1.DeviceFrame
+	(*ProposeBackupChangeRequest)(nil), // 10: opencustody.api.v1.ProposeBackupChangeRequest
+	(*CompleteChangeRequest)(nil),      // 11: opencustody.api.v1.CompleteChangeRequest
+	(*Change)(nil),                     // 12: opencustody.api.v1.Change
+	(*ChangeField)(nil),                // 13: opencustody.api.v1.ChangeField
+	(*GetChangeRequest)(nil),           // 14: opencustody.api.v1.GetChangeRequest
+	(*ListChangesRequest)(nil),         // 15: opencustody.api.v1.ListChangesRequest
+	(*ListChangesResponse)(nil),        // 16: opencustody.api.v1.ListChangesResponse
+	(*StatusRequest)(nil),              // 17: opencustody.api.v1.StatusRequest
+	(*StatusResponse)(nil),             // 18: opencustody.api.v1.StatusResponse
+	(*BridgeStatus)(nil),               // 19: opencustody.api.v1.BridgeStatus
+	(*ListDevicesRequest)(nil),         // 20: opencustody.api.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),        // 21: opencustody.api.v1.ListDevicesResponse
+	(*Device)(nil),                     // 22: opencustody.api.v1.Device
+	(*PairClientMessage)(nil),          // 23: opencustody.api.v1.PairClientMessage
+	(*PairServerMessage)(nil),          // 24: opencustody.api.v1.PairServerMessage
+	(*PairStart)(nil),                  // 25: opencustody.api.v1.PairStart
+	(*PairCode)(nil),                   // 26: opencustody.api.v1.PairCode
+	(*PairDecision)(nil),               // 27: opencustody.api.v1.PairDecision
+	(*PairResult)(nil),                 // 28: opencustody.api.v1.PairResult
+	(*RevokeDeviceRequest)(nil),        // 29: opencustody.api.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),       // 30: opencustody.api.v1.RevokeDeviceResponse
+	(*Policy)(nil),                     // 31: opencustody.api.v1.Policy
+	(*GetPolicyRequest)(nil),           // 32: opencustody.api.v1.GetPolicyRequest
+	(*ProposePolicyRequest)(nil),       // 33: opencustody.api.v1.ProposePolicyRequest
+	(*TestPolicyRequest)(nil),          // 34: opencustody.api.v1.TestPolicyRequest
+	(*PolicyDecision)(nil),             // 35: opencustody.api.v1.PolicyDecision
+	(*Wallet)(nil),                     // 36: opencustody.api.v1.Wallet
+	(*WalletAddress)(nil),              // 37: opencustody.api.v1.WalletAddress
+	(*CreateWalletRequest)(nil),        // 38: opencustody.api.v1.CreateWalletRequest
+	(*NewAddressRequest)(nil),          // 39: opencustody.api.v1.NewAddressRequest
+	(*NewAddressResponse)(nil),         // 40: opencustody.api.v1.NewAddressResponse
+	(*GetWalletRequest)(nil),           // 41: opencustody.api.v1.GetWalletRequest
+	(*ListWalletsRequest)(nil),         // 42: opencustody.api.v1.ListWalletsRequest
+	(*ListWalletsResponse)(nil),        // 43: opencustody.api.v1.ListWalletsResponse
+	(*SubmitRequest)(nil),              // 44: opencustody.api.v1.SubmitRequest
+	(*Request)(nil),                    // 45: opencustody.api.v1.Request
+	(*RequestPrompt)(nil),              // 46: opencustody.api.v1.RequestPrompt
+	(*RequestAnswer)(nil),              // 47: opencustody.api.v1.RequestAnswer
+	(*TransferSummary)(nil),            // 48: opencustody.api.v1.TransferSummary
+	(*TransferOutput)(nil),             // 49: opencustody.api.v1.TransferOutput
+	(*ListRequestsRequest)(nil),        // 50: opencustody.api.v1.ListRequestsRequest
+	(*ListRequestsResponse)(nil),       // 51: opencustody.api.v1.ListRequestsResponse
+	(*GetRequestRequest)(nil),          // 52: opencustody.api.v1.GetRequestRequest
+	(*ListAuditRequest)(nil),           // 53: opencustody.api.v1.ListAuditRequest
+	(*AuditEntry)(nil),                 // 54: opencustody.api.v1.AuditEntry
+	(*AuditCheckpoint)(nil),            // 55: opencustody.api.v1.AuditCheckpoint
+	(*ListAuditResponse)(nil),          // 56: opencustody.api.v1.ListAuditResponse
+	(*VerifyAuditRequest)(nil),         // 57: opencustody.api.v1.VerifyAuditRequest
+	(*AuditProblem)(nil),               // 58: opencustody.api.v1.AuditProblem
+	(*VerifyAuditResponse)(nil),        // 59: opencustody.api.v1.VerifyAuditResponse
 }
 var file_api_proto_depIdxs = []int32{
 	5,  // 0: opencustody.api.v1.BridgeMessage.hello:type_name -> opencustody.api.v1.BridgeHello
@@ -3488,63 +4560,82 @@ var file_api_proto_depIdxs = []int32{
 	9,  // 3: opencustody.api.v1.BridgeMessage.frame:type_name -> opencustody.api.v1.DeviceFrame
 	6,  // 4: opencustody.api.v1.CoreMessage.hello:type_name -> opencustody.api.v1.CoreHello
 	9,  // 5: opencustody.api.v1.CoreMessage.frame:type_name -> opencustody.api.v1.DeviceFrame
-	12, // 6: opencustody.api.v1.StatusResponse.bridges:type_name -> opencustody.api.v1.BridgeStatus
-	15, // 7: opencustody.api.v1.ListDevicesResponse.devices:type_name -> opencustody.api.v1.Device
-	0,  // 8: opencustody.api.v1.Device.state:type_name -> opencustody.api.v1.DeviceState
-	1,  // 9: opencustody.api.v1.Device.role:type_name -> opencustody.api.v1.Role
-	18, // 10: opencustody.api.v1.PairClientMessage.start:type_name -> opencustody.api.v1.PairStart
-	20, // 11: opencustody.api.v1.PairClientMessage.decision:type_name -> opencustody.api.v1.PairDecision
-	19, // 12: opencustody.api.v1.PairServerMessage.code:type_name -> opencustody.api.v1.PairCode
-	21, // 13: opencustody.api.v1.PairServerMessage.result:type_name -> opencustody.api.v1.PairResult
-	1,  // 14: opencustody.api.v1.PairStart.role:type_name -> opencustody.api.v1.Role
-	15, // 15: opencustody.api.v1.PairResult.device:type_name -> opencustody.api.v1.Device
-	15, // 16: opencustody.api.v1.RevokeDeviceResponse.device:type_name -> opencustody.api.v1.Device
-	25, // 17: opencustody.api.v1.Wallet.addresses:type_name -> opencustody.api.v1.WalletAddress
-	25, // 18: opencustody.api.v1.NewAddressResponse.address:type_name -> opencustody.api.v1.WalletAddress
-	24, // 19: opencustody.api.v1.ListWalletsResponse.wallets:type_name -> opencustody.api.v1.Wallet
-	2,  // 20: opencustody.api.v1.Request.state:type_name -> opencustody.api.v1.RequestState
-	35, // 21: opencustody.api.v1.Request.answers:type_name -> opencustody.api.v1.RequestAnswer
-	34, // 22: opencustody.api.v1.Request.prompts:type_name -> opencustody.api.v1.RequestPrompt
-	36, // 23: opencustody.api.v1.Request.summary:type_name -> opencustody.api.v1.TransferSummary
-	37, // 24: opencustody.api.v1.TransferSummary.outputs:type_name -> opencustody.api.v1.TransferOutput
-	2,  // 25: opencustody.api.v1.ListRequestsRequest.state:type_name -> opencustody.api.v1.RequestState
-	33, // 26: opencustody.api.v1.ListRequestsResponse.requests:type_name -> opencustody.api.v1.Request
-	42, // 27: opencustody.api.v1.ListAuditResponse.entries:type_name -> opencustody.api.v1.AuditEntry
-	43, // 28: opencustody.api.v1.ListAuditResponse.checkpoints:type_name -> opencustody.api.v1.AuditCheckpoint
-	46, // 29: opencustody.api.v1.VerifyAuditResponse.problems:type_name -> opencustody.api.v1.AuditProblem
-	3,  // 30: opencustody.api.v1.Relay.Connect:input_type -> opencustody.api.v1.BridgeMessage
-	10, // 31: opencustody.api.v1.Operator.Status:input_type -> opencustody.api.v1.StatusRequest
-	13, // 32: opencustody.api.v1.Operator.ListDevices:input_type -> opencustody.api.v1.ListDevicesRequest
-	16, // 33: opencustody.api.v1.Operator.Pair:input_type -> opencustody.api.v1.PairClientMessage
-	22, // 34: opencustody.api.v1.Operator.RevokeDevice:input_type -> opencustody.api.v1.RevokeDeviceRequest
-	26, // 35: opencustody.api.v1.Custody.CreateWallet:input_type -> opencustody.api.v1.CreateWalletRequest
-	27, // 36: opencustody.api.v1.Custody.NewAddress:input_type -> opencustody.api.v1.NewAddressRequest
-	29, // 37: opencustody.api.v1.Custody.GetWallet:input_type -> opencustody.api.v1.GetWalletRequest
-	30, // 38: opencustody.api.v1.Custody.ListWallets:input_type -> opencustody.api.v1.ListWalletsRequest
-	32, // 39: opencustody.api.v1.Custody.Submit:input_type -> opencustody.api.v1.SubmitRequest
-	38, // 40: opencustody.api.v1.Custody.ListRequests:input_type -> opencustody.api.v1.ListRequestsRequest
-	40, // 41: opencustody.api.v1.Custody.GetRequest:input_type -> opencustody.api.v1.GetRequestRequest
-	41, // 42: opencustody.api.v1.Audit.ListAudit:input_type -> opencustody.api.v1.ListAuditRequest
-	45, // 43: opencustody.api.v1.Audit.VerifyAudit:input_type -> opencustody.api.v1.VerifyAuditRequest
-	4,  // 44: opencustody.api.v1.Relay.Connect:output_type -> opencustody.api.v1.CoreMessage
-	11, // 45: opencustody.api.v1.Operator.Status:output_type -> opencustody.api.v1.StatusResponse
-	14, // 46: opencustody.api.v1.Operator.ListDevices:output_type -> opencustody.api.v1.ListDevicesResponse
-	17, // 47: opencustody.api.v1.Operator.Pair:output_type -> opencustody.api.v1.PairServerMessage
-	23, // 48: opencustody.api.v1.Operator.RevokeDevice:output_type -> opencustody.api.v1.RevokeDeviceResponse
-	24, // 49: opencustody.api.v1.Custody.CreateWallet:output_type -> opencustody.api.v1.Wallet
-	28, // 50: opencustody.api.v1.Custody.NewAddress:output_type -> opencustody.api.v1.NewAddressResponse
-	24, // 51: opencustody.api.v1.Custody.GetWallet:output_type -> opencustody.api.v1.Wallet
-	31, // 52: opencustody.api.v1.Custody.ListWallets:output_type -> opencustody.api.v1.ListWalletsResponse
-	33, // 53: opencustody.api.v1.Custody.Submit:output_type -> opencustody.api.v1.Request
-	39, // 54: opencustody.api.v1.Custody.ListRequests:output_type -> opencustody.api.v1.ListRequestsResponse
-	33, // 55: opencustody.api.v1.Custody.GetRequest:output_type -> opencustody.api.v1.Request
-	44, // 56: opencustody.api.v1.Audit.ListAudit:output_type -> opencustody.api.v1.ListAuditResponse
-	47, // 57: opencustody.api.v1.Audit.VerifyAudit:output_type -> opencustody.api.v1.VerifyAuditResponse
-	44, // [44:58] is the sub-list for method output_type
-	30, // [30:44] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	13, // 6: opencustody.api.v1.Change.fields:type_name -> opencustody.api.v1.ChangeField
+	12, // 7: opencustody.api.v1.ListChangesResponse.changes:type_name -> opencustody.api.v1.Change
+	19, // 8: opencustody.api.v1.StatusResponse.bridges:type_name -> opencustody.api.v1.BridgeStatus
+	22, // 9: opencustody.api.v1.ListDevicesResponse.devices:type_name -> opencustody.api.v1.Device
+	0,  // 10: opencustody.api.v1.Device.state:type_name -> opencustody.api.v1.DeviceState
+	1,  // 11: opencustody.api.v1.Device.role:type_name -> opencustody.api.v1.Role
+	25, // 12: opencustody.api.v1.PairClientMessage.start:type_name -> opencustody.api.v1.PairStart
+	27, // 13: opencustody.api.v1.PairClientMessage.decision:type_name -> opencustody.api.v1.PairDecision
+	26, // 14: opencustody.api.v1.PairServerMessage.code:type_name -> opencustody.api.v1.PairCode
+	28, // 15: opencustody.api.v1.PairServerMessage.result:type_name -> opencustody.api.v1.PairResult
+	1,  // 16: opencustody.api.v1.PairStart.role:type_name -> opencustody.api.v1.Role
+	22, // 17: opencustody.api.v1.PairResult.device:type_name -> opencustody.api.v1.Device
+	22, // 18: opencustody.api.v1.RevokeDeviceResponse.device:type_name -> opencustody.api.v1.Device
+	48, // 19: opencustody.api.v1.PolicyDecision.summary:type_name -> opencustody.api.v1.TransferSummary
+	37, // 20: opencustody.api.v1.Wallet.addresses:type_name -> opencustody.api.v1.WalletAddress
+	37, // 21: opencustody.api.v1.NewAddressResponse.address:type_name -> opencustody.api.v1.WalletAddress
+	36, // 22: opencustody.api.v1.ListWalletsResponse.wallets:type_name -> opencustody.api.v1.Wallet
+	2,  // 23: opencustody.api.v1.Request.state:type_name -> opencustody.api.v1.RequestState
+	47, // 24: opencustody.api.v1.Request.answers:type_name -> opencustody.api.v1.RequestAnswer
+	46, // 25: opencustody.api.v1.Request.prompts:type_name -> opencustody.api.v1.RequestPrompt
+	48, // 26: opencustody.api.v1.Request.summary:type_name -> opencustody.api.v1.TransferSummary
+	49, // 27: opencustody.api.v1.TransferSummary.outputs:type_name -> opencustody.api.v1.TransferOutput
+	2,  // 28: opencustody.api.v1.ListRequestsRequest.state:type_name -> opencustody.api.v1.RequestState
+	45, // 29: opencustody.api.v1.ListRequestsResponse.requests:type_name -> opencustody.api.v1.Request
+	54, // 30: opencustody.api.v1.ListAuditResponse.entries:type_name -> opencustody.api.v1.AuditEntry
+	55, // 31: opencustody.api.v1.ListAuditResponse.checkpoints:type_name -> opencustody.api.v1.AuditCheckpoint
+	58, // 32: opencustody.api.v1.VerifyAuditResponse.problems:type_name -> opencustody.api.v1.AuditProblem
+	3,  // 33: opencustody.api.v1.Relay.Connect:input_type -> opencustody.api.v1.BridgeMessage
+	17, // 34: opencustody.api.v1.Operator.Status:input_type -> opencustody.api.v1.StatusRequest
+	20, // 35: opencustody.api.v1.Operator.ListDevices:input_type -> opencustody.api.v1.ListDevicesRequest
+	23, // 36: opencustody.api.v1.Operator.Pair:input_type -> opencustody.api.v1.PairClientMessage
+	29, // 37: opencustody.api.v1.Operator.RevokeDevice:input_type -> opencustody.api.v1.RevokeDeviceRequest
+	14, // 38: opencustody.api.v1.Operator.GetChange:input_type -> opencustody.api.v1.GetChangeRequest
+	15, // 39: opencustody.api.v1.Operator.ListChanges:input_type -> opencustody.api.v1.ListChangesRequest
+	10, // 40: opencustody.api.v1.Operator.ProposeBackupChange:input_type -> opencustody.api.v1.ProposeBackupChangeRequest
+	14, // 41: opencustody.api.v1.Operator.ApprovedChange:input_type -> opencustody.api.v1.GetChangeRequest
+	11, // 42: opencustody.api.v1.Operator.CompleteChange:input_type -> opencustody.api.v1.CompleteChangeRequest
+	38, // 43: opencustody.api.v1.Custody.CreateWallet:input_type -> opencustody.api.v1.CreateWalletRequest
+	39, // 44: opencustody.api.v1.Custody.NewAddress:input_type -> opencustody.api.v1.NewAddressRequest
+	41, // 45: opencustody.api.v1.Custody.GetWallet:input_type -> opencustody.api.v1.GetWalletRequest
+	42, // 46: opencustody.api.v1.Custody.ListWallets:input_type -> opencustody.api.v1.ListWalletsRequest
+	44, // 47: opencustody.api.v1.Custody.Submit:input_type -> opencustody.api.v1.SubmitRequest
+	50, // 48: opencustody.api.v1.Custody.ListRequests:input_type -> opencustody.api.v1.ListRequestsRequest
+	52, // 49: opencustody.api.v1.Custody.GetRequest:input_type -> opencustody.api.v1.GetRequestRequest
+	32, // 50: opencustody.api.v1.Custody.GetPolicy:input_type -> opencustody.api.v1.GetPolicyRequest
+	33, // 51: opencustody.api.v1.Custody.ProposePolicy:input_type -> opencustody.api.v1.ProposePolicyRequest
+	34, // 52: opencustody.api.v1.Custody.TestPolicy:input_type -> opencustody.api.v1.TestPolicyRequest
+	53, // 53: opencustody.api.v1.Audit.ListAudit:input_type -> opencustody.api.v1.ListAuditRequest
+	57, // 54: opencustody.api.v1.Audit.VerifyAudit:input_type -> opencustody.api.v1.VerifyAuditRequest
+	4,  // 55: opencustody.api.v1.Relay.Connect:output_type -> opencustody.api.v1.CoreMessage
+	18, // 56: opencustody.api.v1.Operator.Status:output_type -> opencustody.api.v1.StatusResponse
+	21, // 57: opencustody.api.v1.Operator.ListDevices:output_type -> opencustody.api.v1.ListDevicesResponse
+	24, // 58: opencustody.api.v1.Operator.Pair:output_type -> opencustody.api.v1.PairServerMessage
+	30, // 59: opencustody.api.v1.Operator.RevokeDevice:output_type -> opencustody.api.v1.RevokeDeviceResponse
+	12, // 60: opencustody.api.v1.Operator.GetChange:output_type -> opencustody.api.v1.Change
+	16, // 61: opencustody.api.v1.Operator.ListChanges:output_type -> opencustody.api.v1.ListChangesResponse
+	12, // 62: opencustody.api.v1.Operator.ProposeBackupChange:output_type -> opencustody.api.v1.Change
+	12, // 63: opencustody.api.v1.Operator.ApprovedChange:output_type -> opencustody.api.v1.Change
+	12, // 64: opencustody.api.v1.Operator.CompleteChange:output_type -> opencustody.api.v1.Change
+	36, // 65: opencustody.api.v1.Custody.CreateWallet:output_type -> opencustody.api.v1.Wallet
+	40, // 66: opencustody.api.v1.Custody.NewAddress:output_type -> opencustody.api.v1.NewAddressResponse
+	36, // 67: opencustody.api.v1.Custody.GetWallet:output_type -> opencustody.api.v1.Wallet
+	43, // 68: opencustody.api.v1.Custody.ListWallets:output_type -> opencustody.api.v1.ListWalletsResponse
+	45, // 69: opencustody.api.v1.Custody.Submit:output_type -> opencustody.api.v1.Request
+	51, // 70: opencustody.api.v1.Custody.ListRequests:output_type -> opencustody.api.v1.ListRequestsResponse
+	45, // 71: opencustody.api.v1.Custody.GetRequest:output_type -> opencustody.api.v1.Request
+	31, // 72: opencustody.api.v1.Custody.GetPolicy:output_type -> opencustody.api.v1.Policy
+	12, // 73: opencustody.api.v1.Custody.ProposePolicy:output_type -> opencustody.api.v1.Change
+	35, // 74: opencustody.api.v1.Custody.TestPolicy:output_type -> opencustody.api.v1.PolicyDecision
+	56, // 75: opencustody.api.v1.Audit.ListAudit:output_type -> opencustody.api.v1.ListAuditResponse
+	59, // 76: opencustody.api.v1.Audit.VerifyAudit:output_type -> opencustody.api.v1.VerifyAuditResponse
+	55, // [55:77] is the sub-list for method output_type
+	33, // [33:55] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_api_proto_init() }
@@ -3562,11 +4653,11 @@ func file_api_proto_init() {
 		(*CoreMessage_Hello)(nil),
 		(*CoreMessage_Frame)(nil),
 	}
-	file_api_proto_msgTypes[13].OneofWrappers = []any{
+	file_api_proto_msgTypes[20].OneofWrappers = []any{
 		(*PairClientMessage_Start)(nil),
 		(*PairClientMessage_Decision)(nil),
 	}
-	file_api_proto_msgTypes[14].OneofWrappers = []any{
+	file_api_proto_msgTypes[21].OneofWrappers = []any{
 		(*PairServerMessage_Code)(nil),
 		(*PairServerMessage_Result)(nil),
 	}
@@ -3576,7 +4667,7 @@ func file_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_proto_rawDesc), len(file_api_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   45,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

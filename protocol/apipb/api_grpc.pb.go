@@ -137,10 +137,15 @@ var Relay_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Operator_Status_FullMethodName       = "/opencustody.api.v1.Operator/Status"
-	Operator_ListDevices_FullMethodName  = "/opencustody.api.v1.Operator/ListDevices"
-	Operator_Pair_FullMethodName         = "/opencustody.api.v1.Operator/Pair"
-	Operator_RevokeDevice_FullMethodName = "/opencustody.api.v1.Operator/RevokeDevice"
+	Operator_Status_FullMethodName              = "/opencustody.api.v1.Operator/Status"
+	Operator_ListDevices_FullMethodName         = "/opencustody.api.v1.Operator/ListDevices"
+	Operator_Pair_FullMethodName                = "/opencustody.api.v1.Operator/Pair"
+	Operator_RevokeDevice_FullMethodName        = "/opencustody.api.v1.Operator/RevokeDevice"
+	Operator_GetChange_FullMethodName           = "/opencustody.api.v1.Operator/GetChange"
+	Operator_ListChanges_FullMethodName         = "/opencustody.api.v1.Operator/ListChanges"
+	Operator_ProposeBackupChange_FullMethodName = "/opencustody.api.v1.Operator/ProposeBackupChange"
+	Operator_ApprovedChange_FullMethodName      = "/opencustody.api.v1.Operator/ApprovedChange"
+	Operator_CompleteChange_FullMethodName      = "/opencustody.api.v1.Operator/CompleteChange"
 )
 
 // OperatorClient is the client API for Operator service.
@@ -156,10 +161,29 @@ type OperatorClient interface {
 	// Pair binds a connected device to a user. The client sends PairStart,
 	// receives PairCode, shows the code to the operator, sends the
 	// operator's PairDecision, and receives PairResult. Closing the stream
-	// aborts the pairing.
+	// aborts the pairing. In ceremony mode the device is paired at once;
+	// otherwise the pairing becomes an admin change (PairResult.change_id)
+	// that the admin quorum approves on their devices.
 	Pair(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PairClientMessage, PairServerMessage], error)
 	// RevokeDevice refuses a device's channel and approvals from now on.
 	RevokeDevice(ctx context.Context, in *RevokeDeviceRequest, opts ...grpc.CallOption) (*RevokeDeviceResponse, error)
+	// GetChange and ListChanges read admin changes: changes (such as a new
+	// wallet policy) that the admin quorum approves on their devices.
+	GetChange(ctx context.Context, in *GetChangeRequest, opts ...grpc.CallOption) (*Change, error)
+	ListChanges(ctx context.Context, in *ListChangesRequest, opts ...grpc.CallOption) (*ListChangesResponse, error)
+	// ProposeBackupChange proposes a backup change ("backup-register" or
+	// "backup-export", package hsm/backup): the core checks the payload
+	// against its own records and HSM and builds what the admins' devices
+	// show (the target's fingerprints, the keys leaving and kept).
+	ProposeBackupChange(ctx context.Context, in *ProposeBackupChangeRequest, opts ...grpc.CallOption) (*Change, error)
+	// ApprovedChange returns a change only if it is approved and waiting to
+	// be carried out, after the core recounted the admins' approvals; with
+	// the SHA-256 of its payload, so the caller can check it approved what
+	// it is about to do.
+	ApprovedChange(ctx context.Context, in *GetChangeRequest, opts ...grpc.CallOption) (*Change, error)
+	// CompleteChange reports that an approved change carried out outside
+	// hsmd (a backup) was done, or failed.
+	CompleteChange(ctx context.Context, in *CompleteChangeRequest, opts ...grpc.CallOption) (*Change, error)
 }
 
 type operatorClient struct {
@@ -213,6 +237,56 @@ func (c *operatorClient) RevokeDevice(ctx context.Context, in *RevokeDeviceReque
 	return out, nil
 }
 
+func (c *operatorClient) GetChange(ctx context.Context, in *GetChangeRequest, opts ...grpc.CallOption) (*Change, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Change)
+	err := c.cc.Invoke(ctx, Operator_GetChange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) ListChanges(ctx context.Context, in *ListChangesRequest, opts ...grpc.CallOption) (*ListChangesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListChangesResponse)
+	err := c.cc.Invoke(ctx, Operator_ListChanges_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) ProposeBackupChange(ctx context.Context, in *ProposeBackupChangeRequest, opts ...grpc.CallOption) (*Change, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Change)
+	err := c.cc.Invoke(ctx, Operator_ProposeBackupChange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) ApprovedChange(ctx context.Context, in *GetChangeRequest, opts ...grpc.CallOption) (*Change, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Change)
+	err := c.cc.Invoke(ctx, Operator_ApprovedChange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) CompleteChange(ctx context.Context, in *CompleteChangeRequest, opts ...grpc.CallOption) (*Change, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Change)
+	err := c.cc.Invoke(ctx, Operator_CompleteChange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServer is the server API for Operator service.
 // All implementations must embed UnimplementedOperatorServer
 // for forward compatibility.
@@ -226,10 +300,29 @@ type OperatorServer interface {
 	// Pair binds a connected device to a user. The client sends PairStart,
 	// receives PairCode, shows the code to the operator, sends the
 	// operator's PairDecision, and receives PairResult. Closing the stream
-	// aborts the pairing.
+	// aborts the pairing. In ceremony mode the device is paired at once;
+	// otherwise the pairing becomes an admin change (PairResult.change_id)
+	// that the admin quorum approves on their devices.
 	Pair(grpc.BidiStreamingServer[PairClientMessage, PairServerMessage]) error
 	// RevokeDevice refuses a device's channel and approvals from now on.
 	RevokeDevice(context.Context, *RevokeDeviceRequest) (*RevokeDeviceResponse, error)
+	// GetChange and ListChanges read admin changes: changes (such as a new
+	// wallet policy) that the admin quorum approves on their devices.
+	GetChange(context.Context, *GetChangeRequest) (*Change, error)
+	ListChanges(context.Context, *ListChangesRequest) (*ListChangesResponse, error)
+	// ProposeBackupChange proposes a backup change ("backup-register" or
+	// "backup-export", package hsm/backup): the core checks the payload
+	// against its own records and HSM and builds what the admins' devices
+	// show (the target's fingerprints, the keys leaving and kept).
+	ProposeBackupChange(context.Context, *ProposeBackupChangeRequest) (*Change, error)
+	// ApprovedChange returns a change only if it is approved and waiting to
+	// be carried out, after the core recounted the admins' approvals; with
+	// the SHA-256 of its payload, so the caller can check it approved what
+	// it is about to do.
+	ApprovedChange(context.Context, *GetChangeRequest) (*Change, error)
+	// CompleteChange reports that an approved change carried out outside
+	// hsmd (a backup) was done, or failed.
+	CompleteChange(context.Context, *CompleteChangeRequest) (*Change, error)
 	mustEmbedUnimplementedOperatorServer()
 }
 
@@ -251,6 +344,21 @@ func (UnimplementedOperatorServer) Pair(grpc.BidiStreamingServer[PairClientMessa
 }
 func (UnimplementedOperatorServer) RevokeDevice(context.Context, *RevokeDeviceRequest) (*RevokeDeviceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeDevice not implemented")
+}
+func (UnimplementedOperatorServer) GetChange(context.Context, *GetChangeRequest) (*Change, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetChange not implemented")
+}
+func (UnimplementedOperatorServer) ListChanges(context.Context, *ListChangesRequest) (*ListChangesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListChanges not implemented")
+}
+func (UnimplementedOperatorServer) ProposeBackupChange(context.Context, *ProposeBackupChangeRequest) (*Change, error) {
+	return nil, status.Error(codes.Unimplemented, "method ProposeBackupChange not implemented")
+}
+func (UnimplementedOperatorServer) ApprovedChange(context.Context, *GetChangeRequest) (*Change, error) {
+	return nil, status.Error(codes.Unimplemented, "method ApprovedChange not implemented")
+}
+func (UnimplementedOperatorServer) CompleteChange(context.Context, *CompleteChangeRequest) (*Change, error) {
+	return nil, status.Error(codes.Unimplemented, "method CompleteChange not implemented")
 }
 func (UnimplementedOperatorServer) mustEmbedUnimplementedOperatorServer() {}
 func (UnimplementedOperatorServer) testEmbeddedByValue()                  {}
@@ -334,6 +442,96 @@ func _Operator_RevokeDevice_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Operator_GetChange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetChangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).GetChange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_GetChange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).GetChange(ctx, req.(*GetChangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_ListChanges_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListChangesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).ListChanges(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_ListChanges_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).ListChanges(ctx, req.(*ListChangesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_ProposeBackupChange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProposeBackupChangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).ProposeBackupChange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_ProposeBackupChange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).ProposeBackupChange(ctx, req.(*ProposeBackupChangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_ApprovedChange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetChangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).ApprovedChange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_ApprovedChange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).ApprovedChange(ctx, req.(*GetChangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_CompleteChange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CompleteChangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).CompleteChange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_CompleteChange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).CompleteChange(ctx, req.(*CompleteChangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Operator_ServiceDesc is the grpc.ServiceDesc for Operator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -353,6 +551,26 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "RevokeDevice",
 			Handler:    _Operator_RevokeDevice_Handler,
 		},
+		{
+			MethodName: "GetChange",
+			Handler:    _Operator_GetChange_Handler,
+		},
+		{
+			MethodName: "ListChanges",
+			Handler:    _Operator_ListChanges_Handler,
+		},
+		{
+			MethodName: "ProposeBackupChange",
+			Handler:    _Operator_ProposeBackupChange_Handler,
+		},
+		{
+			MethodName: "ApprovedChange",
+			Handler:    _Operator_ApprovedChange_Handler,
+		},
+		{
+			MethodName: "CompleteChange",
+			Handler:    _Operator_CompleteChange_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -366,13 +584,16 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Custody_CreateWallet_FullMethodName = "/opencustody.api.v1.Custody/CreateWallet"
-	Custody_NewAddress_FullMethodName   = "/opencustody.api.v1.Custody/NewAddress"
-	Custody_GetWallet_FullMethodName    = "/opencustody.api.v1.Custody/GetWallet"
-	Custody_ListWallets_FullMethodName  = "/opencustody.api.v1.Custody/ListWallets"
-	Custody_Submit_FullMethodName       = "/opencustody.api.v1.Custody/Submit"
-	Custody_ListRequests_FullMethodName = "/opencustody.api.v1.Custody/ListRequests"
-	Custody_GetRequest_FullMethodName   = "/opencustody.api.v1.Custody/GetRequest"
+	Custody_CreateWallet_FullMethodName  = "/opencustody.api.v1.Custody/CreateWallet"
+	Custody_NewAddress_FullMethodName    = "/opencustody.api.v1.Custody/NewAddress"
+	Custody_GetWallet_FullMethodName     = "/opencustody.api.v1.Custody/GetWallet"
+	Custody_ListWallets_FullMethodName   = "/opencustody.api.v1.Custody/ListWallets"
+	Custody_Submit_FullMethodName        = "/opencustody.api.v1.Custody/Submit"
+	Custody_ListRequests_FullMethodName  = "/opencustody.api.v1.Custody/ListRequests"
+	Custody_GetRequest_FullMethodName    = "/opencustody.api.v1.Custody/GetRequest"
+	Custody_GetPolicy_FullMethodName     = "/opencustody.api.v1.Custody/GetPolicy"
+	Custody_ProposePolicy_FullMethodName = "/opencustody.api.v1.Custody/ProposePolicy"
+	Custody_TestPolicy_FullMethodName    = "/opencustody.api.v1.Custody/TestPolicy"
 )
 
 // CustodyClient is the client API for Custody service.
@@ -402,6 +623,17 @@ type CustodyClient interface {
 	// GetRequest returns a request, with the signed PSBT and transaction
 	// once signed.
 	GetRequest(ctx context.Context, in *GetRequestRequest, opts ...grpc.CallOption) (*Request, error)
+	// GetPolicy returns a wallet's policy: the default one of its approvers
+	// and quorum until a policy is set.
+	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*Policy, error)
+	// ProposePolicy proposes a new policy for a wallet: an admin change
+	// that the admin quorum approves on their devices, which show its diff.
+	// The wallet's pending requests are withdrawn when it is applied.
+	ProposePolicy(ctx context.Context, in *ProposePolicyRequest, opts ...grpc.CallOption) (*Change, error)
+	// TestPolicy says which rule of the wallet's policy applies to a PSBT
+	// and what it needs, as Submit would evaluate it, without storing,
+	// prompting or signing anything.
+	TestPolicy(ctx context.Context, in *TestPolicyRequest, opts ...grpc.CallOption) (*PolicyDecision, error)
 }
 
 type custodyClient struct {
@@ -482,6 +714,36 @@ func (c *custodyClient) GetRequest(ctx context.Context, in *GetRequestRequest, o
 	return out, nil
 }
 
+func (c *custodyClient) GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*Policy, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Policy)
+	err := c.cc.Invoke(ctx, Custody_GetPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *custodyClient) ProposePolicy(ctx context.Context, in *ProposePolicyRequest, opts ...grpc.CallOption) (*Change, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Change)
+	err := c.cc.Invoke(ctx, Custody_ProposePolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *custodyClient) TestPolicy(ctx context.Context, in *TestPolicyRequest, opts ...grpc.CallOption) (*PolicyDecision, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PolicyDecision)
+	err := c.cc.Invoke(ctx, Custody_TestPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CustodyServer is the server API for Custody service.
 // All implementations must embed UnimplementedCustodyServer
 // for forward compatibility.
@@ -509,6 +771,17 @@ type CustodyServer interface {
 	// GetRequest returns a request, with the signed PSBT and transaction
 	// once signed.
 	GetRequest(context.Context, *GetRequestRequest) (*Request, error)
+	// GetPolicy returns a wallet's policy: the default one of its approvers
+	// and quorum until a policy is set.
+	GetPolicy(context.Context, *GetPolicyRequest) (*Policy, error)
+	// ProposePolicy proposes a new policy for a wallet: an admin change
+	// that the admin quorum approves on their devices, which show its diff.
+	// The wallet's pending requests are withdrawn when it is applied.
+	ProposePolicy(context.Context, *ProposePolicyRequest) (*Change, error)
+	// TestPolicy says which rule of the wallet's policy applies to a PSBT
+	// and what it needs, as Submit would evaluate it, without storing,
+	// prompting or signing anything.
+	TestPolicy(context.Context, *TestPolicyRequest) (*PolicyDecision, error)
 	mustEmbedUnimplementedCustodyServer()
 }
 
@@ -539,6 +812,15 @@ func (UnimplementedCustodyServer) ListRequests(context.Context, *ListRequestsReq
 }
 func (UnimplementedCustodyServer) GetRequest(context.Context, *GetRequestRequest) (*Request, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetRequest not implemented")
+}
+func (UnimplementedCustodyServer) GetPolicy(context.Context, *GetPolicyRequest) (*Policy, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetPolicy not implemented")
+}
+func (UnimplementedCustodyServer) ProposePolicy(context.Context, *ProposePolicyRequest) (*Change, error) {
+	return nil, status.Error(codes.Unimplemented, "method ProposePolicy not implemented")
+}
+func (UnimplementedCustodyServer) TestPolicy(context.Context, *TestPolicyRequest) (*PolicyDecision, error) {
+	return nil, status.Error(codes.Unimplemented, "method TestPolicy not implemented")
 }
 func (UnimplementedCustodyServer) mustEmbedUnimplementedCustodyServer() {}
 func (UnimplementedCustodyServer) testEmbeddedByValue()                 {}
@@ -687,6 +969,60 @@ func _Custody_GetRequest_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Custody_GetPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CustodyServer).GetPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Custody_GetPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CustodyServer).GetPolicy(ctx, req.(*GetPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Custody_ProposePolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProposePolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CustodyServer).ProposePolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Custody_ProposePolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CustodyServer).ProposePolicy(ctx, req.(*ProposePolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Custody_TestPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TestPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CustodyServer).TestPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Custody_TestPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CustodyServer).TestPolicy(ctx, req.(*TestPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Custody_ServiceDesc is the grpc.ServiceDesc for Custody service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -721,6 +1057,18 @@ var Custody_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetRequest",
 			Handler:    _Custody_GetRequest_Handler,
+		},
+		{
+			MethodName: "GetPolicy",
+			Handler:    _Custody_GetPolicy_Handler,
+		},
+		{
+			MethodName: "ProposePolicy",
+			Handler:    _Custody_ProposePolicy_Handler,
+		},
+		{
+			MethodName: "TestPolicy",
+			Handler:    _Custody_TestPolicy_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -550,7 +550,7 @@ func (d *demo) submit(ctx context.Context, prev *wire.MsgTx, index uint32, chang
 	fmt.Fprintf(d.out, "PSBT spending %s:%d (%s; with the previous transaction and the witness UTXO):\n  %s to %s\n  %s change to %s\n  fee %s\n",
 		h, index, btcutil.Amount(value), btcutil.Amount(demoSendSat), dest.EncodeAddress(),
 		btcutil.Amount(value-demoSendSat-demoFeeSat), change.GetAddress(), btcutil.Amount(demoFeeSat))
-	r, err := apipb.NewCustodyClient(d.conn).Submit(ctx, &apipb.SubmitRequest{Wallet: "treasury", Psbt: []byte(b64)})
+	r, err := apipb.NewCustodyClient(d.conn).Submit(ctx, &apipb.SubmitRequest{Wallet: "treasury", Initiator: "operator", Psbt: []byte(b64)})
 	if err != nil {
 		return nil, err
 	}

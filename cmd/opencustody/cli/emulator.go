@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -27,6 +28,8 @@ func newEmulatorCommand(g *globals) *cobra.Command {
 		verbose              bool
 		stateDir, seed       string
 		algorithm, label     string
+		quirk                string
+		webAddr, recordDir   string
 	)
 	c := &cobra.Command{
 		Use:   "emulator",
@@ -46,9 +49,26 @@ GET /v1/screenshot, PUT /v1/rules; see firmware-spec/device.md.
 The device's state lives in --state DIR (default DATA/emulator/PORT): its
 identity and channel keys, counter and label, the HSM it is paired with, and
 the freshness mark of that HSM's channel credentials. --seed makes the keys and channel ids deterministic, for
-tests only.`,
+tests only.
+
+--web 127.0.0.1:PORT serves a web page with the live screen and its buttons
+(loopback addresses only; presses need the page's per-run token). --record
+DIR writes one PNG per screen change into DIR (000001.png, …).
+
+--quirk NAME makes the emulator break one rule of the specification on
+purpose, to see the conformance suite catch it ('opencustody conformance');
+names: ` + quirkNames() + `.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			q, err := emulator.ParseQuirk(quirk)
+			if err != nil {
+				return withCode(ExitUsage, err)
+			}
+			if webAddr != "" {
+				if _, err := emulator.ParseWebAddr(webAddr); err != nil {
+					return withCode(ExitUsage, err)
+				}
+			}
 			if port < 0 || port > 65535 {
 				return withCode(ExitUsage, fmt.Errorf("--port %d: want 0-65535", port))
 			}
@@ -97,6 +117,9 @@ tests only.`,
 				DebugPort: debugPort,
 				Algorithm: algorithm,
 				Label:     label,
+				Quirk:     q,
+				WebAddr:   webAddr,
+				RecordDir: recordDir,
 				Logger:    slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level})),
 			}
 			if seed != "" {
@@ -108,6 +131,15 @@ tests only.`,
 			}
 			defer emu.Close()
 			status := fmt.Sprintf("emulator emu-%d: udp %s, device %s, state %s", emu.Addr().Port, emu.Addr(), emu.Store().Identity().DeviceID(), stateDir)
+			if u := emu.WebURL(); u != "" {
+				status += "\nweb view " + u
+			}
+			if recordDir != "" {
+				status += "\nrecording screens to " + recordDir
+			}
+			if q != emulator.QuirkNone {
+				status += "\nquirk " + string(q) + ": this emulator breaks the specification on purpose"
+			}
 			if u := emu.DebugURL(); u != "" {
 				status += "\ndebug link " + u
 			} else {
@@ -132,6 +164,9 @@ tests only.`,
 	f.StringVar(&seed, "seed", "", "derive keys and randomness from this seed (tests only)")
 	f.StringVar(&algorithm, "algorithm", "", "identity key algorithm of a new state: p256 (default), ed25519 or secp256k1")
 	f.StringVar(&label, "label", "", "label of a new state")
+	f.StringVar(&webAddr, "web", "", "serve the live screen and buttons on this loopback address (127.0.0.1:PORT)")
+	f.StringVar(&recordDir, "record", "", "write one PNG per screen change into this directory")
+	f.StringVar(&quirk, "quirk", "", "break one rule of the specification on purpose (see --help)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log at debug level")
 	return c
 }
@@ -150,4 +185,12 @@ func runTerminal(ctx context.Context, tty *os.File, out io.Writer, dev *emulator
 		return nil
 	}
 	return err
+}
+
+func quirkNames() string {
+	names := make([]string, len(emulator.Quirks))
+	for i, q := range emulator.Quirks {
+		names[i] = string(q)
+	}
+	return strings.Join(names, ", ")
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/opencustodynet/opencustody/hsm"
 	"github.com/opencustodynet/opencustody/hsm/audit"
+	"github.com/opencustodynet/opencustody/hsm/backup"
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/hsm/hsmd"
 	"github.com/opencustodynet/opencustody/hsm/records"
@@ -26,14 +27,15 @@ func init() { commands = append(commands, newHSMDCommand) }
 
 func newHSMDCommand(g *globals) *cobra.Command {
 	var (
-		hf       hsmFlags
-		lf       logFlags
-		listen   string
-		metrics  string
-		hosts    []string
-		ceremony bool
-		roots    []string
-		storeDSN string
+		hf          hsmFlags
+		lf          logFlags
+		listen      string
+		metrics     string
+		hosts       []string
+		ceremony    bool
+		adminQuorum int
+		roots       []string
+		storeDSN    string
 	)
 	c := &cobra.Command{
 		Use:   "hsmd",
@@ -61,9 +63,18 @@ on this machine find them in the data directory; elsewhere, pass the
 certificate fingerprint hsmd prints (--hsmd-cert) and copy the token file.
 
 --ceremony allows pairing devices directly: use it only for the key ceremony at
-the HSM's console that pairs the first admins.`,
+the HSM's console that pairs the first admins. --admin-quorum N (with
+--ceremony) sets how many admins must approve an admin change, such as a new
+wallet policy, on their devices; it is kept in the governance record and can be
+set again only at another ceremony.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if adminQuorum != 0 && !ceremony {
+				return withCode(ExitUsage, errors.New("--admin-quorum is set only at the key ceremony: add --ceremony"))
+			}
+			if adminQuorum < 0 {
+				return withCode(ExitUsage, fmt.Errorf("--admin-quorum %d: want at least 1", adminQuorum))
+			}
 			log, err := newLogger(g.streams.Err, lf.format, lf.level)
 			if err != nil {
 				return err
@@ -114,6 +125,8 @@ the HSM's console that pairs the first admins.`,
 				Devices:          hsmd.DeviceStore{Records: rs},
 				Wallets:          hsmd.WalletStore{Records: rs},
 				Requests:         hsmd.RequestStore{Records: rs},
+				Changes:          hsmd.ChangeStore{Records: rs},
+				ChangeHandlers:   hsmd.BackupChangeHandlers(&backup.Site{HSM: store, Identity: identity, Records: rs}),
 				Custody:          store,
 				Keys:             store,
 				Ceremony:         ceremony,
@@ -125,6 +138,15 @@ the HSM's console that pairs the first admins.`,
 			al, err := audit.New(audit.Config{Records: rs, Rows: db, Identity: identity})
 			if err != nil {
 				return err
+			}
+			if adminQuorum > 0 {
+				if _, err := cr.SetAdminQuorum(ctx, adminQuorum); err != nil {
+					return err
+				}
+				log.Info("admin quorum set", "admin_quorum", adminQuorum)
+				if _, err := al.Append(ctx, audit.Event{Kind: audit.KindChange, Subject: "governance", Detail: fmt.Sprintf("admin quorum set to %d at the key ceremony", adminQuorum)}); err != nil {
+					log.Error("security event not written to the audit log", "kind", audit.KindChange, "err", err)
+				}
 			}
 			srv, err := hsmd.New(hsmd.Config{Core: cr, Dir: hsmdDir(dir), Hosts: hosts, Version: Version, Logger: log, Audit: al, Lock: lock, Records: rs})
 			if err != nil {
@@ -162,6 +184,7 @@ the HSM's console that pairs the first admins.`,
 	c.Flags().StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9420); off by default")
 	c.Flags().StringSliceVar(&hosts, "tls-host", nil, "extra host names or addresses for the TLS certificate")
 	c.Flags().BoolVar(&ceremony, "ceremony", false, "allow pairing devices directly (key ceremony at the HSM console)")
+	c.Flags().IntVar(&adminQuorum, "admin-quorum", 0, "with --ceremony: how many admins must approve an admin change (stored in the governance record)")
 	c.Flags().StringVar(&storeDSN, "store", os.Getenv("OPENCUSTODY_STORE"), "where the records are kept: empty for SQLite in the data directory, or a postgres:// URL (default $OPENCUSTODY_STORE)")
 	c.Flags().StringSliceVar(&roots, "attestation-roots", nil, "JSON file of device attestation roots (firmware-spec/attestation.md); when given, only devices attested under them can pair")
 	c.AddCommand(newHSMDStatusCommand(g))

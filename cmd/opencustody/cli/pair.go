@@ -21,6 +21,9 @@ type pairResult struct {
 	Device         *deviceJSON `json:"device"`
 	Code           string      `json:"code"`
 	HSMFingerprint string      `json:"hsm_fingerprint"`
+	// ChangeID, outside ceremony mode: the admin change that pairs the
+	// device once the admin quorum approved it.
+	ChangeID string `json:"change_id,omitempty"`
 }
 
 func newPairCommand(g *globals) *cobra.Command {
@@ -41,7 +44,11 @@ device. Pass --code to compare non-interactively with a code read from the
 device. Nothing is stored or pinned unless both sides confirm.
 
 ID is the device id in 'opencustody devices list'. Direct pairing is allowed
-only while hsmd runs with --ceremony (the key ceremony at the HSM console).`,
+only while hsmd runs with --ceremony (the key ceremony at the HSM console).
+Afterwards, with an admin quorum set at the ceremony, the same steps propose the
+pairing as an admin change (its id is printed): the device is paired once the
+admin quorum approved on their devices, which show its fingerprint. If they
+reject it, reset the device before pairing it again.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if deviceID == "" || user == "" {
@@ -62,6 +69,12 @@ only while hsmd runs with --ceremony (the key ceremony at the HSM console).`,
 			}
 			if g.json {
 				return writeJSON(g.streams.Out, res)
+			}
+			if res.ChangeID != "" {
+				fmt.Fprintln(g.streams.Out, res.ChangeID)
+				fmt.Fprintf(g.streams.Err, "pairing proposed as admin change %s: device %s becomes %s's %s device once the admin quorum approves on their devices, which show fingerprint %s; follow it with 'opencustody change show %s'\n",
+					res.ChangeID, res.Device.ID, res.Device.User, res.Device.Role, res.Device.Fingerprint, res.ChangeID)
+				return nil
 			}
 			fmt.Fprintf(g.streams.Out, "paired: device %s is %s's %s device (fingerprint %s)\n", res.Device.ID, res.Device.User, res.Device.Role, res.Device.Fingerprint)
 			return nil
@@ -136,7 +149,7 @@ func runPairing(ctx context.Context, g *globals, cl apipb.OperatorClient, start 
 	if r == nil {
 		return nil, errors.New("hsmd did not send a pairing result")
 	}
-	return &pairResult{Device: newDeviceJSON(r.GetDevice()), Code: code.GetCode(), HSMFingerprint: code.GetHsmFingerprint()}, nil
+	return &pairResult{Device: newDeviceJSON(r.GetDevice()), Code: code.GetCode(), HSMFingerprint: code.GetHsmFingerprint(), ChangeID: r.GetChangeId()}, nil
 }
 
 func askYesNo(s Streams, prompt string) (bool, error) {

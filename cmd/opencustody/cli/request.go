@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/user"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -47,6 +48,14 @@ type requestJSON struct {
 	Error      string        `json:"error,omitempty"`
 	Signed     *signedTxJSON `json:"signed,omitempty"`
 	Summary    string        `json:"summary_canonical"`
+	Initiator  string        `json:"initiator,omitempty"`
+	// The policy version it was submitted under, the rule that applies,
+	// and while pending what it needs and still misses.
+	PolicyVersion uint64   `json:"policy_version"`
+	Rule          string   `json:"rule,omitempty"`
+	Needs         string   `json:"needs,omitempty"`
+	Missing       []string `json:"missing,omitempty"`
+	SignAfter     string   `json:"sign_after,omitempty"`
 }
 
 type outputJSON struct {
@@ -80,12 +89,13 @@ type signedTxJSON struct {
 }
 
 var requestStates = map[apipb.RequestState]string{
-	apipb.RequestState_REQUEST_STATE_PENDING:  string(core.RequestPending),
-	apipb.RequestState_REQUEST_STATE_APPROVED: string(core.RequestApproved),
-	apipb.RequestState_REQUEST_STATE_SIGNED:   string(core.RequestSigned),
-	apipb.RequestState_REQUEST_STATE_REJECTED: string(core.RequestRejected),
-	apipb.RequestState_REQUEST_STATE_EXPIRED:  string(core.RequestExpired),
-	apipb.RequestState_REQUEST_STATE_FAILED:   string(core.RequestFailed),
+	apipb.RequestState_REQUEST_STATE_PENDING:   string(core.RequestPending),
+	apipb.RequestState_REQUEST_STATE_APPROVED:  string(core.RequestApproved),
+	apipb.RequestState_REQUEST_STATE_SIGNED:    string(core.RequestSigned),
+	apipb.RequestState_REQUEST_STATE_REJECTED:  string(core.RequestRejected),
+	apipb.RequestState_REQUEST_STATE_EXPIRED:   string(core.RequestExpired),
+	apipb.RequestState_REQUEST_STATE_FAILED:    string(core.RequestFailed),
+	apipb.RequestState_REQUEST_STATE_WITHDRAWN: string(core.RequestWithdrawn),
 }
 
 func parseRequestState(s string) (apipb.RequestState, error) {
@@ -97,7 +107,7 @@ func parseRequestState(s string) (apipb.RequestState, error) {
 			return k, nil
 		}
 	}
-	return 0, withCode(ExitUsage, fmt.Errorf("--state %q: use pending, approved, signed, rejected, expired or failed", s))
+	return 0, withCode(ExitUsage, fmt.Errorf("--state %q: use pending, approved, signed, rejected, expired, failed or withdrawn", s))
 }
 
 func orEmpty(s []string) []string {
@@ -116,7 +126,9 @@ func newRequestJSON(r *apipb.Request) *requestJSON {
 		FeeRate: bitcoin.FeeRate(s.GetFeeRateSatPerKvb()).String(), VSize: s.GetVsize(), LockTime: s.GetLockTime(),
 		CreatedAt: unixTime(r.GetCreatedAt()), ExpiresAt: unixTime(r.GetExpiresAt()), FinishedAt: unixTime(r.GetFinishedAt()),
 		Outputs: []outputJSON{}, Prompts: []promptJSON{}, Answers: []answerJSON{}, Error: r.GetError(),
-		Summary: hex.EncodeToString(r.GetSummaryCanonical()),
+		Summary:   hex.EncodeToString(r.GetSummaryCanonical()),
+		Initiator: r.GetInitiator(), PolicyVersion: r.GetPolicyVersion(), Rule: r.GetRule(),
+		Needs: r.GetPolicyNeeds(), Missing: r.GetPolicyMissing(), SignAfter: unixTime(r.GetSignAfter()),
 	}
 	if j.State == "" {
 		j.State = "unknown"
@@ -145,6 +157,9 @@ func newRequestJSON(r *apipb.Request) *requestJSON {
 func (j *requestJSON) progress() string {
 	switch j.State {
 	case string(core.RequestPending):
+		if len(j.Missing) > 0 {
+			return fmt.Sprintf("pending: approved by %s; missing %s", dash(strings.Join(j.ApprovedBy, ", ")), strings.Join(j.Missing, "; "))
+		}
 		need := int(j.Quorum) - len(j.ApprovedBy)
 		if len(j.ApprovedBy) == 0 {
 			return fmt.Sprintf("pending: no approval yet, %d needed", need)
@@ -152,7 +167,14 @@ func (j *requestJSON) progress() string {
 		return fmt.Sprintf("pending: approved by %s; %d more needed", strings.Join(j.ApprovedBy, ", "), need)
 	case string(core.RequestRejected):
 		return "rejected by " + strings.Join(j.RejectedBy, ", ")
-	case string(core.RequestSigned), string(core.RequestApproved):
+	case string(core.RequestApproved):
+		if j.SignAfter != "" {
+			return fmt.Sprintf("approved by %s; time-locked: signed from %s", strings.Join(j.ApprovedBy, ", "), j.SignAfter)
+		}
+		return fmt.Sprintf("%s: approved by %s", j.State, strings.Join(j.ApprovedBy, ", "))
+	case string(core.RequestWithdrawn):
+		return "withdrawn: " + j.Error
+	case string(core.RequestSigned):
 		return fmt.Sprintf("%s: approved by %s", j.State, strings.Join(j.ApprovedBy, ", "))
 	case string(core.RequestFailed):
 		return "failed: " + j.Error
@@ -166,6 +188,15 @@ func printRequest(w io.Writer, j *requestJSON) error {
 	fmt.Fprintf(tw, "request\t%s (wallet %s, %s)\n", j.ID, j.Wallet, j.Network)
 	fmt.Fprintf(tw, "state\t%s\n", j.progress())
 	fmt.Fprintf(tw, "txid\t%s\n", j.TxID)
+	if j.Initiator != "" {
+		fmt.Fprintf(tw, "initiator\t%s\n", j.Initiator)
+	}
+	if j.Rule != "" {
+		fmt.Fprintf(tw, "policy\tversion %d, %s\n", j.PolicyVersion, j.Rule)
+	}
+	if j.Needs != "" {
+		fmt.Fprintf(tw, "needs\t%s\n", j.Needs)
+	}
 	for _, o := range j.Outputs {
 		what := "send"
 		if o.Change {
@@ -195,7 +226,11 @@ func printRequest(w io.Writer, j *requestJSON) error {
 		}
 		who = append(who, fmt.Sprintf("%s (%s)", u, st))
 	}
-	fmt.Fprintf(tw, "approvers\t%s; quorum %d\n", strings.Join(who, ", "), j.Quorum)
+	if j.Quorum > 0 {
+		fmt.Fprintf(tw, "approvers\t%s; quorum %d\n", strings.Join(who, ", "), j.Quorum)
+	} else {
+		fmt.Fprintf(tw, "approvers\t%s\n", strings.Join(who, ", "))
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -221,20 +256,30 @@ inputs; one rejection stops the request.`,
 
 func newRequestSubmitCommand(g *globals) *cobra.Command {
 	var (
-		f      hsmdFlags
-		wallet string
+		f                 hsmdFlags
+		wallet, initiator string
 	)
 	c := &cobra.Command{
-		Use:   "submit FILE.psbt --wallet NAME",
+		Use:   "submit FILE.psbt --wallet NAME [--initiator USER]",
 		Short: "Submit a PSBT for approval; prints the request id",
 		Long: `submit sends a PSBT (BIP-174, binary or base64; "-" reads standard input) to
 hsmd for the wallet's approvers. It prints the request id; 'opencustody request
 show ID' follows it. Every input must be a coin of the wallet, with its previous
-transaction: hsmd refuses anything it cannot prove.`,
+transaction: hsmd refuses anything it cannot prove.
+
+--initiator names the user on whose behalf the request is submitted (by default
+$OPENCUSTODY_USER, then the login name): that user gets no prompt, and their
+approval would not count. hsmd cannot verify it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			if wallet == "" {
 				return withCode(ExitUsage, errors.New("request submit needs --wallet"))
+			}
+			if initiator == "" {
+				initiator = defaultInitiator()
+			}
+			if initiator == "" {
+				return withCode(ExitUsage, errors.New("request submit needs --initiator (no login name to default to)"))
 			}
 			psbt, err := readPSBT(g, args[0])
 			if err != nil {
@@ -242,7 +287,7 @@ transaction: hsmd refuses anything it cannot prove.`,
 			}
 			var r *apipb.Request
 			err = g.withCustody(c.Context(), &f, time.Minute, func(ctx context.Context, cl apipb.CustodyClient) (err error) {
-				r, err = cl.Submit(ctx, &apipb.SubmitRequest{Wallet: wallet, Psbt: psbt})
+				r, err = cl.Submit(ctx, &apipb.SubmitRequest{Wallet: wallet, Initiator: initiator, Psbt: psbt})
 				return err
 			})
 			if err != nil {
@@ -260,8 +305,20 @@ transaction: hsmd refuses anything it cannot prove.`,
 	}
 	addHSMDFlags(c, &f)
 	c.Flags().StringVar(&wallet, "wallet", "", "the wallet whose keys sign")
+	c.Flags().StringVar(&initiator, "initiator", "", "the user who initiates the request (default $OPENCUSTODY_USER, then the login name)")
 	addJSONFlag(c, g)
 	return c
+}
+
+// defaultInitiator is $OPENCUSTODY_USER, else the login name.
+func defaultInitiator() string {
+	if u := os.Getenv("OPENCUSTODY_USER"); u != "" {
+		return u
+	}
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return ""
 }
 
 // readPSBT reads a PSBT file, or standard input for "-", up to the size

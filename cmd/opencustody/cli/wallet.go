@@ -25,6 +25,9 @@ type walletJSON struct {
 	Quorum    uint32        `json:"quorum"`
 	CreatedAt string        `json:"created_at"`
 	Addresses []addressJSON `json:"addresses"`
+	// PolicyVersion counts the wallet's policy changes, from 1.
+	PolicyVersion uint64 `json:"policy_version"`
+	Backupable    bool   `json:"backupable"`
 }
 
 type addressJSON struct {
@@ -49,7 +52,7 @@ func newAddressJSON(a *apipb.WalletAddress) addressJSON {
 
 func newWalletJSON(w *apipb.Wallet) *walletJSON {
 	j := &walletJSON{Name: w.GetName(), Network: w.GetNetwork(), Approvers: w.GetApprovers(), Quorum: w.GetQuorum(),
-		CreatedAt: unixTime(w.GetCreatedAt()), Addresses: []addressJSON{}}
+		CreatedAt: unixTime(w.GetCreatedAt()), Addresses: []addressJSON{}, PolicyVersion: w.GetPolicyVersion(), Backupable: w.GetBackupable()}
 	if j.Approvers == nil {
 		j.Approvers = []string{}
 	}
@@ -62,8 +65,18 @@ func newWalletJSON(w *apipb.Wallet) *walletJSON {
 // printWallet writes a wallet for people.
 func printWallet(w io.Writer, j *walletJSON) error {
 	fmt.Fprintf(w, "wallet %s (%s)\n", j.Name, j.Network)
-	fmt.Fprintf(w, "approvers: %s; quorum %d of %d\n", strings.Join(j.Approvers, ", "), j.Quorum, len(j.Approvers))
+	if j.Quorum > 0 {
+		fmt.Fprintf(w, "approvers: %s; quorum %d of %d\n", strings.Join(j.Approvers, ", "), j.Quorum, len(j.Approvers))
+	} else {
+		fmt.Fprintf(w, "approvers: %s; see 'opencustody policy show %s'\n", strings.Join(j.Approvers, ", "), j.Name)
+	}
+	fmt.Fprintf(w, "policy:    version %d\n", j.PolicyVersion)
 	fmt.Fprintf(w, "created:   %s\n", j.CreatedAt)
+	if j.Backupable {
+		fmt.Fprintln(w, "backup:    its keys are backup-able (wrapped for a registered backup HSM only)")
+	} else {
+		fmt.Fprintln(w, "backup:    no; its keys never leave this HSM")
+	}
 	if len(j.Addresses) == 0 {
 		fmt.Fprintf(w, "no addresses yet: make one with 'opencustody wallet address %s'\n", j.Name)
 		return nil
@@ -91,26 +104,46 @@ record key: a hostile database cannot add an approver or lower a quorum.`,
 
 func newWalletCreateCommand(g *globals) *cobra.Command {
 	var (
-		f         hsmdFlags
-		approvers []string
-		quorum    uint32
-		network   string
+		f          hsmdFlags
+		approvers  []string
+		quorum     uint32
+		network    string
+		polFile    string
+		backupable bool
 	)
 	c := &cobra.Command{
-		Use:   "create NAME --approvers USER,... --quorum M",
-		Short: "Create a wallet approved by M of the given users",
+		Use:   "create NAME (--approvers USER,... --quorum M | --policy FILE)",
+		Short: "Create a wallet approved by M of the given users, or under a policy",
 		Long: `create stores a new wallet: QUORUM of the APPROVERS must approve each of its
 transfers on their devices. Every approver must be a user with a paired device
 ('opencustody devices list'). The wallet has no address until 'opencustody
-wallet address NAME'.`,
+wallet address NAME'.
+
+--policy FILE (YAML or JSON, see 'opencustody policy --help') sets a full policy
+instead: groups, tiers, allow-list, velocity limits, time lock. Every user it
+names must have a paired device. Later changes go through the admin quorum
+('opencustody policy set').
+
+--backupable makes each of the wallet's custody keys backup-able: it can leave
+the HSM wrapped for a registered backup HSM ('opencustody backup'), and in no
+other form. Decide now: a key cannot be made backup-able later.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			if len(approvers) == 0 || quorum == 0 {
-				return withCode(ExitUsage, errors.New("wallet create needs --approvers and --quorum"))
+			var doc []byte
+			switch {
+			case polFile != "" && (len(approvers) > 0 || quorum != 0):
+				return withCode(ExitUsage, errNoPolicyFile)
+			case polFile != "":
+				var err error
+				if doc, _, err = readPolicyFile(g, polFile); err != nil {
+					return err
+				}
+			case len(approvers) == 0 || quorum == 0:
+				return withCode(ExitUsage, errors.New("wallet create needs --approvers and --quorum, or --policy"))
 			}
 			var w *apipb.Wallet
 			err := g.withCustody(c.Context(), &f, 30*time.Second, func(ctx context.Context, cl apipb.CustodyClient) (err error) {
-				w, err = cl.CreateWallet(ctx, &apipb.CreateWalletRequest{Name: args[0], Network: network, Approvers: approvers, Quorum: quorum})
+				w, err = cl.CreateWallet(ctx, &apipb.CreateWalletRequest{Name: args[0], Network: network, Approvers: approvers, Quorum: quorum, Policy: doc, Backupable: backupable})
 				return err
 			})
 			if err != nil {
@@ -120,6 +153,10 @@ wallet address NAME'.`,
 			if g.json {
 				return writeJSON(g.streams.Out, j)
 			}
+			if doc != nil {
+				fmt.Fprintf(g.streams.Out, "created wallet %s on %s under the policy in %s ('opencustody policy show %s')\n", j.Name, j.Network, polFile, j.Name)
+				return nil
+			}
 			fmt.Fprintf(g.streams.Out, "created wallet %s on %s: %d of %s must approve\n", j.Name, j.Network, j.Quorum, strings.Join(j.Approvers, ", "))
 			return nil
 		},
@@ -128,6 +165,8 @@ wallet address NAME'.`,
 	c.Flags().StringSliceVar(&approvers, "approvers", nil, "users who approve transfers, comma separated")
 	c.Flags().Uint32Var(&quorum, "quorum", 0, "how many of the approvers must approve each transfer")
 	c.Flags().StringVar(&network, "network", "mainnet", "mainnet, testnet3, signet, regtest or simnet")
+	c.Flags().StringVar(&polFile, "policy", "", "a policy document (YAML or JSON) instead of --approvers and --quorum")
+	c.Flags().BoolVar(&backupable, "backupable", false, "make the wallet's custody keys backup-able to a second HSM")
 	addJSONFlag(c, g)
 	return c
 }
