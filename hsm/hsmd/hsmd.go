@@ -110,8 +110,9 @@ type Config struct {
 	// unsigned.
 	Audit *audit.Log
 	// Lock, if set, is held around every call that changes wallets,
-	// requests or device records (submit, answer, the ticker, new
-	// wallets and addresses, revocation), so that several hsmd instances
+	// requests, changes or device records (submit, answer, the ticker, new
+	// wallets and addresses, revocation, admin changes and policy
+	// proposals, prompts issued afresh), so that several hsmd instances
 	// sharing one database take them one at a time, as one hsmd's core
 	// does with its own mutex. It is the record backend (records.Locker).
 	// A single hsmd on its own database needs none.
