@@ -55,7 +55,7 @@ test: setup $(BIN)/btcd $(BIN)/btcctl lint unit
 # OPENCUSTODY_REQUIRE_BROWSER=1: the web view's browser test fails, instead
 # of skipping, when Chromium is missing (setup installs it).
 unit: $(BIN)/btcd $(BIN)/btcctl
-	OPENCUSTODY_REQUIRE_BROWSER=1 bash scripts/with-postgres.sh $(GO) test -race -count=1 ./...
+	OPENCUSTODY_REQUIRE_BROWSER=1 bash scripts/with-postgres.sh $(GO) test -race -count=1 -timeout 30m ./...
 
 ## lint: gofmt check, go vet and staticcheck
 lint: fmt-check vet staticcheck
