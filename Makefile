@@ -49,10 +49,13 @@ demo: setup build
 ## test: setup, then formatting, vet, staticcheck and every test under -race
 test: setup $(BIN)/btcd $(BIN)/btcctl lint unit
 
+# unit runs the tests with a throwaway PostgreSQL server on a loopback port
+# (scripts/with-postgres.sh starts it, sets OPENCUSTODY_TEST_POSTGRES, and
+# stops it when the tests end, passed or failed).
 # OPENCUSTODY_REQUIRE_BROWSER=1: the web view's browser test fails, instead
 # of skipping, when Chromium is missing (setup installs it).
 unit: $(BIN)/btcd $(BIN)/btcctl
-	OPENCUSTODY_REQUIRE_BROWSER=1 $(GO) test -race -count=1 ./...
+	OPENCUSTODY_REQUIRE_BROWSER=1 bash scripts/with-postgres.sh $(GO) test -race -count=1 -timeout 30m ./...
 
 ## lint: gofmt check, go vet and staticcheck
 lint: fmt-check vet staticcheck

@@ -12,17 +12,21 @@ want_proto=false
 [ "${1:-}" = proto ] && want_proto=true
 
 # Debian package -> a file that proves it is installed.
+# A glob matches any version (postgresql installs /usr/lib/postgresql/15/...).
 declare -A need=(
   [softhsm2]=/usr/lib/softhsm/libsofthsm2.so
   [opensc]=/usr/bin/pkcs11-tool
+  [postgresql]='/usr/lib/postgresql/*/bin/pg_ctl'
   # The emulator web view's browser test drives a headless Chromium.
   [chromium]=/usr/bin/chromium
 )
 if $want_proto; then need[protobuf-compiler]=/usr/bin/protoc; fi
 
+have() { compgen -G "$1" >/dev/null; }
+
 missing=()
 for pkg in "${!need[@]}"; do
-  [ -e "${need[$pkg]}" ] || missing+=("$pkg")
+  have "${need[$pkg]}" || missing+=("$pkg")
 done
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -40,14 +44,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "  Debian/Ubuntu: sudo apt-get install -y ${missing[*]}" >&2
     brew=()
     for p in "${missing[@]}"; do
-      case $p in softhsm2) brew+=(softhsm);; protobuf-compiler) brew+=(protobuf);; chromium) brew+=(--cask chromium);; *) brew+=("$p");; esac
+      case $p in softhsm2) brew+=(softhsm);; protobuf-compiler) brew+=(protobuf);; postgresql) brew+=(postgresql@15);; chromium) brew+=(--cask chromium);; *) brew+=("$p");; esac
     done
     echo "  macOS:         brew install ${brew[*]}" >&2
     exit 1
   fi
 fi
 for pkg in "${!need[@]}"; do
-  if [ ! -e "${need[$pkg]}" ]; then
+  if ! have "${need[$pkg]}"; then
     echo "setup: $pkg was installed but ${need[$pkg]} is still missing" >&2
     exit 1
   fi

@@ -240,29 +240,44 @@ func decodeEntry(body []byte) (*Entry, error) {
 	return &e, nil
 }
 
+// maxAppendAttempts bounds how often Append chains again onto a head
+// another writer moved.
+const maxAppendAttempts = 50
+
 // Append adds ev to the chain and returns the new entry. Every
 // CheckpointEvery entries it also signs a checkpoint; if that fails, Append
 // returns the entry, which is stored, and the checkpoint's error.
+//
+// Several Logs may append to one store (hsmd instances sharing a
+// database): an entry whose sequence number another took first is chained
+// again onto the new head.
 func (l *Log) Append(ctx context.Context, ev Event) (*Entry, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if err := l.load(ctx); err != nil {
-		return nil, err
-	}
-	e := &Entry{Seq: l.seq + 1, Time: l.cfg.Now().UTC(), Kind: ev.Kind, Subject: ev.Subject, Detail: ev.Detail, Prev: l.hash}
-	h, err := e.ComputeHash()
-	if err != nil {
-		return nil, err
-	}
-	e.Hash = h
-	body, err := json.Marshal(e)
-	if err != nil {
-		return nil, fmt.Errorf("audit: entry %d: %w", e.Seq, err)
-	}
-	if _, err := l.cfg.Records.Create(ctx, RecordKind, key(e.Seq), body); err != nil {
-		// Another writer may have moved the head: read it again next time.
+	var e *Entry
+	for attempt := 0; ; attempt++ {
+		if err := l.load(ctx); err != nil {
+			return nil, err
+		}
+		e = &Entry{Seq: l.seq + 1, Time: l.cfg.Now().UTC(), Kind: ev.Kind, Subject: ev.Subject, Detail: ev.Detail, Prev: l.hash}
+		h, err := e.ComputeHash()
+		if err != nil {
+			return nil, err
+		}
+		e.Hash = h
+		body, err := json.Marshal(e)
+		if err != nil {
+			return nil, fmt.Errorf("audit: entry %d: %w", e.Seq, err)
+		}
+		_, err = l.cfg.Records.Create(ctx, RecordKind, key(e.Seq), body)
+		if err == nil {
+			break
+		}
+		// Another writer may have moved the head: read it again.
 		l.loaded = false
-		return nil, fmt.Errorf("audit: append entry %d: %w", e.Seq, err)
+		if !errors.Is(err, records.ErrExists) || attempt+1 >= maxAppendAttempts {
+			return nil, fmt.Errorf("audit: append entry %d: %w", e.Seq, err)
+		}
 	}
 	l.seq, l.hash = e.Seq, e.Hash
 	if e.Seq%l.cfg.CheckpointEvery == 0 {

@@ -167,10 +167,60 @@ func TestDeletedCheckpointedTailIsReported(t *testing.T) {
 	e.exec(t, `DELETE FROM records WHERE kind = 'audit' AND key >= ?`, key(4))
 	rep := e.verify(t)
 	want(t, rep, 4, true, "missing")
-	// The limit the package doc states: entries 5 and 6 were after the
-	// last checkpoint, and their loss shows only as a shorter log.
+	// Entries 5 and 6 were after the last checkpoint; the record store's
+	// manifest still lists them.
+	want(t, rep, 5, false, "missing: deleted")
+	want(t, rep, 6, false, "missing: deleted")
 	if rep.LastSeq != 3 {
 		t.Errorf("last seq %d, want 3", rep.LastSeq)
+	}
+}
+
+// TestDeletedUncheckpointedTailIsReported deletes the newest entry, which
+// no checkpoint covers: the manifest of the audit records catches it, and
+// Append refuses to chain past the hole.
+func TestDeletedUncheckpointedTailIsReported(t *testing.T) {
+	e := newEnv(t, 100)
+	e.appendN(t, 3)
+	e.exec(t, `DELETE FROM records WHERE kind = 'audit' AND key = ?`, key(3))
+	rep := e.verify(t)
+	want(t, rep, 3, false, "missing: deleted")
+	if len(rep.Problems) != 1 {
+		t.Errorf("problems %v", rep.Problems)
+	}
+	fresh, err := audit.New(e.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fresh.Append(t.Context(), audit.Event{Kind: audit.KindLogin, Subject: "operator"}); !errors.Is(err, records.ErrIntegrity) {
+		t.Errorf("Append over a deleted entry: %v, want an integrity error", err)
+	}
+}
+
+// TestRolledBackLogIsReported puts the audit records, their manifest and
+// the root back as they were two entries ago, while the log runs: the
+// record store's pin catches the rollback.
+func TestRolledBackLogIsReported(t *testing.T) {
+	e := newEnv(t, 100)
+	e.appendN(t, 2)
+	db, err := sql.Open("sqlite", e.dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`CREATE TABLE saved AS SELECT * FROM records`); err != nil {
+		t.Fatal(err)
+	}
+	e.appendN(t, 2)
+	for _, q := range []string{`DELETE FROM records`, `INSERT INTO records SELECT * FROM saved`} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep := e.verify(t)
+	want(t, rep, 0, false, "rolled back")
+	if _, err := e.log.Append(t.Context(), audit.Event{Kind: audit.KindLogin, Subject: "operator"}); !errors.Is(err, records.ErrIntegrity) {
+		t.Errorf("Append onto a rolled back log: %v, want an integrity error", err)
 	}
 }
 
@@ -211,10 +261,12 @@ func TestForeignCheckpointIsReported(t *testing.T) {
 	}
 }
 
-func TestDuplicateSeqFails(t *testing.T) {
+// TestTwoLogsShareTheChain appends through two Logs over one store, as two
+// hsmd instances on one database do: an entry whose sequence number the
+// other took is chained onto the new head, and the chain stays whole.
+func TestTwoLogsShareTheChain(t *testing.T) {
 	e := newEnv(t, 100)
 	e.appendN(t, 2)
-	// A second Log over the same store takes seq 3 behind the first's back.
 	other, err := audit.New(e.cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -222,16 +274,12 @@ func TestDuplicateSeqFails(t *testing.T) {
 	if ent, err := other.Append(t.Context(), audit.Event{Kind: audit.KindRevocation, Subject: "dev-1"}); err != nil || ent.Seq != 3 {
 		t.Fatalf("other Append: %v, %v", ent, err)
 	}
-	_, err = e.log.Append(t.Context(), audit.Event{Kind: audit.KindRevocation, Subject: "dev-2"})
-	if !errors.Is(err, records.ErrExists) || !strings.Contains(err.Error(), "audit: append entry 3") {
-		t.Fatalf("duplicate seq: %v", err)
-	}
-	// The first Log reads the head again and goes on.
+	// e.log still thinks the head is entry 2.
 	if ent, err := e.log.Append(t.Context(), audit.Event{Kind: audit.KindRevocation, Subject: "dev-2"}); err != nil || ent.Seq != 4 {
-		t.Fatalf("Append after conflict: %v, %v", ent, err)
+		t.Fatalf("Append after the other's: %v, %v", ent, err)
 	}
-	if rep := e.verify(t); !rep.OK() {
-		t.Fatalf("problems %v", rep.Problems)
+	if rep := e.verify(t); !rep.OK() || rep.LastSeq != 4 {
+		t.Fatalf("report %+v", rep)
 	}
 	if _, err := e.log.Append(t.Context(), audit.Event{Kind: ""}); err == nil || !strings.Contains(err.Error(), "audit: entry 5") {
 		t.Errorf("empty kind: %v", err)

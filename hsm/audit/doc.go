@@ -62,18 +62,23 @@
 //     or reordered entry);
 //   - a checkpoint whose signature is not the identity key's, or whose hash
 //     is not the hash of the entry it names, or that names an entry that is
-//     not there (a deleted tail the checkpoint covers).
+//     not there (a deleted tail the checkpoint covers);
+//   - an entry or checkpoint the record store's manifest lists that has no
+//     row (the newest entries deleted, checkpointed or not), a row the
+//     manifest does not list, and a manifest that was rolled back or
+//     removed (package records, "Manifests"). Such problems with the
+//     manifest itself are reported at position 0.
 //
 // # What Verify cannot find
 //
-// The database may drop the newest entries. Entries after the latest
-// checkpoint are covered by no signature, so dropping them goes unnoticed:
-// the chain simply looks shorter. Checkpoints every N entries bound that
-// loss to fewer than N entries (plus any written since the last on-demand
-// checkpoint); the database may likewise drop the latest checkpoints
-// themselves along with the entries they cover, which looks the same as
-// a log that stopped earlier. Catching that needs a checkpoint kept where
-// the database cannot reach it (an operator's copy of the export, say).
+// A consistent copy of the whole database from an earlier moment (records,
+// manifests, entries and checkpoints all as they were) is the genuine log
+// of that moment: while hsmd runs, the record store's pin reports it as
+// rolled back, but a daemon started on the restored copy cannot tell. The
+// newest entries lost that way are those after the checkpoint an operator
+// last exported: keep exports ('opencustody audit export', or 'opencustody
+// audit checkpoint', which signs one now) where the database cannot reach
+// them, and compare.
 //
 // # Failures
 //

@@ -104,6 +104,10 @@ func (l *Log) Verify(ctx context.Context) (*Report, error) {
 		return nil, fmt.Errorf("audit: list entries: %w", err)
 	}
 	rep.Entries = len(rows)
+	entryProblems, err := l.recordProblems(ctx, RecordKind, add)
+	if err != nil {
+		return nil, fmt.Errorf("audit: entries: %w", err)
+	}
 	// stored maps a sequence number to the hash its row claims, for the
 	// prev links; computed to the hash of its fields, for checkpoints.
 	// prevs to the prev it names.
@@ -119,11 +123,9 @@ func (l *Log) Verify(ctx context.Context) (*Report, error) {
 			add(seq, false, "listed more than once")
 			continue
 		}
-		if err := l.checkMAC(ctx, RecordKind, row.Key); err != nil {
-			if !errors.Is(err, records.ErrIntegrity) {
-				return nil, fmt.Errorf("audit: entry %d: %w", seq, err)
-			}
-			add(seq, false, "record mac does not verify (the row was edited or planted)")
+		if ie := entryProblems[row.Key]; ie != nil {
+			add(seq, false, "%s", recordProblem(ie))
+			delete(entryProblems, row.Key)
 		}
 		e, err := decodeEntry(row.Body)
 		if err != nil {
@@ -173,9 +175,27 @@ func (l *Log) Verify(ctx context.Context) (*Report, error) {
 		}
 	}
 
+	// Entries the manifest lists past the last row: a deleted tail. (Gaps
+	// in the middle are reported above as missing.)
+	for k, ie := range entryProblems {
+		if seq, ok := parseKey(k); ok && seq > rep.LastSeq {
+			add(seq, false, "missing: %s", ie.Reason)
+		}
+	}
+	slices.SortStableFunc(rep.Problems, func(a, b Problem) int { return cmpUint(a.Seq, b.Seq) })
+
 	cps, err := l.cfg.Rows.List(ctx, CheckpointRecordKind)
 	if err != nil {
 		return nil, fmt.Errorf("audit: list checkpoints: %w", err)
+	}
+	cpProblems, err := l.recordProblems(ctx, CheckpointRecordKind, add)
+	if err != nil {
+		return nil, fmt.Errorf("audit: checkpoints: %w", err)
+	}
+	for k, ie := range cpProblems {
+		if seq, ok := parseKey(k); ok && !slices.ContainsFunc(cps, func(r records.Row) bool { return r.Key == k }) {
+			add(seq, true, "missing: %s", ie.Reason)
+		}
 	}
 	rep.Checkpoints = len(cps)
 	slices.SortFunc(cps, func(a, b records.Row) int { return cmpString(a.Key, b.Key) })
@@ -186,11 +206,8 @@ func (l *Log) Verify(ctx context.Context) (*Report, error) {
 			add(0, true, "row with key %q is not a checkpoint", row.Key)
 			continue
 		}
-		if err := l.checkMAC(ctx, CheckpointRecordKind, row.Key); err != nil {
-			if !errors.Is(err, records.ErrIntegrity) {
-				return nil, fmt.Errorf("audit: checkpoint %d: %w", seq, err)
-			}
-			add(seq, true, "record mac does not verify (the row was edited or planted)")
+		if ie := cpProblems[row.Key]; ie != nil {
+			add(seq, true, "%s", recordProblem(ie))
 		}
 		var c Checkpoint
 		if err := json.Unmarshal(row.Body, &c); err != nil {
@@ -231,8 +248,30 @@ func cmpString(a, b string) int {
 	return 0
 }
 
-// checkMAC reads kind/key through the record store, which checks its MAC.
-func (l *Log) checkMAC(ctx context.Context, kind, key string) error {
-	_, err := l.cfg.Records.Get(ctx, kind, key)
-	return err
+// recordProblems has the record store check every record of kind (its MAC,
+// and its version against the kind's manifest) and returns the failures by
+// key. A failure of the manifest itself, which makes every record of the
+// kind unverifiable, is added to the report at once (at position 0).
+func (l *Log) recordProblems(ctx context.Context, kind string, add func(seq uint64, cp bool, format string, args ...any)) (map[string]*records.IntegrityError, error) {
+	_, bad, err := l.cfg.Records.Check(ctx, kind)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]*records.IntegrityError{}
+	for _, ie := range bad {
+		if ie.Kind != kind {
+			add(0, kind == CheckpointRecordKind, "%v", ie)
+			continue
+		}
+		out[ie.Key] = ie
+	}
+	return out, nil
+}
+
+// recordProblem says what the record store found wrong with a row.
+func recordProblem(ie *records.IntegrityError) string {
+	if errors.Is(ie.Err, records.ErrBadMAC) {
+		return "record mac does not verify (the row was edited or planted)"
+	}
+	return "record " + ie.Reason
 }

@@ -333,7 +333,7 @@ func waitShown(t *testing.T, id string, devs ...*relayDevice) {
 // spend is a base64 PSBT spending output index of prev (which pays the
 // wallet's first address): half to a foreign address, the rest less the
 // fee as change to the wallet's second address.
-func spend(t *testing.T, prev *wire.MsgTx, index uint32, change []byte) []byte {
+func spend(t testing.TB, prev *wire.MsgTx, index uint32, change []byte) []byte {
 	t.Helper()
 	h := prev.TxHash()
 	value := prev.TxOut[index].Value
@@ -700,5 +700,135 @@ func TestTamperedChangeRecordsAreRefused(t *testing.T) {
 	edit("governance", `"admin_quorum":2`, `"admin_quorum":1`)
 	if _, err := cust.ProposePolicy(ctx, &apipb.ProposePolicyRequest{Wallet: "w", Document: doc, Initiator: "olivia"}); status.Code(err) != codes.DataLoss || !strings.Contains(err.Error(), "governance") {
 		t.Fatalf("lowered admin quorum: %v, want DataLoss naming the governance record", err)
+	}
+}
+
+// TestRolledBackAndDeletedRecordsAreRefused changes the database in ways
+// the record MACs alone cannot see: a device's record put back to its
+// genuine version from before its revocation, a wallet put back to before
+// its newest address, a request deleted, and an audit entry removed. Each
+// is refused, by the API and by the core's upkeep, naming the record.
+func TestRolledBackAndDeletedRecordsAreRefused(t *testing.T) {
+	e := startWith(t, false, true)
+	ctx := t.Context()
+	cust := apipb.NewCustodyClient(e.dial(t, "operator"))
+	op := apipb.NewOperatorClient(e.dial(t, "operator"))
+	alice := newRelayDevice(t, "emu-a", "alice", pb.Algorithm_ALGORITHM_ECDSA_P256, e.identity.PublicKey())
+	bob := newRelayDevice(t, "emu-b", "bob", pb.Algorithm_ALGORITHM_ECDSA_P256, e.identity.PublicKey())
+	pairDevices(t, e, alice, bob)
+	if _, err := cust.CreateWallet(ctx, &apipb.CreateWalletRequest{Name: "w", Network: "simnet", Approvers: []string{"alice", "bob"}, Quorum: 2}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := cust.NewAddress(ctx, &apipb.NewAddressRequest{Wallet: "w"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", filepath.Join(e.dataDir, "opencustody.db")+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	exec := func(q string, args ...any) {
+		t.Helper()
+		res, err := db.Exec(q, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			t.Fatalf("%s: no row changed", q)
+		}
+	}
+	if _, err := db.Exec(`CREATE TABLE saved AS SELECT * FROM records`); err != nil {
+		t.Fatal(err)
+	}
+	aliceID := alice.record().ID
+	if _, err := op.RevokeDevice(ctx, &apipb.RevokeDeviceRequest{DeviceId: aliceID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cust.NewAddress(ctx, &apipb.NewAddressRequest{Wallet: "w"}); err != nil {
+		t.Fatal(err)
+	}
+	prev := wire.NewMsgTx(2)
+	h := chainhash.HashH([]byte("funding"))
+	prev.AddTxIn(wire.NewTxIn(wire.NewOutPoint(&h, 0), nil, nil))
+	prev.AddTxOut(wire.NewTxOut(100_000_000, p2wpkh(a.GetAddress().GetPublicKey())))
+	if _, err := op.RevokeDevice(ctx, &apipb.RevokeDeviceRequest{DeviceId: bob.record().ID}); err != nil {
+		t.Fatal(err)
+	}
+	restore := func(kind, key string) {
+		t.Helper()
+		exec(`UPDATE records SET version = s.version, body = s.body, mac = s.mac FROM saved s
+			WHERE records.kind = ? AND records.key = ? AND s.kind = records.kind AND s.key = records.key`, kind, key)
+	}
+	wantDataLoss := func(what string, err error, parts ...string) {
+		t.Helper()
+		if status.Code(err) != codes.DataLoss {
+			t.Fatalf("%s: %v, want DataLoss", what, err)
+		}
+		for _, p := range parts {
+			if !strings.Contains(err.Error(), p) {
+				t.Errorf("%s: %v does not say %q", what, err, p)
+			}
+		}
+	}
+
+	// Alice's revocation undone by putting her old record back.
+	restore("device", aliceID)
+	_, err = op.ListDevices(ctx, &apipb.ListDevicesRequest{})
+	wantDataLoss("devices with a revocation rolled back", err, fmt.Sprintf("device %q", aliceID), "rolled back to version 1")
+	exec(`DELETE FROM records WHERE kind = 'device'`)
+	exec(`INSERT INTO records SELECT * FROM saved WHERE kind = 'device'`) // both back as paired, manifest as now
+	_, err = op.ListDevices(ctx, &apipb.ListDevicesRequest{})
+	wantDataLoss("devices rolled back", err, "rolled back")
+
+	// The wallet put back to before its second address.
+	restore("wallet", "w")
+	_, err = cust.GetWallet(ctx, &apipb.GetWalletRequest{Name: "w"})
+	wantDataLoss("wallet rolled back", err, `wallet "w"`, "rolled back to version 2")
+	_, err = cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Initiator: "olivia", Psbt: spend(t, prev, 0, p2wpkh(a.GetAddress().GetPublicKey()))})
+	wantDataLoss("submit to a rolled back wallet", err, `wallet "w"`)
+}
+
+// TestDeletedRequestIsRefused deletes a pending request's row: reading it,
+// listing requests and the core's upkeep all refuse, naming it.
+func TestDeletedRequestIsRefused(t *testing.T) {
+	e := startWith(t, false, true)
+	ctx := t.Context()
+	cust := apipb.NewCustodyClient(e.dial(t, "operator"))
+	alice := newRelayDevice(t, "emu-a", "alice", pb.Algorithm_ALGORITHM_ECDSA_P256, e.identity.PublicKey())
+	bob := newRelayDevice(t, "emu-b", "bob", pb.Algorithm_ALGORITHM_ECDSA_P256, e.identity.PublicKey())
+	pairDevices(t, e, alice, bob)
+	if _, err := cust.CreateWallet(ctx, &apipb.CreateWalletRequest{Name: "w", Network: "simnet", Approvers: []string{"alice", "bob"}, Quorum: 2}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := cust.NewAddress(ctx, &apipb.NewAddressRequest{Wallet: "w"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev := wire.NewMsgTx(2)
+	h := chainhash.HashH([]byte("funding"))
+	prev.AddTxIn(wire.NewTxIn(wire.NewOutPoint(&h, 0), nil, nil))
+	prev.AddTxOut(wire.NewTxOut(100_000_000, p2wpkh(a.GetAddress().GetPublicKey())))
+	req, err := cust.Submit(ctx, &apipb.SubmitRequest{Wallet: "w", Initiator: "olivia", Psbt: spend(t, prev, 0, p2wpkh(a.GetAddress().GetPublicKey()))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", filepath.Join(e.dataDir, "opencustody.db")+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`DELETE FROM records WHERE kind = 'request' AND key = ?`, req.GetId()); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("request %q: integrity check failed: deleted", req.GetId())
+	if _, err := cust.GetRequest(ctx, &apipb.GetRequestRequest{Id: req.GetId()}); status.Code(err) != codes.DataLoss || !strings.Contains(err.Error(), want) {
+		t.Errorf("GetRequest: %v, want DataLoss saying %q", err, want)
+	}
+	if _, err := cust.ListRequests(ctx, &apipb.ListRequestsRequest{}); status.Code(err) != codes.DataLoss || !strings.Contains(err.Error(), want) {
+		t.Errorf("ListRequests: %v, want DataLoss saying %q", err, want)
+	}
+	if _, err := e.core.Tick(ctx); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Tick: %v, want it to refuse, saying %q", err, want)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/opencustodynet/opencustody/hsm/audit"
@@ -34,7 +35,13 @@ func (s *Server) sendPrompt(ctx context.Context, d *deviceConn, p *signed.Prompt
 
 // sendPending sends a device the prompts it has yet to answer.
 func (s *Server) sendPending(ctx context.Context, d *deviceConn, deviceID string) {
-	ps, err := s.cfg.Core.PendingPrompts(ctx, deviceID)
+	// PendingPrompts issues each prompt afresh, a change of the request:
+	// one at a time with the others, across instances too.
+	var ps []*signed.Prompt
+	err := s.exclusive(ctx, func() (err error) {
+		ps, err = s.cfg.Core.PendingPrompts(ctx, deviceID)
+		return err
+	})
 	if errors.Is(err, core.ErrNoApprovalPath) {
 		return
 	}
@@ -82,7 +89,11 @@ func (s *Server) queueAnswer(a core.Answer) {
 // the prompts it made moot.
 func (s *Server) answer(ctx context.Context, a core.Answer) {
 	log := s.log.With("request", a.RequestID, "device", a.Device)
-	res, err := s.cfg.Core.Answer(ctx, a)
+	var res *core.AnswerResult
+	err := s.exclusive(ctx, func() (err error) {
+		res, err = s.cfg.Core.Answer(ctx, a)
+		return err
+	})
 	if err != nil {
 		s.metrics.answers.WithLabelValues("refused").Inc()
 		log.Warn("answer refused", "err", err)
@@ -135,14 +146,87 @@ func (s *Server) withdraw(ctx context.Context, refs []core.PromptRef) {
 	}
 }
 
+// deliverPending hands every device with a secure channel here the stored
+// prompts of pending requests it has yet to answer and that this link has
+// not been handed yet. With several hsmd instances on one database, a
+// request submitted to another instance has prompts for devices attached
+// here, which nothing else would hand over until their channel came up
+// again. It sends each prompt as stored, without issuing it afresh (which
+// would make the copy a device already holds unanswerable), and once per
+// link.
+func (s *Server) deliverPending(ctx context.Context) {
+	rs, err := s.cfg.Core.Requests(ctx)
+	if err != nil {
+		if ctx.Err() == nil && !errors.Is(err, core.ErrNoApprovalPath) {
+			s.log.Error("cannot read the pending requests", "err", err)
+		}
+		return
+	}
+	s.mu.Lock()
+	ds := make([]*deviceConn, 0, len(s.devices))
+	for _, d := range s.devices {
+		ds = append(ds, d)
+	}
+	s.mu.Unlock()
+	for _, d := range ds {
+		var dev *core.DeviceRecord
+		d.mu.Lock()
+		if !d.detached && d.link != nil {
+			if up, rec := d.link.Secure(); up {
+				dev = rec
+			}
+		}
+		d.mu.Unlock()
+		if dev == nil {
+			continue
+		}
+		for _, r := range rs {
+			if r.State != core.RequestPending {
+				continue
+			}
+			p := slices.IndexFunc(r.Prompts, func(p core.PromptRecord) bool { return p.DeviceID == dev.ID })
+			answered := slices.ContainsFunc(r.Answers, func(a core.AnswerRecord) bool { return a.DeviceID == dev.ID || a.User == dev.User })
+			if p < 0 || answered {
+				continue
+			}
+			d.mu.Lock()
+			sent := d.delivered[r.ID]
+			if d.delivered == nil {
+				d.delivered = map[string]bool{}
+			}
+			d.delivered[r.ID] = true
+			d.mu.Unlock()
+			if sent {
+				continue
+			}
+			sp, err := signed.ParsePrompt(r.Prompts[p].Prompt)
+			if err != nil {
+				s.log.Error("stored prompt does not parse", "request", r.ID, "device", dev.ID, "err", err)
+				continue
+			}
+			s.sendPrompt(ctx, d, sp)
+		}
+	}
+}
+
 // tickLoop has the core store expiries and finish interrupted signings,
-// at once and then every TickInterval.
+// at once and then every TickInterval; with a shared database (Config.Lock)
+// it also hands over the prompts other instances issued.
 func (s *Server) tickLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.TickInterval)
 	defer t.Stop()
 	for {
-		approved := s.approvedRequests(ctx)
-		withdraw, err := s.cfg.Core.Tick(ctx)
+		var withdraw []core.PromptRef
+		err := s.exclusive(ctx, func() (err error) {
+			// Requests approved before Tick (a time lock running, or a
+			// crash between the approval and the signature) may be signed
+			// by it: note them, to audit their outcome. Under exclusive,
+			// so that no answer is half-way through its own signing.
+			approved := s.approvedRequests(ctx)
+			withdraw, err = s.cfg.Core.Tick(ctx)
+			s.recordTicked(ctx, approved)
+			return err
+		})
 		switch {
 		case errors.Is(err, core.ErrNoApprovalPath):
 			return
@@ -150,7 +234,10 @@ func (s *Server) tickLoop(ctx context.Context) {
 			s.log.Error("request upkeep failed", "err", err)
 		}
 		s.withdraw(ctx, withdraw)
-		s.recordTicked(ctx, approved)
+		s.savePin()
+		if s.cfg.Lock != nil {
+			s.deliverPending(ctx)
+		}
 		select {
 		case <-t.C:
 		case <-ctx.Done():

@@ -85,6 +85,7 @@ func (s *Server) checkpointLoop(ctx context.Context) {
 	for {
 		select {
 		case <-t.C:
+			s.flushLogins()
 			s.checkpoint(ctx)
 		case <-ctx.Done():
 			return

@@ -51,7 +51,11 @@ func (o *operatorService) ProposeBackupChange(ctx context.Context, req *apipb.Pr
 	if kind != ChangeBackupRegister && kind != ChangeBackupExport {
 		return nil, status.Errorf(codes.InvalidArgument, "hsmd: %q is not a backup change (want %s or %s)", kind, ChangeBackupRegister, ChangeBackupExport)
 	}
-	prop, err := o.s.cfg.Core.ProposeChange(ctx, core.ProposeChangeRequest{Kind: kind, Subject: req.GetSubject(), Payload: req.GetPayload(), Initiator: req.GetInitiator()})
+	var prop *core.Proposed
+	err := o.s.exclusive(ctx, func() (err error) {
+		prop, err = o.s.cfg.Core.ProposeChange(ctx, core.ProposeChangeRequest{Kind: kind, Subject: req.GetSubject(), Payload: req.GetPayload(), Initiator: req.GetInitiator()})
+		return err
+	})
 	if err != nil {
 		o.s.log.Warn("backup change refused", "kind", string(kind), "target", req.GetSubject(), "err", err)
 		return nil, custodyError(err)
@@ -79,7 +83,11 @@ func (o *operatorService) CompleteChange(ctx context.Context, req *apipb.Complet
 	if req.GetError() != "" {
 		cause = errors.New(req.GetError())
 	}
-	ch, err := o.s.cfg.Core.CompleteChange(ctx, req.GetId(), req.GetResult(), cause)
+	var ch *core.ChangeRecord
+	err := o.s.exclusive(ctx, func() (err error) {
+		ch, err = o.s.cfg.Core.CompleteChange(ctx, req.GetId(), req.GetResult(), cause)
+		return err
+	})
 	if errors.Is(err, core.ErrRequestClosed) {
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}

@@ -55,9 +55,13 @@ func (c *custodyService) CreateWallet(ctx context.Context, req *apipb.CreateWall
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	w, err := c.s.cfg.Core.CreateWallet(ctx, core.CreateWalletRequest{
-		Name: req.GetName(), Network: n, Approvers: req.GetApprovers(), Quorum: int(req.GetQuorum()), Policy: req.GetPolicy(),
-		Backupable: req.GetBackupable(),
+	var w *core.WalletRecord
+	err = c.s.exclusive(ctx, func() (err error) {
+		w, err = c.s.cfg.Core.CreateWallet(ctx, core.CreateWalletRequest{
+			Name: req.GetName(), Network: n, Approvers: req.GetApprovers(), Quorum: int(req.GetQuorum()), Policy: req.GetPolicy(),
+			Backupable: req.GetBackupable(),
+		})
+		return err
 	})
 	if err != nil {
 		return nil, custodyError(err)
@@ -70,7 +74,12 @@ func (c *custodyService) CreateWallet(ctx context.Context, req *apipb.CreateWall
 }
 
 func (c *custodyService) NewAddress(ctx context.Context, req *apipb.NewAddressRequest) (*apipb.NewAddressResponse, error) {
-	w, k, err := c.s.cfg.Core.NewAddress(ctx, req.GetWallet())
+	var w *core.WalletRecord
+	var k core.WalletKey
+	err := c.s.exclusive(ctx, func() (err error) {
+		w, k, err = c.s.cfg.Core.NewAddress(ctx, req.GetWallet())
+		return err
+	})
 	if err != nil {
 		return nil, custodyError(err)
 	}
@@ -107,7 +116,11 @@ func (c *custodyService) ListWallets(ctx context.Context, _ *apipb.ListWalletsRe
 }
 
 func (c *custodyService) Submit(ctx context.Context, req *apipb.SubmitRequest) (*apipb.Request, error) {
-	sub, err := c.s.cfg.Core.Submit(ctx, core.SubmitRequest{Wallet: req.GetWallet(), Initiator: req.GetInitiator(), PSBT: req.GetPsbt()})
+	var sub *core.Submitted
+	err := c.s.exclusive(ctx, func() (err error) {
+		sub, err = c.s.cfg.Core.Submit(ctx, core.SubmitRequest{Wallet: req.GetWallet(), Initiator: req.GetInitiator(), PSBT: req.GetPsbt()})
+		return err
+	})
 	if err != nil {
 		c.s.log.Warn("request refused", "wallet", req.GetWallet(), "err", err)
 		return nil, custodyError(err)
@@ -172,7 +185,11 @@ func (c *custodyService) GetPolicy(ctx context.Context, req *apipb.GetPolicyRequ
 }
 
 func (c *custodyService) ProposePolicy(ctx context.Context, req *apipb.ProposePolicyRequest) (*apipb.Change, error) {
-	prop, err := c.s.cfg.Core.ProposePolicy(ctx, req.GetWallet(), req.GetDocument(), req.GetInitiator())
+	var prop *core.Proposed
+	err := c.s.exclusive(ctx, func() (err error) {
+		prop, err = c.s.cfg.Core.ProposePolicy(ctx, req.GetWallet(), req.GetDocument(), req.GetInitiator())
+		return err
+	})
 	if err != nil {
 		c.s.log.Warn("policy change refused", "wallet", req.GetWallet(), "err", err)
 		return nil, custodyError(err)

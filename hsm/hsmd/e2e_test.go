@@ -177,8 +177,14 @@ type runningBridge struct {
 // startBridge starts a bridge relaying the world's emulators to h.
 func (w *world) startBridge(h *env) *runningBridge {
 	w.t.Helper()
+	return w.startBridgeFor(h, w.emus...)
+}
+
+// startBridgeFor starts a bridge relaying emulators es to h.
+func (w *world) startBridgeFor(h *env, es ...*emu) *runningBridge {
+	w.t.Helper()
 	var ports []int
-	for _, e := range w.emus {
+	for _, e := range es {
 		ports = append(ports, e.port)
 	}
 	b, err := relaybridge.New(relaybridge.Config{

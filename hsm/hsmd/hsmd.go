@@ -25,6 +25,25 @@
 // ticker (Config.TickInterval) has the core store expiries and finish
 // signings a crash interrupted. hsmd verifies nothing itself: the core
 // does.
+//
+// # Several instances on one database
+//
+// hsmd instances sharing a PostgreSQL database and an HSM token each hold
+// the database's lock (Config.Lock) around every call that changes the
+// core's records, so that their cores take turns as the goroutines of one
+// core do; every write is also a compare-and-swap of the version read. A
+// request submitted to one instance reaches devices attached to another
+// through that one's ticker. What one instance withdraws from its devices
+// when a request closes, another's devices keep showing until they answer
+// (and are refused) or reconnect.
+//
+// # Logins
+//
+// A call with a missing or wrong token is refused, counted in
+// opencustody_hsmd_login_failures_total, and appended to the audit log
+// within a token bucket (Config.LoginAuditBurst, Config.LoginAuditEvery),
+// the failures held back summed up in the next entry. The token is never
+// logged.
 package hsmd
 
 import (
@@ -48,6 +67,7 @@ import (
 	"github.com/opencustodynet/opencustody/hsm/audit"
 	"github.com/opencustodynet/opencustody/hsm/bitcoin"
 	"github.com/opencustodynet/opencustody/hsm/core"
+	"github.com/opencustodynet/opencustody/hsm/records"
 	"github.com/opencustodynet/opencustody/protocol/apiclient"
 	"github.com/opencustodynet/opencustody/protocol/apipb"
 )
@@ -89,6 +109,27 @@ type Config struct {
 	// TickInterval and when it stops, so that fewer entries are left
 	// unsigned.
 	Audit *audit.Log
+	// Lock, if set, is held around every call that changes wallets,
+	// requests, changes or device records (submit, answer, the ticker, new
+	// wallets and addresses, revocation, admin changes and policy
+	// proposals, prompts issued afresh), so that several hsmd instances
+	// sharing one database take them one at a time, as one hsmd's core
+	// does with its own mutex. It is the record backend (records.Locker).
+	// A single hsmd on its own database needs none.
+	Lock records.Locker
+	// LoginAuditBurst and LoginAuditEvery limit the audit entries for
+	// calls with a missing or wrong token: up to LoginAuditBurst at once,
+	// then one per LoginAuditEvery, the rest counted and summed up in the
+	// next entry. Zero means DefaultLoginAuditBurst and
+	// DefaultLoginAuditEvery.
+	LoginAuditBurst int
+	LoginAuditEvery time.Duration
+	// Records, if set, is the record store the core's stores use: hsmd
+	// keeps the newest root manifest version it saw in Dir/records.pin
+	// (PinFile), written every TickInterval and when it stops, and pins
+	// the store to it at the next start, so that a database rolled back
+	// while hsmd was down is refused.
+	Records *records.Store
 }
 
 // Server is a running hsmd.
@@ -102,6 +143,17 @@ type Server struct {
 	certFingerprint string
 	bridgeToken     string
 	operatorToken   string
+
+	logins *loginLimiter
+
+	// changeMu is held by exclusive around every change the core makes,
+	// as the core's own mutex is, so that what the ticker reads before
+	// and after its upkeep is not another call's state half-way. Lock
+	// order: changeMu, then Config.Lock, then the core's.
+	changeMu sync.Mutex
+
+	pinMu  sync.Mutex // guards pinned; held while the pin file is written
+	pinned uint64     // the version in the pin file
 
 	stopping chan struct{} // closed by Stop: relay streams end at once
 	stopOnce sync.Once
@@ -145,6 +197,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.TickInterval <= 0 {
 		cfg.TickInterval = 30 * time.Second
 	}
+	if cfg.LoginAuditBurst <= 0 {
+		cfg.LoginAuditBurst = DefaultLoginAuditBurst
+	}
+	if cfg.LoginAuditEvery <= 0 {
+		cfg.LoginAuditEvery = DefaultLoginAuditEvery
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("hsmd: %w", err)
 	}
@@ -159,8 +217,12 @@ func New(cfg Config) (*Server, error) {
 		devices:         map[string]*deviceConn{},
 		answers:         map[string][]core.Answer{},
 		stopping:        make(chan struct{}),
+		logins:          newLoginLimiter(cfg.LoginAuditBurst, cfg.LoginAuditEvery, time.Now),
 	}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
+	if err := s.loadPin(); err != nil {
+		return nil, err
+	}
 	if s.bridgeToken, err = loadOrCreateToken(cfg.Dir, BridgeTokenFile); err != nil {
 		return nil, err
 	}
@@ -175,7 +237,7 @@ func New(cfg Config) (*Server, error) {
 		s.gatherer = g
 	}
 	s.metrics = newMetrics(reg)
-	auth := &authorizer{tokens: map[string]string{
+	auth := &authorizer{failed: s.loginFailed, tokens: map[string]string{
 		apipb.Relay_ServiceDesc.ServiceName:    s.bridgeToken,
 		apipb.Operator_ServiceDesc.ServiceName: s.operatorToken,
 		apipb.Custody_ServiceDesc.ServiceName:  s.operatorToken,
@@ -220,6 +282,8 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		s.Stop()
 		s.checkpoint(context.Background())
 	}
+	s.Stop()
+	s.savePin()
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
 	}
@@ -257,6 +321,26 @@ func (s *Server) background(f func(ctx context.Context)) {
 		defer s.bgWork.Done()
 		f(s.bgCtx)
 	}()
+}
+
+// exclusive runs f holding changeMu and Config.Lock, if there is one:
+// the core's changes then happen one at a time, in this process and across
+// every hsmd on the database. The lock only orders them; each write is
+// still a compare-and-swap of the version the core read, so an instance
+// that lost the lock without knowing gets a conflict rather than
+// overwriting another's change.
+func (s *Server) exclusive(ctx context.Context, f func() error) error {
+	s.changeMu.Lock()
+	defer s.changeMu.Unlock()
+	if s.cfg.Lock == nil {
+		return f()
+	}
+	unlock, err := s.cfg.Lock.Lock(ctx)
+	if err != nil {
+		return fmt.Errorf("hsmd: take the lock shared with other hsmd instances: %w", err)
+	}
+	defer unlock()
+	return f()
 }
 
 // MetricsHandler serves the Prometheus metrics.

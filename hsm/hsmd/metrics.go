@@ -12,6 +12,7 @@ type metrics struct {
 	requests      *prometheus.CounterVec
 	answers       *prometheus.CounterVec
 	auditFailures prometheus.Counter
+	loginFailures *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -29,7 +30,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		answers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opencustody_hsmd_answers_total", Help: "Device answers to prompts: accepted approvals and rejections, and refused answers."},
 			[]string{"result"}),
 		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "opencustody_hsmd_audit_failures_total", Help: "Security events that could not be written to the audit log."}),
+		loginFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opencustody_hsmd_login_failures_total", Help: "Calls refused for a missing or wrong token, by API service."},
+			[]string{"service"}),
 	}
-	reg.MustRegister(m.bridges, m.devices, m.channels, m.frames, m.channelFails, m.pairings, m.requests, m.answers, m.auditFailures)
+	reg.MustRegister(m.bridges, m.devices, m.channels, m.frames, m.channelFails, m.pairings, m.requests, m.answers, m.auditFailures, m.loginFailures)
 	return m
 }

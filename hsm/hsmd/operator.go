@@ -103,7 +103,11 @@ func storeError(err error) error {
 }
 
 func (o *operatorService) RevokeDevice(ctx context.Context, req *apipb.RevokeDeviceRequest) (*apipb.RevokeDeviceResponse, error) {
-	rec, err := o.s.cfg.Core.Revoke(ctx, req.GetDeviceId())
+	var rec *core.DeviceRecord
+	err := o.s.exclusive(ctx, func() (err error) {
+		rec, err = o.s.cfg.Core.Revoke(ctx, req.GetDeviceId())
+		return err
+	})
 	if err != nil {
 		return nil, storeError(err)
 	}

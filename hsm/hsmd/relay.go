@@ -76,6 +76,9 @@ type deviceConn struct {
 	retry    time.Duration
 	timer    *time.Timer
 	detached bool
+	// delivered holds the requests whose stored prompt deliverPending
+	// handed to this link.
+	delivered map[string]bool
 }
 
 var errDetached = errors.New("hsmd: device is no longer attached")

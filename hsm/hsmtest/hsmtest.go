@@ -60,9 +60,15 @@ type Core struct {
 	Token *softhsmtest.Token
 }
 
-// NewCore makes a Core on a new token and a new directory; everything is
-// closed when the test ends.
-func NewCore(t testing.TB) *Core {
+// NewHSM opens a store on a new token holding the identity key (P-256) and
+// the record key (HMAC-SHA256), and returns it with the identity signer.
+func NewHSM(t testing.TB) (*hsm.PKCS11Store, *hsm.IdentitySigner) {
+	t.Helper()
+	store, id, _ := newHSM(t)
+	return store, id
+}
+
+func newHSM(t testing.TB) (*hsm.PKCS11Store, *hsm.IdentitySigner, *softhsmtest.Token) {
 	t.Helper()
 	ctx := t.Context()
 	store, tok := StoreToken(t)
@@ -75,6 +81,15 @@ func NewCore(t testing.TB) *Core {
 	if err != nil {
 		t.Fatalf("hsmtest: %v", err)
 	}
+	return store, id, tok
+}
+
+// NewCore makes a Core on a new token and a new directory; everything is
+// closed when the test ends.
+func NewCore(t testing.TB) *Core {
+	t.Helper()
+	ctx := t.Context()
+	store, id, tok := newHSM(t)
 	dir := t.TempDir()
 	db, err := records.OpenSQLite(ctx, dir)
 	if err != nil {

@@ -63,13 +63,12 @@
 // store read and verified (a compare-and-swap in one SQL statement), so of
 // two concurrent writers of the same version exactly one wins and no update
 // is lost; the loser reads again and retries. Update verifies the stored
-// record's MAC before replacing it, so an update never papers over tampering.
+// record's MAC and version before replacing it, so an update never papers
+// over tampering.
 //
 // There is no delete. A record is revoked by updating its body (for example
-// a device marked revoked), never by removing its row: the absence of a row
-// cannot carry a MAC, so a deletion could not be told apart from an attacker
-// dropping the row. Removal is for the tamper-evident audit chain (a hash
-// chain with HSM-signed checkpoints) to cover; see below.
+// a device marked revoked), never by removing its row: a row that is gone
+// is always an attacker's doing, which the manifests (below) report.
 //
 // # Errors
 //
@@ -84,28 +83,63 @@
 // Other outcomes callers branch on: [ErrNotFound], [ErrExists] and
 // [ErrConflict]. Error texts name the record; they never contain a body.
 //
-// # What the MACs do not cover
+// # Manifests: rollback and deletion
 //
-// Per-record MACs stop forgery, editing and splicing. They cannot, on their
-// own, stop the database from:
+// Per-record MACs stop forgery, editing and splicing, but not a row rolled
+// back to an older version that was once genuine (a device's record from
+// before it was revoked), nor a row deleted. So the Store keeps, for each
+// kind, a manifest: one record (kind [ManifestKind], key the kind) listing
+// the latest version of every record of the kind, in the encoding
+// [Manifest.Marshal] defines; and one root manifest (kind [RootKind], key
+// [RootKey]) listing the latest version of every kind's manifest. Both are
+// records like any other: versioned, MACed by the same key.
 //
-//   - rolling a record back to an older version that was once genuine (for
-//     example, restoring a device's record from before it was revoked);
-//   - dropping a record, or a whole kind of records;
-//   - refusing service.
+// Every Create and Update writes the record, its kind's manifest and the
+// root in one atomic [Backend.Apply], each a compare-and-swap of the row it
+// read, so the three never disagree after a crash; a write that lost a race
+// for the manifest or the root reads again and retries. Every Get and List
+// reads the record(s), the manifest and the root from one snapshot
+// ([Backend.Read]) and refuses, with an [*IntegrityError] naming it:
 //
-// Catching rollback and removal needs state the database cannot rewrite: the
-// audit chain's HSM-signed checkpoints, once they commit to each record's
-// latest version. That chain is not part of this package. Until it exists,
-// a revocation or a raised quorum is only as durable as the database.
+//   - a record at another version than its manifest lists (rolled back);
+//   - a record its manifest lists that has no row (deleted);
+//   - a row its manifest does not list (put back after removal, or copied);
+//   - a manifest at another version than the root lists, or missing while
+//     the root lists it (the manifest rolled back or removed with its kind);
+//   - a root older than the newest this Store has seen ([Store.Pinned]), or
+//     missing after it saw one: the whole database rolled back or replaced
+//     while the daemon ran.
+//
+// What remains: the root itself is only as fresh as the pin. A Store that
+// never saw a newer root (a daemon started after the database was
+// restored) accepts a complete, consistent older copy of the database: the
+// genuine state of an earlier moment, all records at once. [Store.Pin] takes
+// a version kept where the database cannot reach it: the custody daemon
+// keeps one in its own directory between runs (hsmd.PinFile), which
+// catches a database restored while it was down, as long as that
+// directory was not rolled back too; its pin is at most one tick behind. Manifests also grow with their kind (about 30 bytes
+// a record, read and rewritten on each write of the kind), which suits the
+// thousands of records a custody core keeps, not millions; and the root
+// makes every write contend for one row. The database can always refuse
+// service, or drop writes by failing them.
 //
 // # Backends
 //
 // A [Backend] stores rows and does no cryptography; it is not trusted, and
-// the Store verifies everything it returns. [SQLite] is the embedded default: one file, pure Go
-// (modernc.org/sqlite), WAL mode, numbered schema migrations applied at open.
-// A PostgreSQL backend, for several hsmd instances sharing one database, goes
-// behind the same interface and runs the same test suite.
+// the Store verifies everything it returns.
+//
+//   - [SQLite] is the embedded default: one file, pure Go
+//     (modernc.org/sqlite), WAL mode, numbered schema migrations applied at
+//     open.
+//   - [Postgres] (github.com/jackc/pgx/v5) is for several hsmd instances
+//     sharing one database: each read one statement, each [Backend.Apply]
+//     one transaction of compare-and-swap UPDATEs, its own numbered
+//     migrations, applied under an advisory lock.
+//
+// Both run the same test suite, including the tamper tests that edit,
+// insert, delete and roll back rows with SQL behind the Store's back. Both
+// are also a [Locker]: a lock across every process on the database, which
+// the custody daemon holds around each approval step.
 //
 // Store, and every backend in this package, is safe for concurrent use.
 package records

@@ -280,56 +280,142 @@ func sqlType(v any) string {
 	}
 }
 
-// Insert implements [Backend].
-func (s *SQLite) Insert(ctx context.Context, r Row) error {
-	if r.Version > MaxVersion {
-		return fmt.Errorf("records: sqlite: insert %s %q: version %d out of range", r.Kind, r.Key, r.Version)
+// Read implements [Backend] with one SELECT, which SQLite runs on one
+// snapshot.
+func (s *SQLite) Read(ctx context.Context, kinds []string, keys []RowKey) ([]Row, error) {
+	var where []string
+	var args []any
+	for _, k := range kinds {
+		where = append(where, "kind = ?")
+		args = append(args, k)
 	}
-	res, err := s.db.ExecContext(ctx,
-		"INSERT INTO records (kind, key, version, body, mac) VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, key) DO NOTHING",
-		r.Kind, r.Key, int64(r.Version), nonNil(r.Body), nonNil(r.MAC))
+	for _, k := range keys {
+		where = append(where, "(kind = ? AND key = ?)")
+		args = append(args, k.Kind, k.Key)
+	}
+	if len(where) == 0 {
+		return nil, nil
+	}
+	rows, err := s.db.QueryContext(ctx, "SELECT kind, key, version, body, mac FROM records WHERE "+strings.Join(where, " OR "), args...)
 	if err != nil {
-		return fmt.Errorf("records: sqlite: insert %s %q: %w", r.Kind, r.Key, err)
+		return nil, fmt.Errorf("records: sqlite: read: %w", err)
 	}
-	n, err := res.RowsAffected()
+	defer rows.Close()
+	var out []Row
+	for rows.Next() {
+		var k, y, v, b, m any
+		if err := rows.Scan(&k, &y, &v, &b, &m); err != nil {
+			return nil, fmt.Errorf("records: sqlite: read: %w", err)
+		}
+		r, err := rowFromSQL(sqlName(k), sqlName(y), k, y, v, b, m)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("records: sqlite: read: %w", err)
+	}
+	return out, nil
+}
+
+// sqlName renders a column that should be text, whatever its type, to
+// name a row in errors.
+func sqlName(v any) string {
+	switch v := v.(type) {
+	case string:
+		return v
+	case []byte:
+		return string(v)
+	default:
+		return fmt.Sprint(v)
+	}
+}
+
+// Apply implements [Backend] in one transaction. Each swap is one UPDATE
+// whose WHERE clause is the whole old row, so the check and the write are a
+// single step; the transaction holds SQLite's write lock from its start.
+func (s *SQLite) Apply(ctx context.Context, ops []Op) (err error) {
+	for _, o := range ops {
+		if err := checkOp(o); err != nil {
+			return fmt.Errorf("records: sqlite: %w", err)
+		}
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("records: sqlite: insert %s %q: %w", r.Kind, r.Key, err)
+		return fmt.Errorf("records: sqlite: begin: %w", err)
 	}
-	if n == 0 {
-		return ErrExists
+	defer func() {
+		if err != nil {
+			tx.Rollback()
+		}
+	}()
+	for i, o := range ops {
+		var res sql.Result
+		switch o.Kind {
+		case OpInsert:
+			res, err = tx.ExecContext(ctx,
+				"INSERT INTO records (kind, key, version, body, mac) VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, key) DO NOTHING",
+				o.New.Kind, o.New.Key, int64(o.New.Version), nonNil(o.New.Body), nonNil(o.New.MAC))
+		case OpSwap:
+			res, err = tx.ExecContext(ctx, `
+UPDATE records SET version = ?, body = ?, mac = ?
+WHERE kind = ? AND key = ? AND version = ? AND body = ? AND mac = ?`,
+				int64(o.New.Version), nonNil(o.New.Body), nonNil(o.New.MAC),
+				o.Old.Kind, o.Old.Key, int64(o.Old.Version), nonNil(o.Old.Body), nonNil(o.Old.MAC))
+		}
+		if err != nil {
+			return fmt.Errorf("records: sqlite: write %s %q: %w", o.New.Kind, o.New.Key, err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return fmt.Errorf("records: sqlite: write %s %q: %w", o.New.Kind, o.New.Key, err)
+		}
+		if err := opResult(i, o, n); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("records: sqlite: commit: %w", err)
 	}
 	return nil
 }
 
-// Swap implements [Backend] as one UPDATE whose WHERE clause is the whole
-// old row, so the check and the write are a single atomic step.
-func (s *SQLite) Swap(ctx context.Context, old, new Row) error {
-	if old.Kind != new.Kind || old.Key != new.Key {
-		return fmt.Errorf("records: sqlite: swap %s %q: new row is %s %q", old.Kind, old.Key, new.Kind, new.Key)
+// checkOp refuses an op no Store makes.
+func checkOp(o Op) error {
+	switch {
+	case o.Kind != OpInsert && o.Kind != OpSwap:
+		return fmt.Errorf("op of unknown kind %d", o.Kind)
+	case o.New.Version > MaxVersion || o.Old.Version > MaxVersion:
+		return fmt.Errorf("write %s %q: version out of range", o.New.Kind, o.New.Key)
+	case o.Kind == OpSwap && (o.Old.Kind != o.New.Kind || o.Old.Key != o.New.Key):
+		return fmt.Errorf("swap %s %q: new row is %s %q", o.Old.Kind, o.Old.Key, o.New.Kind, o.New.Key)
 	}
-	if old.Version > MaxVersion || new.Version > MaxVersion {
-		return fmt.Errorf("records: sqlite: swap %s %q: version out of range", old.Kind, old.Key)
-	}
-	res, err := s.db.ExecContext(ctx, `
-UPDATE records SET version = ?, body = ?, mac = ?
-WHERE kind = ? AND key = ? AND version = ? AND body = ? AND mac = ?`,
-		int64(new.Version), nonNil(new.Body), nonNil(new.MAC),
-		old.Kind, old.Key, int64(old.Version), nonNil(old.Body), nonNil(old.MAC))
-	if err != nil {
-		return fmt.Errorf("records: sqlite: swap %s %q: %w", old.Kind, old.Key, err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return fmt.Errorf("records: sqlite: swap %s %q: %w", old.Kind, old.Key, err)
-	}
-	switch n {
-	case 0:
-		return ErrConflict
-	case 1:
+	return nil
+}
+
+// opResult turns the number of rows op i changed into its outcome.
+func opResult(i int, o Op, n int64) error {
+	switch {
+	case n == 1:
 		return nil
+	case n == 0 && o.Kind == OpInsert:
+		return &OpError{Index: i, Kind: o.New.Kind, Key: o.New.Key, Err: ErrExists}
+	case n == 0:
+		return &OpError{Index: i, Kind: o.New.Kind, Key: o.New.Key, Err: ErrConflict}
 	default:
-		return fmt.Errorf("records: sqlite: swap %s %q: %d rows changed", old.Kind, old.Key, n)
+		return fmt.Errorf("records: write %s %q: %d rows changed", o.New.Kind, o.New.Key, n)
 	}
+}
+
+// Insert implements [Backend].
+func (s *SQLite) Insert(ctx context.Context, r Row) error {
+	return s.Apply(ctx, []Op{{Kind: OpInsert, New: r}})
+}
+
+// Swap implements [Backend].
+func (s *SQLite) Swap(ctx context.Context, old, new Row) error {
+	return s.Apply(ctx, []Op{{Kind: OpSwap, Old: old, New: new}})
 }
 
 // nonNil returns b, or an empty slice if b is nil: the driver binds a nil

@@ -53,68 +53,23 @@ func execSQL(t *testing.T, db *sql.DB, query string, args ...any) {
 	}
 }
 
-// TestSQLiteTamperedFile edits the database file with SQL behind the store's
-// back; every change must be refused with an IntegrityError naming the
-// record.
 func TestSQLiteTamperedFile(t *testing.T) {
-	type brokenRecord struct{ kind, key string }
-	cases := []struct {
-		name   string
-		sql    []string
-		broken []brokenRecord
-	}{
-		{"body edited",
-			[]string{`UPDATE records SET body = CAST('{"name":"mallory"}' AS BLOB) WHERE kind = 'device' AND key = 'alice'`},
-			[]brokenRecord{{"device", "alice"}}},
-		{"one body byte flipped",
-			[]string{`UPDATE records SET body = CAST(replace(CAST(body AS TEXT), 'alice', 'alicf') AS BLOB) WHERE kind = 'device' AND key = 'alice'`},
-			[]brokenRecord{{"device", "alice"}}},
-		{"version changed",
-			[]string{`UPDATE records SET version = version + 1 WHERE kind = 'device' AND key = 'alice'`},
-			[]brokenRecord{{"device", "alice"}}},
-		{"version lowered",
-			[]string{`UPDATE records SET version = 1 WHERE kind = 'device' AND key = 'alice'`},
-			[]brokenRecord{{"device", "alice"}}},
-		{"row copied to another key",
-			[]string{`INSERT INTO records SELECT kind, 'mallory', version, body, mac FROM records WHERE kind = 'device' AND key = 'alice'`},
-			[]brokenRecord{{"device", "mallory"}}},
-		{"row moved to another key",
-			[]string{`UPDATE records SET key = 'mallory' WHERE kind = 'device' AND key = 'alice'`},
-			[]brokenRecord{{"device", "mallory"}}},
-		{"row copied to another kind",
-			[]string{`INSERT INTO records SELECT 'user', key, version, body, mac FROM records WHERE kind = 'device' AND key = 'alice'`},
-			[]brokenRecord{{"user", "alice"}}},
-		{"row inserted with a garbage mac",
-			[]string{`INSERT INTO records VALUES ('device', 'mallory', 1, CAST('{"approver":true}' AS BLOB), randomblob(32))`},
-			[]brokenRecord{{"device", "mallory"}}},
-		{"mac swapped between rows",
-			[]string{
-				`CREATE TEMP TABLE macs AS SELECT key, mac FROM records WHERE kind = 'device'`,
-				`UPDATE records SET mac = (SELECT mac FROM macs WHERE macs.key = iif(records.key = 'alice', 'carol', 'alice'))
-				 WHERE kind = 'device' AND key IN ('alice', 'carol')`,
-			},
-			[]brokenRecord{{"device", "alice"}, {"device", "carol"}}},
-		{"mac truncated",
-			[]string{`UPDATE records SET mac = substr(mac, 1, 16) WHERE kind = 'device' AND key = 'carol'`},
-			[]brokenRecord{{"device", "carol"}}},
+	runTamperSuite(t, func(t *testing.T) (Backend, rawDB) {
+		dir := t.TempDir()
+		return openTestSQLite(t, dir), sqliteRaw{rawSQL(t, dir)}
+	})
+}
+
+type sqliteRaw struct{ db *sql.DB }
+
+func (r sqliteRaw) exec(t *testing.T, q string, args ...any) int64 {
+	t.Helper()
+	res, err := r.db.Exec(q, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", q, err)
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			db := openTestSQLite(t, dir)
-			s := testStore(t, db)
-			_, _, untouched := seedTamperRecords(t, s)
-			raw := rawSQL(t, dir)
-			for _, q := range tc.sql {
-				execSQL(t, raw, q)
-			}
-			var broken []Row
-			for _, r := range tc.broken {
-				broken = append(broken, Row{Kind: r.kind, Key: r.key})
-			}
-			checkRefused(t, s, broken, untouched)
-		})
-	}
+	n, _ := res.RowsAffected()
+	return n
 }
 
 // TestSQLiteMalformedRows rebuilds the table without its types and
@@ -301,4 +256,9 @@ func TestSQLiteContextCanceled(t *testing.T) {
 	if _, err := OpenSQLite(ctx, t.TempDir()); err == nil {
 		t.Error("OpenSQLite with a canceled context succeeded")
 	}
+}
+
+func TestSQLiteLock(t *testing.T) {
+	dir := t.TempDir()
+	testLocker(t, openTestSQLite(t, dir), openTestSQLite(t, dir))
 }

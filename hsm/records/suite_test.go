@@ -518,3 +518,61 @@ func testAuthenticatorFailure(t *testing.T, b Backend) {
 		t.Errorf("Create stored a row it could not MAC: %v", err)
 	}
 }
+
+// testLocker checks that a Locker's lock excludes a second holder, also
+// through a second handle on the same database, that a waiter gives up
+// when its context ends, and that the holder can still read while more
+// goroutines wait than the backend has connections.
+func testLocker(t *testing.T, a, b Locker) {
+	ctx := context.Background()
+	unlock, err := a.Lock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithCancel(ctx)
+	waiting := make(chan error, 1)
+	go func() {
+		u, err := b.Lock(short)
+		if err == nil {
+			u()
+		}
+		waiting <- err
+	}()
+	cancel()
+	if err := <-waiting; err == nil {
+		t.Fatal("a second handle took the lock while the first held it")
+	}
+	var mu sync.Mutex // guards inside
+	inside := 0
+	var wg sync.WaitGroup
+	for i := range 16 {
+		l := a
+		if i%2 == 1 {
+			l = b
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			u, err := l.Lock(ctx)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			inside++
+			if inside != 1 {
+				t.Errorf("%d holders at once", inside)
+			}
+			mu.Unlock()
+			if _, err := l.(Backend).List(ctx, "device"); err != nil {
+				t.Errorf("a read while holding the lock: %v", err)
+			}
+			mu.Lock()
+			inside--
+			mu.Unlock()
+			u()
+		}()
+	}
+	unlock()
+	wg.Wait()
+}

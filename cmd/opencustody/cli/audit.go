@@ -55,13 +55,16 @@ func newAuditCommand(g *globals) *cobra.Command {
 		Use:   "audit",
 		Short: "Show, verify and export hsmd's audit log",
 		Long: `audit reads hsmd's audit log: every security event (pairing, revocation,
-request, prompt, approval, rejection, signature) as an entry of a hash
-chain, with checkpoints signed by the HSM identity key.
+request, prompt, approval, rejection, signature, failed login on hsmd's
+APIs) as an entry of a hash chain, with checkpoints signed by the HSM
+identity key.
 
-'audit verify' recomputes the chain and checks the checkpoints, and exits
-with status 5 if it finds a problem, naming each one's position. Entries
-written after the latest checkpoint are covered by no signature: their
-removal cannot be detected.`,
+'audit verify' recomputes the chain and checks the checkpoints and the
+record store's manifests, and exits with status 5 if it finds a problem,
+naming each one's position: an edited, planted or deleted entry, the newest
+included. A copy of the whole database from an earlier moment looks like a
+shorter genuine log to an hsmd started on it without its pin file: keep
+'audit export' copies elsewhere to compare.`,
 	}
 	c.AddCommand(newAuditShowCommand(g), newAuditVerifyCommand(g), newAuditExportCommand(g))
 	return c

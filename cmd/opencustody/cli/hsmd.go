@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/signal"
 	"syscall"
 	"time"
@@ -34,6 +35,7 @@ func newHSMDCommand(g *globals) *cobra.Command {
 		ceremony    bool
 		adminQuorum int
 		roots       []string
+		storeDSN    string
 	)
 	c := &cobra.Command{
 		Use:   "hsmd",
@@ -42,6 +44,18 @@ func newHSMDCommand(g *globals) *cobra.Command {
 'opencustody hsm init' configured, keeps its records in the data directory
 (SQLite, each record authenticated by the HSM record key), and serves the gRPC
 API to bridges and operators over TLS.
+
+--store postgres://USER@HOST/DB keeps the records in PostgreSQL instead, for
+several hsmd instances on one database and one HSM token: they take turns for
+every change (an advisory lock) and each write is a compare-and-swap, so no
+approval is counted twice and no request is signed twice. Give the password
+through ~/.pgpass or PGPASSFILE, or the whole URL through OPENCUSTODY_STORE,
+rather than on the command line, where other users can read it.
+
+hsmd remembers in DATA/hsmd/records.pin how far the record store has come, and
+refuses a database older than that (restored from a copy, or rolled back,
+while it was down). After restoring the database from a backup on purpose,
+delete that file.
 
 On first start it makes a self-signed TLS certificate and two tokens in
 DATA/hsmd: bridge.token (for bridges) and operator.token (for the CLI). Clients
@@ -83,11 +97,15 @@ set again only at another ceremony.`,
 			if err != nil {
 				return hsmExit(fmt.Errorf("identity key: %w", err))
 			}
-			db, err := records.OpenSQLite(ctx, dir)
+			db, err := openRecordStore(ctx, storeDSN, dir)
 			if err != nil {
 				return err
 			}
 			defer db.Close()
+			var lock records.Locker
+			if pg, ok := db.(*records.Postgres); ok {
+				lock = pg
+			}
 			var attRoots []signed.Root
 			for _, path := range roots {
 				rs, err := signed.LoadRoots(path)
@@ -130,7 +148,7 @@ set again only at another ceremony.`,
 					log.Error("security event not written to the audit log", "kind", audit.KindChange, "err", err)
 				}
 			}
-			srv, err := hsmd.New(hsmd.Config{Core: cr, Dir: hsmdDir(dir), Hosts: hosts, Version: Version, Logger: log, Audit: al})
+			srv, err := hsmd.New(hsmd.Config{Core: cr, Dir: hsmdDir(dir), Hosts: hosts, Version: Version, Logger: log, Audit: al, Lock: lock, Records: rs})
 			if err != nil {
 				return err
 			}
@@ -167,9 +185,33 @@ set again only at another ceremony.`,
 	c.Flags().StringSliceVar(&hosts, "tls-host", nil, "extra host names or addresses for the TLS certificate")
 	c.Flags().BoolVar(&ceremony, "ceremony", false, "allow pairing devices directly (key ceremony at the HSM console)")
 	c.Flags().IntVar(&adminQuorum, "admin-quorum", 0, "with --ceremony: how many admins must approve an admin change (stored in the governance record)")
+	c.Flags().StringVar(&storeDSN, "store", os.Getenv("OPENCUSTODY_STORE"), "where the records are kept: empty for SQLite in the data directory, or a postgres:// URL (default $OPENCUSTODY_STORE)")
 	c.Flags().StringSliceVar(&roots, "attestation-roots", nil, "JSON file of device attestation roots (firmware-spec/attestation.md); when given, only devices attested under them can pair")
 	c.AddCommand(newHSMDStatusCommand(g))
 	return c
+}
+
+// recordBackend is a record store backend hsmd can close.
+type recordBackend interface {
+	records.Backend
+	Close() error
+}
+
+// openRecordStore opens the backend --store names: SQLite in dir when it is
+// empty, PostgreSQL for a postgres:// URL.
+func openRecordStore(ctx context.Context, store, dir string) (recordBackend, error) {
+	switch {
+	case store == "":
+		return records.OpenSQLite(ctx, dir)
+	case records.IsPostgresDSN(store):
+		db, err := records.OpenPostgres(ctx, store)
+		if err != nil {
+			return nil, withCode(ExitUnavailable, err)
+		}
+		return db, nil
+	default:
+		return nil, withCode(ExitUsage, errors.New("--store: want a postgres:// URL, or nothing for SQLite in the data directory"))
+	}
 }
 
 func newHSMDStatusCommand(g *globals) *cobra.Command {
