@@ -409,6 +409,29 @@ func (t *T) secure(m proto.Message) (proto.Message, error) {
 	return t.inside(a)
 }
 
+// sendSecure sends m through the secure channel without waiting for an
+// answer, as a ButtonAck is sent.
+func (t *T) sendSecure(m proto.Message) error {
+	sm, err := t.seal(m)
+	if err != nil {
+		return err
+	}
+	return t.sendMsg(t.cid, sm)
+}
+
+// refusedInChannel opens a secure channel with the suite's credential,
+// sends m through it and checks that it is answered Failure{code}.
+func (t *T) refusedInChannel(what string, m proto.Message, code pb.FailureCode) error {
+	if err := t.openChannel(t.cred); err != nil {
+		return err
+	}
+	a, err := t.secure(m)
+	if err != nil {
+		return err
+	}
+	return wantFailure(what, a, code)
+}
+
 // secureAnswer waits up to wait for the next answer, which must come
 // through the secure channel.
 func (t *T) secureAnswer(wait time.Duration) (proto.Message, error) {

@@ -14,14 +14,7 @@ import (
 // refusedPrompt sends the encoded prompt in a full session and checks
 // that it is refused with Failure{FAILURE_DATA_ERROR} and nothing shown.
 func refusedPrompt(t *T, what string, prompt []byte) error {
-	if err := t.openChannel(t.cred); err != nil {
-		return err
-	}
-	a, err := t.secure(&pb.PromptRequest{Prompt: prompt})
-	if err != nil {
-		return err
-	}
-	return wantFailure(what, a, pb.FailureCode_FAILURE_DATA_ERROR)
+	return t.refusedInChannel(what, &pb.PromptRequest{Prompt: prompt}, pb.FailureCode_FAILURE_DATA_ERROR)
 }
 
 // askPrompt sends p in a full session, checks the ButtonRequest and sends
@@ -41,11 +34,7 @@ func askPrompt(t *T, p *signed.Prompt) error {
 	if br.GetCode() != pb.ButtonRequestCode_BUTTON_REQUEST_APPROVAL {
 		return fmt.Errorf("PromptRequest got %s, want BUTTON_REQUEST_APPROVAL", messageText(br))
 	}
-	sm, err := t.seal(&pb.ButtonAck{})
-	if err != nil {
-		return err
-	}
-	return t.sendMsg(t.cid, sm)
+	return t.sendSecure(&pb.ButtonAck{})
 }
 
 // answerPrompt has the user press button on p and checks the signed
