@@ -285,6 +285,16 @@ func (t *T) call(cid uint32, m proto.Message) (proto.Message, error) {
 	return t.answer(cid, t.cfg.AnswerTimeout)
 }
 
+// getFeatures sends GetFeatures in plain on cid and returns the Features
+// answered; what names the call in errors.
+func (t *T) getFeatures(cid uint32, what string) (*pb.Features, error) {
+	a, err := t.call(cid, &pb.GetFeatures{})
+	if err != nil {
+		return nil, err
+	}
+	return wantType[*pb.Features](what, a)
+}
+
 // callRaw sends data as a MSG on cid and returns the answer.
 func (t *T) callRaw(cid uint32, data []byte) (proto.Message, error) {
 	if err := t.link.send(cid, framing.CmdMsg, data); err != nil {

@@ -206,11 +206,7 @@ var stateTests = []Test{
 			if err := t.connect(t.ctx); err != nil {
 				return err
 			}
-			a, err := t.call(t.cid, &pb.GetFeatures{})
-			if err != nil {
-				return err
-			}
-			f, err := wantType[*pb.Features]("GetFeatures", a)
+			f, err := t.getFeatures(t.cid, "GetFeatures")
 			if err != nil {
 				return err
 			}
@@ -220,7 +216,8 @@ var stateTests = []Test{
 			if err := t.openChannel(t.cred); err != nil {
 				return fmt.Errorf("the pinned HSM after the power cycle: %w", err)
 			}
-			if a, err = t.secure(&pb.Ping{Message: "still paired"}); err != nil {
+			a, err := t.secure(&pb.Ping{Message: "still paired"})
+			if err != nil {
 				return err
 			}
 			if _, err := wantType[*pb.Success]("Ping to the pinned HSM after the power cycle (the pin must persist)", a); err != nil {
