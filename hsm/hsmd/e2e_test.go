@@ -391,6 +391,21 @@ func channelFailures(t *testing.T, h *env) int {
 
 // --- Wallets and requests ---
 
+// approverWallet pairs the world's emulators with hsmd as the approvers
+// users, in order, waits for their secure channels, and creates the
+// wallet name that quorum of them must approve for, returning its
+// addresses.
+func (w *world) approverWallet(name string, quorum uint32, users ...string) []*apipb.WalletAddress {
+	w.t.Helper()
+	for i, e := range w.emus {
+		w.pair(w.hsmd, e, users[i], apipb.Role_ROLE_APPROVER)
+	}
+	for _, e := range w.emus {
+		w.waitChannel(w.hsmd, e, true)
+	}
+	return w.wallet(w.hsmd, name, users, quorum)
+}
+
 // wallet creates a simnet wallet on h with the approvers and quorum, and
 // two addresses; it returns the addresses.
 func (w *world) wallet(h *env, name string, approvers []string, quorum uint32) []*apipb.WalletAddress {
@@ -1515,13 +1530,7 @@ func TestE2EPairedDeviceUnderAnotherNameRefused(t *testing.T) {
 func TestE2EApprovalThroughBridge(t *testing.T) {
 	w := newWorld(t, 3)
 	users := []string{"alice", "bob", "carol"}
-	for i, e := range w.emus {
-		w.pair(w.hsmd, e, users[i], apipb.Role_ROLE_APPROVER)
-	}
-	for _, e := range w.emus {
-		w.waitChannel(w.hsmd, e, true)
-	}
-	addrs := w.wallet(w.hsmd, "treasury", users, 2)
+	addrs := w.approverWallet("treasury", 2, users...)
 	req := w.submit(w.hsmd, "treasury", addrs, 50_000_000)
 	var foreign string
 	for _, o := range req.GetSummary().GetOutputs() {

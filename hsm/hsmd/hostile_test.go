@@ -58,14 +58,8 @@ func newHostile(t *testing.T, quorum uint32, users ...string) *hostile {
 
 func pairAll(w *world, quorum uint32, users ...string) *hostile {
 	w.t.Helper()
-	for i, e := range w.emus {
-		w.pair(w.hsmd, e, users[i], apipb.Role_ROLE_APPROVER)
-	}
-	for _, e := range w.emus {
-		w.waitChannel(w.hsmd, e, true)
-	}
 	h := &hostile{world: w, users: users, wallet: "treasury"}
-	h.addrs = w.wallet(w.hsmd, h.wallet, users, quorum)
+	h.addrs = w.approverWallet(h.wallet, quorum, users...)
 	return h
 }
 
