@@ -52,17 +52,11 @@ func TestE2ETransferAcceptedByNode(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r := w.waitRequestState(w.hsmd, req.GetId(), "signed", func(r *apipb.Request) bool {
-		return r.GetState() == apipb.RequestState_REQUEST_STATE_SIGNED
-	})
-	var tx wire.MsgTx
-	if err := tx.Deserialize(bytes.NewReader(r.GetSignedTx())); err != nil {
-		t.Fatal(err)
-	}
+	r, tx := w.waitSignedTx(w.hsmd, req.GetId())
 	if tx.TxHash().String() != r.GetSummary().GetTxid() {
 		t.Fatalf("signed tx %s, approved summary %s", tx.TxHash(), r.GetSummary().GetTxid())
 	}
-	txid, err := node.Send(&tx)
+	txid, err := node.Send(tx)
 	if err != nil {
 		t.Fatalf("the node refused the transaction the devices approved: %v", err)
 	}

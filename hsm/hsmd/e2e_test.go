@@ -459,6 +459,20 @@ func (w *world) waitRequestState(h *env, id string, what string, ok func(*apipb.
 	return r
 }
 
+// waitSignedTx waits for request id to be signed and returns it with its
+// signed transaction, decoded.
+func (w *world) waitSignedTx(h *env, id string) (*apipb.Request, *wire.MsgTx) {
+	w.t.Helper()
+	r := w.waitRequestState(h, id, "signed", func(r *apipb.Request) bool {
+		return r.GetState() == apipb.RequestState_REQUEST_STATE_SIGNED
+	})
+	var tx wire.MsgTx
+	if err := tx.Deserialize(bytes.NewReader(r.GetSignedTx())); err != nil {
+		w.t.Fatal(err)
+	}
+	return r, &tx
+}
+
 // promptScreen waits for e to show the prompt of request id.
 func (w *world) promptScreen(e *emu, id string) *debuglink.Screen {
 	w.t.Helper()
