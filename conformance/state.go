@@ -285,6 +285,16 @@ func (t *T) call(cid uint32, m proto.Message) (proto.Message, error) {
 	return t.answer(cid, t.cfg.AnswerTimeout)
 }
 
+// getFeatures sends GetFeatures in plain on cid and returns the Features
+// answered; what names the call in errors.
+func (t *T) getFeatures(cid uint32, what string) (*pb.Features, error) {
+	a, err := t.call(cid, &pb.GetFeatures{})
+	if err != nil {
+		return nil, err
+	}
+	return wantType[*pb.Features](what, a)
+}
+
 // callRaw sends data as a MSG on cid and returns the answer.
 func (t *T) callRaw(cid uint32, data []byte) (proto.Message, error) {
 	if err := t.link.send(cid, framing.CmdMsg, data); err != nil {
@@ -407,6 +417,29 @@ func (t *T) secure(m proto.Message) (proto.Message, error) {
 		return nil, err
 	}
 	return t.inside(a)
+}
+
+// sendSecure sends m through the secure channel without waiting for an
+// answer, as a ButtonAck is sent.
+func (t *T) sendSecure(m proto.Message) error {
+	sm, err := t.seal(m)
+	if err != nil {
+		return err
+	}
+	return t.sendMsg(t.cid, sm)
+}
+
+// refusedInChannel opens a secure channel with the suite's credential,
+// sends m through it and checks that it is answered Failure{code}.
+func (t *T) refusedInChannel(what string, m proto.Message, code pb.FailureCode) error {
+	if err := t.openChannel(t.cred); err != nil {
+		return err
+	}
+	a, err := t.secure(m)
+	if err != nil {
+		return err
+	}
+	return wantFailure(what, a, code)
 }
 
 // secureAnswer waits up to wait for the next answer, which must come

@@ -103,21 +103,14 @@ var channelTests = []Test{
 	{ID: "channel/pairing-session", Section: "channel.md §3.3 (check 5), device.md §5 (secure channel)", Title: "an unpaired device opens a pairing session, which refuses everything but pairing",
 		Needs: []string{"channel/handshake"},
 		run: func(t *T) error {
-			if err := t.openChannel(t.cred); err != nil {
-				return err
-			}
-			a, err := t.secure(&pb.Ping{Message: "inside"})
-			if err != nil {
-				return err
-			}
-			if err := wantFailure("Ping in a pairing session", a, pb.FailureCode_FAILURE_NOT_PAIRED); err != nil {
+			if err := t.refusedInChannel("Ping in a pairing session", &pb.Ping{Message: "inside"}, pb.FailureCode_FAILURE_NOT_PAIRED); err != nil {
 				return err
 			}
 			p, err := t.newPrompt("Approve transfer", 1, nil)
 			if err != nil {
 				return err
 			}
-			a, err = t.secure(&pb.PromptRequest{Prompt: p.Marshal()})
+			a, err := t.secure(&pb.PromptRequest{Prompt: p.Marshal()})
 			if err != nil {
 				return err
 			}
@@ -217,11 +210,7 @@ func pairUpTo(t *T, user string) (string, error) {
 	if br.GetCode() != pb.ButtonRequestCode_BUTTON_REQUEST_PAIRING {
 		return "", fmt.Errorf("PairingConfirm got %s, want BUTTON_REQUEST_PAIRING", messageText(br))
 	}
-	sm, err := t.seal(&pb.ButtonAck{})
-	if err != nil {
-		return "", err
-	}
-	if err := t.sendMsg(t.cid, sm); err != nil {
+	if err := t.sendSecure(&pb.ButtonAck{}); err != nil {
 		return "", err
 	}
 	return pairing.Code(t.sess.hash, rev.GetSecret(), challenge), nil
@@ -231,26 +220,12 @@ var pairingTests = []Test{
 	{ID: "pairing/out-of-order", Section: "channel.md §6.3", Title: "a pairing message out of order gets FAILURE_UNEXPECTED_MESSAGE",
 		Needs: []string{"channel/handshake"},
 		run: func(t *T) error {
-			if err := t.openChannel(t.cred); err != nil {
-				return err
-			}
-			a, err := t.secure(&pb.PairingChallenge{Challenge: make([]byte, pairing.ChallengeSize)})
-			if err != nil {
-				return err
-			}
-			return wantFailure("PairingChallenge before PairingRequest", a, pb.FailureCode_FAILURE_UNEXPECTED_MESSAGE)
+			return t.refusedInChannel("PairingChallenge before PairingRequest", &pb.PairingChallenge{Challenge: make([]byte, pairing.ChallengeSize)}, pb.FailureCode_FAILURE_UNEXPECTED_MESSAGE)
 		}},
 	{ID: "pairing/bad-request", Section: "device.md §5 (pairing)", Title: "a PairingRequest with no user gets FAILURE_DATA_ERROR",
 		Needs: []string{"channel/handshake"},
 		run: func(t *T) error {
-			if err := t.openChannel(t.cred); err != nil {
-				return err
-			}
-			a, err := t.secure(&pb.PairingRequest{Role: pb.PairingRole_PAIRING_ROLE_ADMIN})
-			if err != nil {
-				return err
-			}
-			return wantFailure("PairingRequest with no user", a, pb.FailureCode_FAILURE_DATA_ERROR)
+			return t.refusedInChannel("PairingRequest with no user", &pb.PairingRequest{Role: pb.PairingRole_PAIRING_ROLE_ADMIN}, pb.FailureCode_FAILURE_DATA_ERROR)
 		}},
 	{ID: "pairing/cancel", Section: "channel.md §6.3, device.md §5 (pairing)", Title: "Cancel on the pairing screen answers FAILURE_ACTION_CANCELLED and pins nothing",
 		Needs: []string{"channel/handshake"},
@@ -282,13 +257,7 @@ var pairingTests = []Test{
 				return errors.New("rejected on the device, PairingDecision says confirmed")
 			}
 			// Nothing was pinned: a new channel is a pairing session.
-			if err := t.openChannel(t.cred); err != nil {
-				return err
-			}
-			if a, err = t.secure(&pb.Ping{Message: "still unpaired?"}); err != nil {
-				return err
-			}
-			return wantFailure("Ping after a rejected pairing (a pairing session)", a, pb.FailureCode_FAILURE_NOT_PAIRED)
+			return t.refusedInChannel("Ping after a rejected pairing (a pairing session)", &pb.Ping{Message: "still unpaired?"}, pb.FailureCode_FAILURE_NOT_PAIRED)
 		}},
 	{ID: "pairing/confirm", Section: "channel.md §6", Title: "pairing confirmed on the device: the screen shows the code and the HSM fingerprint; PairingFinish pins the HSM", Person: true,
 		Needs: []string{"channel/handshake"},
@@ -344,14 +313,7 @@ var pairingTests = []Test{
 	{ID: "pairing/already-paired", Section: "device.md §5 (pairing)", Title: "a paired device refuses PairingRequest with FAILURE_UNEXPECTED_MESSAGE",
 		Needs: []string{"pairing/confirm"},
 		run: func(t *T) error {
-			if err := t.openChannel(t.cred); err != nil {
-				return err
-			}
-			a, err := t.secure(&pb.PairingRequest{User: "mallory", Role: pb.PairingRole_PAIRING_ROLE_ADMIN})
-			if err != nil {
-				return err
-			}
-			return wantFailure("PairingRequest to a paired device", a, pb.FailureCode_FAILURE_UNEXPECTED_MESSAGE)
+			return t.refusedInChannel("PairingRequest to a paired device", &pb.PairingRequest{User: "mallory", Role: pb.PairingRole_PAIRING_ROLE_ADMIN}, pb.FailureCode_FAILURE_UNEXPECTED_MESSAGE)
 		}},
 	{ID: "channel/other-hsm", Section: "channel.md §3.3 (check 5)", Title: "a paired device refuses a core of another HSM",
 		Needs: []string{"pairing/confirm"},

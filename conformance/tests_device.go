@@ -11,11 +11,7 @@ import (
 var deviceTests = []Test{
 	{ID: "device/features", Section: "device.md §3, §6 (GetFeatures)", Title: "Features names protocol 1, the identity key and the device id derived from it",
 		run: func(t *T) error {
-			a, err := t.call(t.cid, &pb.GetFeatures{})
-			if err != nil {
-				return err
-			}
-			f, err := wantType[*pb.Features]("GetFeatures", a)
+			f, err := t.getFeatures(t.cid, "GetFeatures")
 			if err != nil {
 				return err
 			}
@@ -183,11 +179,7 @@ var deviceTests = []Test{
 			if err := wantFailure("Ping on another channel", a, pb.FailureCode_FAILURE_BUSY); err != nil {
 				return err
 			}
-			a, err = t.call(other, &pb.GetFeatures{})
-			if err != nil {
-				return err
-			}
-			_, err = wantType[*pb.Features]("GetFeatures on another channel", a)
+			_, err = t.getFeatures(other, "GetFeatures on another channel")
 			return err
 		}},
 }

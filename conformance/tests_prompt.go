@@ -14,14 +14,7 @@ import (
 // refusedPrompt sends the encoded prompt in a full session and checks
 // that it is refused with Failure{FAILURE_DATA_ERROR} and nothing shown.
 func refusedPrompt(t *T, what string, prompt []byte) error {
-	if err := t.openChannel(t.cred); err != nil {
-		return err
-	}
-	a, err := t.secure(&pb.PromptRequest{Prompt: prompt})
-	if err != nil {
-		return err
-	}
-	return wantFailure(what, a, pb.FailureCode_FAILURE_DATA_ERROR)
+	return t.refusedInChannel(what, &pb.PromptRequest{Prompt: prompt}, pb.FailureCode_FAILURE_DATA_ERROR)
 }
 
 // askPrompt sends p in a full session, checks the ButtonRequest and sends
@@ -41,11 +34,7 @@ func askPrompt(t *T, p *signed.Prompt) error {
 	if br.GetCode() != pb.ButtonRequestCode_BUTTON_REQUEST_APPROVAL {
 		return fmt.Errorf("PromptRequest got %s, want BUTTON_REQUEST_APPROVAL", messageText(br))
 	}
-	sm, err := t.seal(&pb.ButtonAck{})
-	if err != nil {
-		return err
-	}
-	return t.sendMsg(t.cid, sm)
+	return t.sendSecure(&pb.ButtonAck{})
 }
 
 // answerPrompt has the user press button on p and checks the signed
@@ -217,11 +206,7 @@ var stateTests = []Test{
 			if err := t.connect(t.ctx); err != nil {
 				return err
 			}
-			a, err := t.call(t.cid, &pb.GetFeatures{})
-			if err != nil {
-				return err
-			}
-			f, err := wantType[*pb.Features]("GetFeatures", a)
+			f, err := t.getFeatures(t.cid, "GetFeatures")
 			if err != nil {
 				return err
 			}
@@ -231,7 +216,8 @@ var stateTests = []Test{
 			if err := t.openChannel(t.cred); err != nil {
 				return fmt.Errorf("the pinned HSM after the power cycle: %w", err)
 			}
-			if a, err = t.secure(&pb.Ping{Message: "still paired"}); err != nil {
+			a, err := t.secure(&pb.Ping{Message: "still paired"})
+			if err != nil {
 				return err
 			}
 			if _, err := wantType[*pb.Success]("Ping to the pinned HSM after the power cycle (the pin must persist)", a); err != nil {

@@ -58,28 +58,7 @@ func DebugHandler(d *Device) http.Handler {
 		writeJSON(w, http.StatusOK, screenJSON(v))
 	})
 	mux.HandleFunc("POST /v1/press", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			Button string `json:"button"`
-		}
-		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
-			writeError(w, http.StatusBadRequest, "body: want {\"button\": NAME}")
-			return
-		}
-		b, err := ParseButton(req.Button)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		if err := d.Press(b); err != nil {
-			status := http.StatusInternalServerError
-			if errors.Is(err, ErrButtonUnavailable) {
-				status = http.StatusConflict
-			}
-			writeError(w, status, err.Error())
-			return
-		}
-		v, _ := d.View()
-		writeJSON(w, http.StatusOK, screenJSON(v))
+		servePress(w, r, d, 1<<16)
 	})
 	mux.HandleFunc("POST /v1/power-cycle", func(w http.ResponseWriter, r *http.Request) {
 		if err := d.PowerCycle(); err != nil {
@@ -133,6 +112,35 @@ func ParseRules(in []debuglink.Rule) ([]Rule, error) {
 		rules = append(rules, Rule{Pattern: re, Action: a})
 	}
 	return rules, nil
+}
+
+// servePress presses the button that a {"button": NAME} body (read up
+// to maxBody bytes) names and answers the screen after it: 400 for a bad
+// body or button, 409 for a button the screen does not offer. The debug
+// link and the web view both serve it.
+func servePress(w http.ResponseWriter, r *http.Request, d *Device, maxBody int64) {
+	var req struct {
+		Button string `json:"button"`
+	}
+	if err := json.NewDecoder(io.LimitReader(r.Body, maxBody)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "body: want {\"button\": NAME}")
+		return
+	}
+	b, err := ParseButton(req.Button)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := d.Press(b); err != nil {
+		status := http.StatusInternalServerError
+		if errors.Is(err, ErrButtonUnavailable) {
+			status = http.StatusConflict
+		}
+		writeError(w, status, err.Error())
+		return
+	}
+	v, _ := d.View()
+	writeJSON(w, http.StatusOK, screenJSON(v))
 }
 
 func screenJSON(v View) debuglink.Screen {

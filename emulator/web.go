@@ -6,10 +6,8 @@ import (
 	_ "embed"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"html/template"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -112,28 +110,7 @@ func WebHandler(d *Device, token string, hosts []string) http.Handler {
 			writeError(w, http.StatusForbidden, "missing or wrong "+WebTokenHeader)
 			return
 		}
-		var req struct {
-			Button string `json:"button"`
-		}
-		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<12)).Decode(&req); err != nil {
-			writeError(w, http.StatusBadRequest, "body: want {\"button\": NAME}")
-			return
-		}
-		b, err := ParseButton(req.Button)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		if err := d.Press(b); err != nil {
-			status := http.StatusInternalServerError
-			if errors.Is(err, ErrButtonUnavailable) {
-				status = http.StatusConflict
-			}
-			writeError(w, status, err.Error())
-			return
-		}
-		v, _ := d.View()
-		writeJSON(w, http.StatusOK, screenJSON(v))
+		servePress(w, r, d, 1<<12)
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !containsFold(hosts, r.Host) {

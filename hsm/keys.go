@@ -343,6 +343,19 @@ func (s *PKCS11Store) GenerateKey(ctx context.Context, req GenerateKeyRequest) (
 	}
 }
 
+// tokenKeyTemplate is the template of a key stored on the token under
+// label and id, followed by attrs: the usages the caller switches on or
+// off.
+func tokenKeyTemplate(class, keyType uint, label string, id []byte, attrs ...*pkcs11.Attribute) []*pkcs11.Attribute {
+	return append([]*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+	}, attrs...)
+}
+
 func (s *PKCS11Store) generate(ctx context.Context, req GenerateKeyRequest, genMech uint, id []byte) (info *KeyInfo, err error) {
 	sh, err := s.pool.get(ctx)
 	if err != nil {
@@ -358,20 +371,11 @@ func (s *PKCS11Store) generate(ctx context.Context, req GenerateKeyRequest, genM
 		return nil, fmt.Errorf("hsm: generate key %q on token %q: %w; pick another label", req.Label, s.info.Label, ErrKeyExists)
 	}
 
-	common := func(class, kt uint) []*pkcs11.Attribute {
-		return []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, kt),
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-			pkcs11.NewAttribute(pkcs11.CKA_LABEL, req.Label),
-			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
-		}
-	}
 	// Each key does one job: every usage it does not need is switched off
 	// (SoftHSM2 would otherwise default some of them on).
 	var h pkcs11.ObjectHandle
 	if req.Algorithm == HMACSHA256 {
-		tmpl := append(common(pkcs11.CKO_SECRET_KEY, pkcs11.CKK_GENERIC_SECRET),
+		tmpl := tokenKeyTemplate(pkcs11.CKO_SECRET_KEY, pkcs11.CKK_GENERIC_SECRET, req.Label, id,
 			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
 			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
 			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
@@ -396,7 +400,7 @@ func (s *PKCS11Store) generate(ctx context.Context, req GenerateKeyRequest, genM
 		// The backup key-agreement key derives and never signs; every
 		// other key pair signs and never derives.
 		agree := req.Algorithm == ECDHP256
-		pub := append(common(pkcs11.CKO_PUBLIC_KEY, kt),
+		pub := tokenKeyTemplate(pkcs11.CKO_PUBLIC_KEY, kt, req.Label, id,
 			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, params),
 			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
 			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, !agree),
@@ -404,7 +408,7 @@ func (s *PKCS11Store) generate(ctx context.Context, req GenerateKeyRequest, genM
 			pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
 			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
 		)
-		priv := append(common(pkcs11.CKO_PRIVATE_KEY, kt),
+		priv := tokenKeyTemplate(pkcs11.CKO_PRIVATE_KEY, kt, req.Label, id,
 			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
 			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
 			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, req.Backupable),

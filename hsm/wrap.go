@@ -359,12 +359,7 @@ func (s *PKCS11Store) ImportWrapped(ctx context.Context, req ImportWrappedReques
 	}()
 	var infos []KeyInfo
 	for i, wk := range req.Keys {
-		priv, err := s.p.UnwrapKey(sh, mechWrapPad, t, wk.Wrapped, []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-			pkcs11.NewAttribute(pkcs11.CKA_LABEL, wk.Label),
-			pkcs11.NewAttribute(pkcs11.CKA_ID, wk.ID),
+		priv, err := s.p.UnwrapKey(sh, mechWrapPad, t, wk.Wrapped, tokenKeyTemplate(pkcs11.CKO_PRIVATE_KEY, pkcs11.CKK_EC, wk.Label, wk.ID,
 			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
 			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
 			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
@@ -372,7 +367,7 @@ func (s *PKCS11Store) ImportWrapped(ctx context.Context, req ImportWrappedReques
 			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
 			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
 			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
-		})
+		))
 		if err != nil {
 			return nil, fmt.Errorf("hsm: token %q: unwrap key %q: %w: it was altered (%w)", s.info.Label, wk.Label, ErrUnwrap, err)
 		}
@@ -381,12 +376,7 @@ func (s *PKCS11Store) ImportWrapped(ctx context.Context, req ImportWrappedReques
 		if err != nil {
 			return nil, err
 		}
-		pub, err := s.p.CreateObject(sh, []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-			pkcs11.NewAttribute(pkcs11.CKA_LABEL, wk.Label),
-			pkcs11.NewAttribute(pkcs11.CKA_ID, wk.ID),
+		pub, err := s.p.CreateObject(sh, tokenKeyTemplate(pkcs11.CKO_PUBLIC_KEY, pkcs11.CKK_EC, wk.Label, wk.ID,
 			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
 			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, paramsSecp256k1),
 			pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, point),
@@ -394,7 +384,7 @@ func (s *PKCS11Store) ImportWrapped(ctx context.Context, req ImportWrappedReques
 			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
 			pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
 			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
-		})
+		))
 		if err != nil {
 			return nil, fmt.Errorf("hsm: token %q: store the public key of %q: %w", s.info.Label, wk.Label, err)
 		}

@@ -3,16 +3,14 @@ package hsm_test
 import (
 	"bytes"
 	"context"
-	"encoding/asn1"
 	"errors"
 	"strings"
 	"testing"
 
 	"github.com/btcsuite/btcd/btcec/v2"
-	"github.com/miekg/pkcs11"
 
 	"github.com/opencustodynet/opencustody/hsm"
-	"github.com/opencustodynet/opencustody/hsm/internal/module"
+	"github.com/opencustodynet/opencustody/hsm/hsmtest"
 	"github.com/opencustodynet/opencustody/hsm/softhsm/softhsmtest"
 )
 
@@ -39,57 +37,7 @@ func newSite(t *testing.T) *site {
 // so the test can look for the scalar in what leaves the HSM.
 func (st *site) twin(t *testing.T, label string) *btcec.PrivateKey {
 	t.Helper()
-	priv, err := btcec.NewPrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := module.Acquire(st.tok.ModulePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Release()
-	slots, err := m.Ctx.GetSlotList(true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var slot uint
-	found := false
-	for _, sl := range slots {
-		if ti, err := m.Ctx.GetTokenInfo(sl); err == nil && ti.Label == st.tok.Label {
-			slot, found = sl, true
-		}
-	}
-	if !found {
-		t.Fatalf("token %s not found", st.tok.Label)
-	}
-	sh, err := m.Ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Ctx.CloseSession(sh) // the store's login stays
-	params := []byte{0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a}
-	id := []byte("twin-" + label)
-	point, _ := asn1.Marshal(priv.PubKey().SerializeUncompressed())
-	scalar := priv.Key.Bytes()
-	common := func(class uint) []*pkcs11.Attribute {
-		return []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-			pkcs11.NewAttribute(pkcs11.CKA_ID, id), pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, params),
-		}
-	}
-	if _, err := m.Ctx.CreateObject(sh, append(common(pkcs11.CKO_PUBLIC_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, point), pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true))); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Ctx.CreateObject(sh, append(common(pkcs11.CKO_PRIVATE_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_VALUE, scalar[:]),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true), pkcs11.NewAttribute(pkcs11.CKA_WRAP_WITH_TRUSTED, true),
-		pkcs11.NewAttribute(pkcs11.CKA_SIGN, true))); err != nil {
-		t.Fatal(err)
-	}
-	return priv
+	return hsmtest.BackupableKey(t, st.s, st.tok, label, []byte("twin-"+label))
 }
 
 func export(t *testing.T, from, to *site, keys ...string) *hsm.WrappedExport {

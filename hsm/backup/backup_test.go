@@ -3,7 +3,6 @@ package backup_test
 import (
 	"bytes"
 	"context"
-	"encoding/asn1"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
@@ -18,14 +17,12 @@ import (
 	"github.com/btcsuite/btcd/btcutil/psbt"
 	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/miekg/pkcs11"
 
 	"github.com/opencustodynet/opencustody/hsm"
 	"github.com/opencustodynet/opencustody/hsm/backup"
 	"github.com/opencustodynet/opencustody/hsm/bitcoin"
 	"github.com/opencustodynet/opencustody/hsm/bitcoin/btcdtest"
 	"github.com/opencustodynet/opencustody/hsm/hsmtest"
-	"github.com/opencustodynet/opencustody/hsm/internal/module"
 	"github.com/opencustodynet/opencustody/hsm/records"
 	"github.com/opencustodynet/opencustody/hsm/softhsm/softhsmtest"
 )
@@ -69,43 +66,7 @@ func (s *testSite) fingerprint() string {
 // twin stores a backup-able custody key whose scalar the test knows.
 func (s *testSite) twin(t *testing.T, label string) *btcec.PrivateKey {
 	t.Helper()
-	priv, err := btcec.NewPrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := module.Acquire(s.tok.ModulePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Release()
-	slot := s.core.Store.Info().SlotID
-	sh, err := m.Ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Ctx.CloseSession(sh)
-	point, _ := asn1.Marshal(priv.PubKey().SerializeUncompressed())
-	scalar := priv.Key.Bytes()
-	common := func(class uint) []*pkcs11.Attribute {
-		return []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-			pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(label)),
-			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, []byte{0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a}),
-		}
-	}
-	if _, err := m.Ctx.CreateObject(sh, append(common(pkcs11.CKO_PUBLIC_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, point), pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true))); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Ctx.CreateObject(sh, append(common(pkcs11.CKO_PRIVATE_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_VALUE, scalar[:]),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true), pkcs11.NewAttribute(pkcs11.CKA_WRAP_WITH_TRUSTED, true),
-		pkcs11.NewAttribute(pkcs11.CKA_SIGN, true))); err != nil {
-		t.Fatal(err)
-	}
-	return priv
+	return hsmtest.BackupableKey(t, s.core.Store, s.tok, label, []byte(label))
 }
 
 // pair enrolls dst and registers it at src.

@@ -127,13 +127,7 @@ func (e *Enrollment) Marshal() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := cryptobyte.NewBuilder(msg)
-	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(e.Signature) })
-	der, err := b.Bytes()
-	if err != nil {
-		return nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: EnrollmentPEMType, Headers: e.headers(), Bytes: der}), nil
+	return signedPEM(EnrollmentPEMType, e.headers(), msg, e.Signature)
 }
 
 func (e *Enrollment) headers() map[string]string {
@@ -276,13 +270,7 @@ func (b *Bundle) Marshal() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := cryptobyte.NewBuilder(msg)
-	c.AddUint16LengthPrefixed(func(c *cryptobyte.Builder) { c.AddBytes(b.Signature) })
-	der, err := c.Bytes()
-	if err != nil {
-		return nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: BundlePEMType, Headers: b.headers(), Bytes: der}), nil
+	return signedPEM(BundlePEMType, b.headers(), msg, b.Signature)
 }
 
 func (b *Bundle) headers() map[string]string {
@@ -353,6 +341,19 @@ func ParseBundle(file []byte) (*Bundle, error) {
 		return nil, err
 	}
 	return &b, nil
+}
+
+// signedPEM encodes a signed file: a PEM block of type typ with headers,
+// whose body is the signed bytes msg followed by the signature
+// (uint16-length-prefixed). [pemBody] reads it back.
+func signedPEM(typ string, headers map[string]string, msg, sig []byte) ([]byte, error) {
+	b := cryptobyte.NewBuilder(msg)
+	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(sig) })
+	der, err := b.Bytes()
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: typ, Headers: headers, Bytes: der}), nil
 }
 
 func pemBody(file []byte, typ string) (*pem.Block, error) {

@@ -444,7 +444,7 @@ func (c *Core) answerChange(ctx context.Context, dev *DeviceRecord, appr *signed
 	if p == nil {
 		return nil, fail(ErrPromptMismatch, "the change issued no prompt to this device")
 	}
-	if !bytes.Equal(p.Digest, appr.PromptDigest[:]) || !bytes.Equal(p.Nonce, appr.Nonce[:]) {
+	if !p.signedBy(appr) {
 		return nil, fail(ErrPromptMismatch, "the answer signs prompt %x, the core issued %x", appr.PromptDigest[:8], p.Digest[:8])
 	}
 	now := c.cfg.Now()
@@ -602,7 +602,7 @@ func (c *Core) verifiedAnswers(ctx context.Context, prompts []PromptRecord, answ
 		}
 		p := findPrompt(prompts, dev.ID)
 		if dev.State != DevicePaired || p == nil || p.User != dev.User || dev.User != a.User || !ok(dev) ||
-			!bytes.Equal(p.Digest, appr.PromptDigest[:]) || !bytes.Equal(p.Nonce, appr.Nonce[:]) ||
+			!p.signedBy(appr) ||
 			appr.Verify(dev.Algorithm, dev.IdentityKey) != nil {
 			continue
 		}
@@ -673,12 +673,7 @@ func (c *Core) ApprovedChange(ctx context.Context, id string) (*ChangeRecord, er
 }
 
 func (c *Core) expireChange(ctx context.Context, ch *ChangeRecord) ([]PromptRef, error) {
-	var withdraw []PromptRef
-	for _, p := range ch.Prompts {
-		if !answeredBy(ch.Answers, p.DeviceID, p.User) {
-			withdraw = append(withdraw, PromptRef{RequestID: ch.ID, DeviceID: p.DeviceID})
-		}
-	}
+	withdraw := openPrompts(ch.ID, ch.Prompts, ch.Answers)
 	ch.State, ch.FinishedAt = ChangeExpired, ch.ExpiresAt
 	if err := c.cfg.Changes.UpdateChange(ctx, ch); err != nil {
 		return nil, fmt.Errorf("core: change %s: store its expiry: %w", ch.ID, err)
@@ -743,12 +738,7 @@ func (c *Core) Changes(ctx context.Context) ([]*ChangeRecord, error) {
 	for _, ch := range chs {
 		ch.effective(now)
 	}
-	slices.SortStableFunc(chs, func(a, b *ChangeRecord) int {
-		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
-			return c
-		}
-		return strings.Compare(a.ID, b.ID)
-	})
+	slices.SortStableFunc(chs, func(a, b *ChangeRecord) int { return oldestFirst(a.CreatedAt, a.ID, b.CreatedAt, b.ID) })
 	return chs, nil
 }
 
@@ -767,43 +757,15 @@ func (c *Core) pendingChangePrompts(ctx context.Context, deviceID string) ([]*si
 		if ch.State != ChangePending {
 			continue
 		}
-		p := findPrompt(ch.Prompts, deviceID)
-		if p == nil || answeredBy(ch.Answers, p.DeviceID, p.User) {
-			continue
-		}
-		sp, err := c.reissue(p)
+		sp, err := c.reissueOpen("change "+ch.ID, ch.Prompts, ch.Answers, deviceID, func() error { return c.cfg.Changes.UpdateChange(ctx, ch) })
 		if err != nil {
-			return nil, fmt.Errorf("core: change %s: prompt for device %s: %w", ch.ID, deviceID, err)
+			return nil, err
 		}
-		if err := c.cfg.Changes.UpdateChange(ctx, ch); err != nil {
-			return nil, fmt.Errorf("core: change %s: store the prompt issued again to device %s: %w", ch.ID, deviceID, err)
+		if sp != nil {
+			out = append(out, sp)
 		}
-		out = append(out, sp)
 	}
 	return out, nil
-}
-
-func findPrompt(prompts []PromptRecord, deviceID string) *PromptRecord {
-	for i := range prompts {
-		if prompts[i].DeviceID == deviceID {
-			return &prompts[i]
-		}
-	}
-	return nil
-}
-
-func answeredBy(answers []AnswerRecord, deviceID, user string) bool {
-	return slices.ContainsFunc(answers, func(a AnswerRecord) bool { return a.DeviceID == deviceID || a.User == user })
-}
-
-func usersWith(answers []AnswerRecord, d signed.Decision) []string {
-	var out []string
-	for _, a := range answers {
-		if a.Decision == d {
-			out = append(out, a.User)
-		}
-	}
-	return out
 }
 
 // pairingHandler is the core's handler of [ChangePairing].

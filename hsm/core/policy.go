@@ -275,7 +275,7 @@ func (c *Core) withdrawPending(ctx context.Context, wallet, why string) (int, er
 		if r.Wallet != wallet || (r.State != RequestPending && r.State != RequestApproved) {
 			continue
 		}
-		c.withdrawQueue = append(c.withdrawQueue, r.open()...)
+		c.withdrawQueue = append(c.withdrawQueue, openPrompts(r.ID, r.Prompts, r.Answers)...)
 		r.State, r.FinishedAt, r.Error = RequestWithdrawn, c.cfg.Now().UTC(), why
 		if err := c.cfg.Requests.UpdateRequest(ctx, r); err != nil {
 			return n, fmt.Errorf("withdraw request %s: %w", r.ID, err)

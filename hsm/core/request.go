@@ -121,14 +121,41 @@ func (r *RequestRecord) ParsedSummary() (*bitcoin.Summary, error) {
 
 // ApprovedBy and RejectedBy list the users who approved or rejected, in
 // the order they answered.
-func (r *RequestRecord) ApprovedBy() []string { return r.usersWith(signed.Approve) }
+func (r *RequestRecord) ApprovedBy() []string { return usersWith(r.Answers, signed.Approve) }
 
 // RejectedBy: see [RequestRecord.ApprovedBy].
-func (r *RequestRecord) RejectedBy() []string { return r.usersWith(signed.Reject) }
+func (r *RequestRecord) RejectedBy() []string { return usersWith(r.Answers, signed.Reject) }
 
-func (r *RequestRecord) usersWith(d signed.Decision) []string {
+// The prompts and answers of requests and admin changes are kept alike
+// and read with the same helpers.
+
+// findPrompt returns the prompt issued to the device, or nil if none was.
+func findPrompt(prompts []PromptRecord, deviceID string) *PromptRecord {
+	for i := range prompts {
+		if prompts[i].DeviceID == deviceID {
+			return &prompts[i]
+		}
+	}
+	return nil
+}
+
+// signedBy reports whether appr answers the prompt p: it signs p's digest
+// under p's nonce.
+func (p *PromptRecord) signedBy(appr *signed.Approval) bool {
+	return bytes.Equal(p.Digest, appr.PromptDigest[:]) && bytes.Equal(p.Nonce, appr.Nonce[:])
+}
+
+// answeredBy reports whether the device, or its user on any device, has
+// answered.
+func answeredBy(answers []AnswerRecord, deviceID, user string) bool {
+	return slices.ContainsFunc(answers, func(a AnswerRecord) bool { return a.DeviceID == deviceID || a.User == user })
+}
+
+// usersWith lists the users whose answer is d, in the order they
+// answered.
+func usersWith(answers []AnswerRecord, d signed.Decision) []string {
 	var out []string
-	for _, a := range r.Answers {
+	for _, a := range answers {
 		if a.Decision == d {
 			out = append(out, a.User)
 		}
@@ -136,31 +163,25 @@ func (r *RequestRecord) usersWith(d signed.Decision) []string {
 	return out
 }
 
-func (r *RequestRecord) prompt(deviceID string) *PromptRecord {
-	for i := range r.Prompts {
-		if r.Prompts[i].DeviceID == deviceID {
-			return &r.Prompts[i]
-		}
-	}
-	return nil
-}
-
-// answered reports whether the device, or its user on any device, has
-// answered.
-func (r *RequestRecord) answered(deviceID, user string) bool {
-	return slices.ContainsFunc(r.Answers, func(a AnswerRecord) bool { return a.DeviceID == deviceID || a.User == user })
-}
-
-// open lists the prompts still waiting for an answer: those whose device
-// and user have not answered.
-func (r *RequestRecord) open() []PromptRef {
+// openPrompts lists the prompts of request or change id still waiting
+// for an answer: those whose device and user have not answered.
+func openPrompts(id string, prompts []PromptRecord, answers []AnswerRecord) []PromptRef {
 	var out []PromptRef
-	for _, p := range r.Prompts {
-		if !r.answered(p.DeviceID, p.User) {
-			out = append(out, PromptRef{RequestID: r.ID, DeviceID: p.DeviceID})
+	for _, p := range prompts {
+		if !answeredBy(answers, p.DeviceID, p.User) {
+			out = append(out, PromptRef{RequestID: id, DeviceID: p.DeviceID})
 		}
 	}
 	return out
+}
+
+// oldestFirst orders requests and changes as they are listed: by creation
+// time, then by id.
+func oldestFirst(aCreated time.Time, aID string, bCreated time.Time, bID string) int {
+	if c := aCreated.Compare(bCreated); c != 0 {
+		return c
+	}
+	return strings.Compare(aID, bID)
 }
 
 // effective is the request as it stands at now: a pending request past
@@ -385,7 +406,7 @@ func (c *Core) issuePrompts(r *RequestRecord, sum *bitcoin.Summary, users []stri
 	var prompts []*signed.Prompt
 	for _, u := range users {
 		for _, d := range pairedDevicesOf(devices, u) {
-			if r.prompt(d.ID) != nil {
+			if findPrompt(r.Prompts, d.ID) != nil {
 				continue
 			}
 			p := &signed.Prompt{
@@ -503,11 +524,11 @@ func (c *Core) Answer(ctx context.Context, a Answer) (*AnswerResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := r.prompt(dev.ID)
+	p := findPrompt(r.Prompts, dev.ID)
 	if p == nil {
 		return nil, fail(ErrPromptMismatch, "the request issued no prompt to this device")
 	}
-	if !bytes.Equal(p.Digest, appr.PromptDigest[:]) || !bytes.Equal(p.Nonce, appr.Nonce[:]) {
+	if !p.signedBy(appr) {
 		return nil, fail(ErrPromptMismatch, "the answer signs prompt %x, the core issued %x", appr.PromptDigest[:8], p.Digest[:8])
 	}
 	now := c.cfg.Now()
@@ -524,7 +545,7 @@ func (c *Core) Answer(ctx context.Context, a Answer) (*AnswerResult, error) {
 	if dev.User != p.User {
 		return nil, fail(ErrPromptMismatch, "the prompt was issued to user %s, the device now belongs to %s", p.User, dev.User)
 	}
-	if r.answered(dev.ID, dev.User) {
+	if answeredBy(r.Answers, dev.ID, dev.User) {
 		return nil, fail(ErrAlreadyAnswered, "user %s has answered", dev.User)
 	}
 	if appr.Counter <= dev.Counter {
@@ -731,7 +752,7 @@ func (c *Core) checkApprovals(ctx context.Context, r *RequestRecord, w *WalletRe
 
 // expire marks a pending request expired and returns its open prompts.
 func (c *Core) expire(ctx context.Context, r *RequestRecord) ([]PromptRef, error) {
-	withdraw := r.open()
+	withdraw := openPrompts(r.ID, r.Prompts, r.Answers)
 	r.State, r.FinishedAt = RequestExpired, r.ExpiresAt
 	if err := c.cfg.Requests.UpdateRequest(ctx, r); err != nil {
 		return nil, fmt.Errorf("core: request %s: store its expiry: %w", r.ID, err)
@@ -799,12 +820,7 @@ func (c *Core) Requests(ctx context.Context) ([]*RequestRecord, error) {
 	for _, r := range rs {
 		r.effective(now)
 	}
-	slices.SortStableFunc(rs, func(a, b *RequestRecord) int {
-		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
-			return c
-		}
-		return strings.Compare(a.ID, b.ID)
-	})
+	slices.SortStableFunc(rs, func(a, b *RequestRecord) int { return oldestFirst(a.CreatedAt, a.ID, b.CreatedAt, b.ID) })
 	return rs, nil
 }
 
@@ -830,24 +846,38 @@ func (c *Core) PendingPrompts(ctx context.Context, deviceID string) ([]*signed.P
 		if r.State != RequestPending {
 			continue
 		}
-		p := r.prompt(deviceID)
-		if p == nil || r.answered(p.DeviceID, p.User) {
-			continue
-		}
-		sp, err := c.reissue(p)
+		sp, err := c.reissueOpen("request "+r.ID, r.Prompts, r.Answers, deviceID, func() error { return c.cfg.Requests.UpdateRequest(ctx, r) })
 		if err != nil {
-			return nil, fmt.Errorf("core: request %s: prompt for device %s: %w", r.ID, deviceID, err)
+			return nil, err
 		}
-		if err := c.cfg.Requests.UpdateRequest(ctx, r); err != nil {
-			return nil, fmt.Errorf("core: request %s: store the prompt issued again to device %s: %w", r.ID, deviceID, err)
+		if sp != nil {
+			out = append(out, sp)
 		}
-		out = append(out, sp)
 	}
 	cps, err := c.pendingChangePrompts(ctx, deviceID)
 	if err != nil {
 		return nil, err
 	}
 	return append(out, cps...), nil
+}
+
+// reissueOpen issues afresh the prompt for deviceID of a pending request
+// or change (what names it: "request ID", "change ID"), unless there is
+// none or the device or its user answered it, and stores the record that
+// holds prompts with store. It returns nil when there is nothing to issue.
+func (c *Core) reissueOpen(what string, prompts []PromptRecord, answers []AnswerRecord, deviceID string, store func() error) (*signed.Prompt, error) {
+	p := findPrompt(prompts, deviceID)
+	if p == nil || answeredBy(answers, p.DeviceID, p.User) {
+		return nil, nil
+	}
+	sp, err := c.reissue(p)
+	if err != nil {
+		return nil, fmt.Errorf("core: %s: prompt for device %s: %w", what, deviceID, err)
+	}
+	if err := store(); err != nil {
+		return nil, fmt.Errorf("core: %s: store the prompt issued again to device %s: %w", what, deviceID, err)
+	}
+	return sp, nil
 }
 
 // reissue replaces the stored prompt pr by the same prompt under a fresh

@@ -607,21 +607,7 @@ func TestTamperedApprovalRecordsAreRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	db, err := sql.Open("sqlite", filepath.Join(e.dataDir, "opencustody.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	edit := func(kind, from, to string) {
-		t.Helper()
-		res, err := db.Exec(`UPDATE records SET body = CAST(replace(CAST(body AS TEXT), ?, ?) AS BLOB) WHERE kind = ?`, from, to, kind)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			t.Fatalf("no %s record edited", kind)
-		}
-	}
+	edit := recordEditor(t, e.dataDir)
 	edit("wallet", `"quorum":2`, `"quorum":1`)
 	if _, err := cust.GetWallet(ctx, &apipb.GetWalletRequest{Name: "w"}); status.Code(err) != codes.DataLoss {
 		t.Fatalf("wallet with a lowered quorum: %v, want DataLoss", err)
@@ -636,6 +622,28 @@ func TestTamperedApprovalRecordsAreRefused(t *testing.T) {
 	// The core's upkeep refuses it too: nothing gets signed.
 	if _, err := e.core.Tick(ctx); err == nil {
 		t.Fatal("Tick used a tampered request")
+	}
+}
+
+// recordEditor opens the daemon's database behind its back, as a hostile
+// database would, and returns edit: it replaces from by to in the body of
+// every record of kind, and fails the test if there was none to edit.
+func recordEditor(t *testing.T, dataDir string) (edit func(kind, from, to string)) {
+	t.Helper()
+	db, err := sql.Open("sqlite", filepath.Join(dataDir, "opencustody.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return func(kind, from, to string) {
+		t.Helper()
+		res, err := db.Exec(`UPDATE records SET body = CAST(replace(CAST(body AS TEXT), ?, ?) AS BLOB) WHERE kind = ?`, from, to, kind)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			t.Fatalf("no %s record edited", kind)
+		}
 	}
 }
 
@@ -672,21 +680,7 @@ func TestTamperedChangeRecordsAreRefused(t *testing.T) {
 		t.Fatalf("change %v", ch)
 	}
 
-	db, err := sql.Open("sqlite", filepath.Join(e.dataDir, "opencustody.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	edit := func(kind, from, to string) {
-		t.Helper()
-		res, err := db.Exec(`UPDATE records SET body = CAST(replace(CAST(body AS TEXT), ?, ?) AS BLOB) WHERE kind = ?`, from, to, kind)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			t.Fatalf("no %s record edited", kind)
-		}
-	}
+	edit := recordEditor(t, e.dataDir)
 	edit("change", `"state":"pending"`, `"state":"approved"`)
 	if _, err := op.GetChange(ctx, &apipb.GetChangeRequest{Id: ch.GetId()}); status.Code(err) != codes.DataLoss || !strings.Contains(err.Error(), ch.GetId()) {
 		t.Fatalf("change marked approved: %v, want DataLoss naming it", err)

@@ -17,13 +17,7 @@ import (
 func TestE2EBacklogOfRequestsAllSigned(t *testing.T) {
 	w := newWorld(t, 3)
 	users := []string{"alice", "bob", "carol"}
-	for i, e := range w.emus {
-		w.pair(w.hsmd, e, users[i], apipb.Role_ROLE_APPROVER)
-	}
-	for _, e := range w.emus {
-		w.waitChannel(w.hsmd, e, true)
-	}
-	addrs := w.wallet(w.hsmd, "treasury", users, 2)
+	addrs := w.approverWallet("treasury", 2, users...)
 	for _, e := range w.emus {
 		if err := e.dl.SetRules(w.ctx, []debuglink.Rule{{Pattern: ".", Action: "confirm"}}); err != nil {
 			t.Fatal(err)

@@ -132,13 +132,7 @@ func TestBenchReportPipeline(t *testing.T) {
 	b := benchSize(t)
 	w := newWorld(t, 3)
 	users := []string{"alice", "bob", "carol"}
-	for i, e := range w.emus {
-		w.pair(w.hsmd, e, users[i], apipb.Role_ROLE_APPROVER)
-	}
-	for _, e := range w.emus {
-		w.waitChannel(w.hsmd, e, true)
-	}
-	addrs := w.wallet(w.hsmd, "bench", users, 2)
+	addrs := w.approverWallet("bench", 2, users...)
 	for _, e := range w.emus {
 		// Each emulator's user approves whatever it shows, at once.
 		if err := e.dl.SetRules(w.ctx, []debuglink.Rule{{Pattern: ".", Action: "confirm"}}); err != nil {

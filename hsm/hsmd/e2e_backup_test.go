@@ -192,14 +192,8 @@ func TestE2EBackupSiteSigns(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r := dr.waitRequestState(dr.hsmd, req.GetId(), "signed", func(r *apipb.Request) bool {
-		return r.GetState() == apipb.RequestState_REQUEST_STATE_SIGNED
-	})
-	var tx wire.MsgTx
-	if err := tx.Deserialize(bytes.NewReader(r.GetSignedTx())); err != nil {
-		t.Fatal(err)
-	}
-	txid, err := node.Send(&tx)
+	_, tx := dr.waitSignedTx(dr.hsmd, req.GetId())
+	txid, err := node.Send(tx)
 	if err != nil {
 		t.Fatalf("the node refused the transaction the second site signed: %v", err)
 	}

@@ -21,13 +21,7 @@ import (
 func TestE2ETransferAcceptedByNode(t *testing.T) {
 	w := newWorld(t, 3)
 	users := []string{"alice", "bob", "carol"}
-	for i, e := range w.emus {
-		w.pair(w.hsmd, e, users[i], apipb.Role_ROLE_APPROVER)
-	}
-	for _, e := range w.emus {
-		w.waitChannel(w.hsmd, e, true)
-	}
-	addrs := w.wallet(w.hsmd, "treasury", users, 2)
+	addrs := w.approverWallet("treasury", 2, users...)
 
 	mining, err := btcutil.DecodeAddress(addrs[0].GetAddress(), &chaincfg.SimNetParams)
 	if err != nil {
@@ -58,17 +52,11 @@ func TestE2ETransferAcceptedByNode(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r := w.waitRequestState(w.hsmd, req.GetId(), "signed", func(r *apipb.Request) bool {
-		return r.GetState() == apipb.RequestState_REQUEST_STATE_SIGNED
-	})
-	var tx wire.MsgTx
-	if err := tx.Deserialize(bytes.NewReader(r.GetSignedTx())); err != nil {
-		t.Fatal(err)
-	}
+	r, tx := w.waitSignedTx(w.hsmd, req.GetId())
 	if tx.TxHash().String() != r.GetSummary().GetTxid() {
 		t.Fatalf("signed tx %s, approved summary %s", tx.TxHash(), r.GetSummary().GetTxid())
 	}
-	txid, err := node.Send(&tx)
+	txid, err := node.Send(tx)
 	if err != nil {
 		t.Fatalf("the node refused the transaction the devices approved: %v", err)
 	}

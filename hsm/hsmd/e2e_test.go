@@ -397,6 +397,21 @@ func channelFailures(t *testing.T, h *env) int {
 
 // --- Wallets and requests ---
 
+// approverWallet pairs the world's emulators with hsmd as the approvers
+// users, in order, waits for their secure channels, and creates the
+// wallet name that quorum of them must approve for, returning its
+// addresses.
+func (w *world) approverWallet(name string, quorum uint32, users ...string) []*apipb.WalletAddress {
+	w.t.Helper()
+	for i, e := range w.emus {
+		w.pair(w.hsmd, e, users[i], apipb.Role_ROLE_APPROVER)
+	}
+	for _, e := range w.emus {
+		w.waitChannel(w.hsmd, e, true)
+	}
+	return w.wallet(w.hsmd, name, users, quorum)
+}
+
 // wallet creates a simnet wallet on h with the approvers and quorum, and
 // two addresses; it returns the addresses.
 func (w *world) wallet(h *env, name string, approvers []string, quorum uint32) []*apipb.WalletAddress {
@@ -448,6 +463,20 @@ func (w *world) waitRequestState(h *env, id string, what string, ok func(*apipb.
 		return nil
 	})
 	return r
+}
+
+// waitSignedTx waits for request id to be signed and returns it with its
+// signed transaction, decoded.
+func (w *world) waitSignedTx(h *env, id string) (*apipb.Request, *wire.MsgTx) {
+	w.t.Helper()
+	r := w.waitRequestState(h, id, "signed", func(r *apipb.Request) bool {
+		return r.GetState() == apipb.RequestState_REQUEST_STATE_SIGNED
+	})
+	var tx wire.MsgTx
+	if err := tx.Deserialize(bytes.NewReader(r.GetSignedTx())); err != nil {
+		w.t.Fatal(err)
+	}
+	return r, &tx
 }
 
 // promptScreen waits for e to show the prompt of request id.
@@ -1521,13 +1550,7 @@ func TestE2EPairedDeviceUnderAnotherNameRefused(t *testing.T) {
 func TestE2EApprovalThroughBridge(t *testing.T) {
 	w := newWorld(t, 3)
 	users := []string{"alice", "bob", "carol"}
-	for i, e := range w.emus {
-		w.pair(w.hsmd, e, users[i], apipb.Role_ROLE_APPROVER)
-	}
-	for _, e := range w.emus {
-		w.waitChannel(w.hsmd, e, true)
-	}
-	addrs := w.wallet(w.hsmd, "treasury", users, 2)
+	addrs := w.approverWallet("treasury", 2, users...)
 	req := w.submit(w.hsmd, "treasury", addrs, 50_000_000)
 	var foreign string
 	for _, o := range req.GetSummary().GetOutputs() {

@@ -19,9 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -60,14 +58,8 @@ func newHostile(t *testing.T, quorum uint32, users ...string) *hostile {
 
 func pairAll(w *world, quorum uint32, users ...string) *hostile {
 	w.t.Helper()
-	for i, e := range w.emus {
-		w.pair(w.hsmd, e, users[i], apipb.Role_ROLE_APPROVER)
-	}
-	for _, e := range w.emus {
-		w.waitChannel(w.hsmd, e, true)
-	}
 	h := &hostile{world: w, users: users, wallet: "treasury"}
-	h.addrs = w.wallet(w.hsmd, h.wallet, users, quorum)
+	h.addrs = w.approverWallet(h.wallet, quorum, users...)
 	return h
 }
 
@@ -676,27 +668,7 @@ func startClocked(t *testing.T, clk *clock, expiry time.Duration) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	al, err := audit.New(audit.Config{Records: c.Records, Rows: c.DB, Identity: c.Identity})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := hsmd.New(hsmd.Config{Core: cr, Dir: filepath.Join(c.Dir, "hsmd"), Version: "test", Logger: slog.New(slog.DiscardHandler), Audit: al})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(context.Background(), l) }()
-	t.Cleanup(func() {
-		srv.Stop()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return &env{srv: srv, core: cr, addr: l.Addr().String(), dataDir: c.Dir, identity: c.Identity, devices: ds, store: c.Store, audit: al}
+	return serve(t, c, cr, ds)
 }
 
 // holdAnswer arms a relay on e that holds e's next sealed answer (its

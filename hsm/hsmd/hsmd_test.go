@@ -94,7 +94,7 @@ func start(t *testing.T, ceremony bool) *env {
 func startWith(t *testing.T, ceremony, approvals bool) *env {
 	t.Helper()
 	c := hsmtest.NewCore(t)
-	store, id, db, rs, dir := c.Store, c.Identity, c.DB, c.Records, c.Dir
+	store, id, rs := c.Store, c.Identity, c.Records
 	ds := hsmd.DeviceStore{Records: rs}
 	cfg := core.Config{Identity: id, Devices: ds, Ceremony: ceremony}
 	if approvals {
@@ -106,11 +106,18 @@ func startWith(t *testing.T, ceremony, approvals bool) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	al, err := audit.New(audit.Config{Records: rs, Rows: db, Identity: id})
+	return serve(t, c, cr, ds)
+}
+
+// serve runs hsmd around cr, with an audit log on c's records, on a
+// loopback port until the test ends.
+func serve(t *testing.T, c *hsmtest.Core, cr *core.Core, ds hsmd.DeviceStore) *env {
+	t.Helper()
+	al, err := audit.New(audit.Config{Records: c.Records, Rows: c.DB, Identity: c.Identity})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := hsmd.New(hsmd.Config{Core: cr, Dir: filepath.Join(dir, "hsmd"), Version: "test", Logger: slog.New(slog.DiscardHandler), Audit: al})
+	srv, err := hsmd.New(hsmd.Config{Core: cr, Dir: filepath.Join(c.Dir, "hsmd"), Version: "test", Logger: slog.New(slog.DiscardHandler), Audit: al})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +133,7 @@ func startWith(t *testing.T, ceremony, approvals bool) *env {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return &env{srv: srv, core: cr, addr: l.Addr().String(), dataDir: dir, identity: id, devices: ds, store: store, audit: al, records: rs, token: c.Token}
+	return &env{srv: srv, core: cr, addr: l.Addr().String(), dataDir: c.Dir, identity: c.Identity, devices: ds, store: c.Store, audit: al, records: c.Records, token: c.Token}
 }
 
 func (e *env) dial(t *testing.T, tokenFile string) *grpc.ClientConn {

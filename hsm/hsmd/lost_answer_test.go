@@ -16,13 +16,7 @@ import (
 func TestE2ELostAnswerIsAskedAgain(t *testing.T) {
 	w := newWorld(t, 3)
 	users := []string{"alice", "bob", "carol"}
-	for i, e := range w.emus {
-		w.pair(w.hsmd, e, users[i], apipb.Role_ROLE_APPROVER)
-	}
-	for _, e := range w.emus {
-		w.waitChannel(w.hsmd, e, true)
-	}
-	addrs := w.wallet(w.hsmd, "treasury", users, 2)
+	addrs := w.approverWallet("treasury", 2, users...)
 	alice := w.emus[0]
 
 	// The relay passes alice's ButtonRequest and drops what follows it

@@ -8,9 +8,14 @@
 package hsmtest
 
 import (
+	"encoding/asn1"
 	"testing"
 
+	"github.com/btcsuite/btcd/btcec/v2"
+	"github.com/miekg/pkcs11"
+
 	"github.com/opencustodynet/opencustody/hsm"
+	"github.com/opencustodynet/opencustody/hsm/internal/module"
 	"github.com/opencustodynet/opencustody/hsm/records"
 	"github.com/opencustodynet/opencustody/hsm/softhsm/softhsmtest"
 )
@@ -97,4 +102,49 @@ func NewCore(t testing.TB) *Core {
 	}
 	t.Cleanup(func() { db.Close() })
 	return &Core{Store: store, Identity: id, DB: db, Records: records.New(db, hsm.RecordAuthenticator{A: store, Key: RecordKey}), Dir: dir, Token: tok}
+}
+
+// BackupableKey stores on the store's token, under label and id, a
+// backup-able secp256k1 custody key whose scalar the test chose, with the
+// attributes GenerateKey gives backup-able keys (sensitive, extractable
+// only wrapped by a trusted key), and returns it: the test can look for
+// the scalar in what leaves the HSM.
+func BackupableKey(t testing.TB, s *hsm.PKCS11Store, tok *softhsmtest.Token, label string, id []byte) *btcec.PrivateKey {
+	t.Helper()
+	priv, err := btcec.NewPrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := module.Acquire(tok.ModulePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Release()
+	sh, err := m.Ctx.OpenSession(s.Info().SlotID, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Ctx.CloseSession(sh) // the store's login stays
+	point, _ := asn1.Marshal(priv.PubKey().SerializeUncompressed())
+	scalar := priv.Key.Bytes()
+	common := func(class uint) []*pkcs11.Attribute {
+		return []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, []byte{0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a}), // secp256k1
+		}
+	}
+	if _, err := m.Ctx.CreateObject(sh, append(common(pkcs11.CKO_PUBLIC_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, point), pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Ctx.CreateObject(sh, append(common(pkcs11.CKO_PRIVATE_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE, scalar[:]),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true), pkcs11.NewAttribute(pkcs11.CKA_WRAP_WITH_TRUSTED, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN, true))); err != nil {
+		t.Fatal(err)
+	}
+	return priv
 }
