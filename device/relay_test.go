@@ -36,11 +36,15 @@ func relayEmulator(t *testing.T, seed string) *emulator.Emulator {
 	return e
 }
 
+// relaySilence is the relay tests' client silence timeout.
+const relaySilence = 500 * time.Millisecond
+
 func relayClient(t *testing.T, ctx context.Context, tr Transport) *Client {
 	t.Helper()
-	// A silence timeout far shorter than the user's wait below: Receive
-	// must not apply it.
-	c, err := NewClient(ctx, tr, ClientOptions{Name: "relay-test", SilenceTimeout: 50 * time.Millisecond})
+	// A silence timeout far shorter than the user's wait below (Receive
+	// must not apply it), yet long enough for the calls that do apply it
+	// on a loaded machine.
+	c, err := NewClient(ctx, tr, ClientOptions{Name: "relay-test", SilenceTimeout: relaySilence})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +142,7 @@ func TestRelaySendReceive(t *testing.T) {
 		answer <- protocol.Unwrap(env)
 	}()
 	waitScreen(t, ctx, e.Device(), "prompt")
+	time.Sleep(3 * relaySilence) // the user takes longer than the silence timeout
 	if err := e.Device().Press(emulator.ButtonConfirm); err != nil {
 		t.Fatal(err)
 	}
