@@ -176,9 +176,13 @@ func TestE2EPolicyTiersVetoAndAdminQuorum(t *testing.T) {
 	}
 	w.confirm(dave, after.GetId())
 	w.waitRequestState(w.hsmd, after.GetId(), "signed", signedState)
-	if kinds := w.hsmd.auditKinds(t, after.GetId()); !strings.Contains(strings.Join(kinds, ","), audit.KindSignature) {
-		t.Fatalf("audit: %v", kinds)
-	}
+	// hsmd audits the signature just after it stores the signed request.
+	until(t, w.ctx, "the signature audited", func() error {
+		if kinds := w.hsmd.auditKinds(t, after.GetId()); !strings.Contains(strings.Join(kinds, ","), audit.KindSignature) {
+			return fmt.Errorf("audit: %v", kinds)
+		}
+		return nil
+	})
 }
 
 // waitChange polls an admin change until ok accepts it.

@@ -708,6 +708,10 @@ func TestE2EHostileBridgeAnswerAfterExpiry(t *testing.T) {
 	held := h.holdAnswer(t, a)
 	req := h.submit(h.hsmd, h.wallet, h.addrs, 15_000_000)
 	h.confirm(t, b, req.GetId())
+	// Bob's approval is counted before the clock moves on.
+	h.waitRequestState(h.hsmd, req.GetId(), "approved by bob", func(r *apipb.Request) bool {
+		return slices.Equal(r.GetApprovedBy(), []string{"bob"})
+	})
 	h.confirm(t, a, req.GetId())
 	answer := held()
 
