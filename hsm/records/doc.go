@@ -88,24 +88,41 @@
 // Per-record MACs stop forgery, editing and splicing, but not a row rolled
 // back to an older version that was once genuine (a device's record from
 // before it was revoked), nor a row deleted. So the Store keeps, for each
-// kind, a manifest: one record (kind [ManifestKind], key the kind) listing
-// the latest version of every record of the kind, in the encoding
-// [Manifest.Marshal] defines; and one root manifest (kind [RootKind], key
-// [RootKey]) listing the latest version of every kind's manifest. Both are
-// records like any other: versioned, MACed by the same key.
+// kind, a tree of manifests in the encoding [Manifest.Marshal] defines,
+// stored as rows of kind [TreeKind](kind), which no caller's kind can be:
 //
-// Every Create and Update writes the record, its kind's manifest and the
-// root in one atomic [Backend.Apply], each a compare-and-swap of the row it
-// read, so the three never disagree after a crash; a write that lost a race
-// for the manifest or the root reads again and retries. Every Get and List
-// reads the record(s), the manifest and the root from one snapshot
-// ([Backend.Read]) and refuses, with an [*IntegrityError] naming it:
+//   - 65,536 leaves (keys "/ab/cd"), each listing the latest version of
+//     the records whose key's SHA-256 starts with the bytes ab cd
+//     ([LeafPath]);
+//   - 256 middle nodes ("/ab"), each listing the version and [Digest] of
+//     its leaves;
+//   - one top node ([TopNode]), listing the version and digest of the
+//     middle nodes;
 //
-//   - a record at another version than its manifest lists (rolled back);
-//   - a record its manifest lists that has no row (deleted);
-//   - a row its manifest does not list (put back after removal, or copied);
-//   - a manifest at another version than the root lists, or missing while
-//     the root lists it (the manifest rolled back or removed with its kind);
+// and one root manifest (kind [RootKind], key [RootKey]) listing the
+// version and digest of every kind's top node. The root is MACed by the
+// record key like a record; the manifests below it carry no MAC, because
+// their parent's digest (SHA-256 of the row's [MACInput]) authenticates
+// them, back to the root. Nodes exist only once something is stored under
+// them. A write therefore rewrites one record, one leaf, one middle node,
+// the top and the root, and asks the HSM for two MACs, whatever the number
+// of records: the manifests stay small (a leaf lists a handful of records
+// until a kind holds millions).
+//
+// Every Create and Update writes the record, the manifests on its path and
+// the root in one atomic [Backend.Apply], each a compare-and-swap of the
+// row it read, so they never disagree after a crash; a write that lost a
+// race for a manifest or the root reads again and retries. Every Get reads
+// the record, the manifests on its path and the root from one snapshot
+// ([Backend.Read]), and List the whole kind and its tree; both refuse, with
+// an [*IntegrityError] naming it:
+//
+//   - a record at another version than its leaf lists (rolled back);
+//   - a record its leaf lists that has no row (deleted);
+//   - a row its leaf does not list (put back after removal, or copied);
+//   - a manifest at another version or digest than its parent lists, or
+//     missing while its parent lists it, or listed by no parent (rolled
+//     back, edited, removed with the records under it, or planted);
 //   - a root older than the newest this Store has seen ([Store.Pinned]), or
 //     missing after it saw one: the whole database rolled back or replaced
 //     while the daemon ran.
@@ -117,10 +134,9 @@
 // a version kept where the database cannot reach it: the custody daemon
 // keeps one in its own directory between runs (hsmd.PinFile), which
 // catches a database restored while it was down, as long as that
-// directory was not rolled back too; its pin is at most one tick behind. Manifests also grow with their kind (about 30 bytes
-// a record, read and rewritten on each write of the kind), which suits the
-// thousands of records a custody core keeps, not millions; and the root
-// makes every write contend for one row. The database can always refuse
+// directory was not rolled back too; its pin is at most one tick behind.
+// The root makes every write contend for one row, and the top node every
+// write of a kind; writers that lose retry. The database can always refuse
 // service, or drop writes by failing them.
 //
 // # Backends

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -31,7 +32,7 @@ func realRows(tb testing.TB) []Row {
 	if _, err := s.Create(ctx, "wallet", "treasury", []byte(`{"name":"treasury","quorum":2}`)); err != nil {
 		tb.Fatal(err)
 	}
-	rows, err := m.Read(ctx, []string{"device", "wallet", ManifestKind, RootKind}, nil)
+	rows, err := m.Read(ctx, []string{"device", "wallet", TreeKind("device"), TreeKind("wallet"), RootKind}, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -43,7 +44,7 @@ func realRows(tb testing.TB) []Row {
 // one encoding, and its MAC one meaning).
 func FuzzManifest(f *testing.F) {
 	for _, r := range realRows(f) {
-		if r.Kind == ManifestKind || r.Kind == RootKind {
+		if strings.HasPrefix(r.Kind, ManifestKind) {
 			f.Add(r.Body)
 		}
 	}
@@ -63,10 +64,12 @@ func FuzzManifest(f *testing.F) {
 }
 
 // FuzzStoreRead has the Store read what a hostile database serves: the
-// row of device "alice", its manifest and the root, each either the real
-// row, or one with a fuzzed body, version or MAC, or missing; the fuzzed
-// rows can carry a MAC the record key really made (as if the HSM had been
-// fooled into MACing them), so the parsing behind the MACs is reached.
+// row of device "alice", its leaf manifest and the root, each either the
+// real row, or one with a fuzzed body, version or MAC, or missing; the
+// fuzzed rows can be authenticated (a record or root MACed by the record
+// key, as if the HSM had been fooled into MACing them; a leaf listed by
+// its parents under its new digest, up to a root so MACed), so the parsing
+// behind the MACs and digests is reached.
 // Get and List must never panic, and whatever Get returns must be a
 // record whose MAC verifies and whose version the verified manifest lists.
 func FuzzStoreRead(f *testing.F) {
@@ -80,7 +83,7 @@ func FuzzStoreRead(f *testing.F) {
 		f.Fatalf("no %s %q", kind, key)
 		return Row{}
 	}
-	rec, man, root := find("device", "alice"), find(ManifestKind, "device"), find(RootKind, RootKey)
+	rec, man, root := find("device", "alice"), find(TreeKind("device"), LeafPath("alice")[treeDepth]), find(RootKind, RootKey)
 	f.Add(uint8(0), rec.Body, rec.Version, man.Body, man.Version, root.Body, root.Version)
 	f.Add(uint8(0x3f), rec.Body, rec.Version, man.Body, man.Version, root.Body, root.Version)
 	f.Add(uint8(0x15), []byte(`{"id":"alice"}`), uint64(1), man.Body, uint64(1), root.Body, uint64(2))
@@ -98,6 +101,10 @@ func FuzzStoreRead(f *testing.F) {
 			case 1, 2:
 				r := Row{Kind: real.Kind, Key: real.Key, Version: version, Body: body, MAC: real.MAC}
 				if bits&3 == 1 {
+					if r.Kind == man.Kind {
+						relist(m, auth, r)
+						return
+					}
 					in, err := MACInput(r.Kind, r.Key, r.Version, r.Body)
 					if err != nil {
 						return
@@ -130,15 +137,59 @@ func FuzzStoreRead(f *testing.F) {
 	})
 }
 
+// relist stores the leaf manifest row leaf of device "alice" and has
+// its parents list its digest and version, up to a root MACed by auth.
+func relist(m *Memory, auth Authenticator, leaf Row) {
+	ctx := context.Background()
+	m.Put(leaf)
+	child, row := LeafPath("alice"), leaf
+	for i := treeDepth - 1; i >= -1; i-- {
+		kind, key, name := TreeKind("device"), "", child[i+1]
+		if i < 0 {
+			kind, key, name = RootKind, RootKey, "device"
+		} else {
+			key = child[i]
+		}
+		parent, err := m.Get(ctx, kind, key)
+		if err != nil {
+			return
+		}
+		pm, err := ParseManifest(parent.Body)
+		if err != nil {
+			return
+		}
+		d, err := Digest(row)
+		if err != nil {
+			return
+		}
+		pm.Entries[name] = Entry{Version: row.Version, Digest: d}
+		if parent.Body, err = pm.Marshal(); err != nil {
+			return
+		}
+		if i < 0 {
+			in, _ := MACInput(parent.Kind, parent.Key, parent.Version, parent.Body)
+			parent.MAC, _ = auth.MAC(in)
+		}
+		m.Put(parent)
+		row = parent
+	}
+}
+
 // checkServed checks a record the Store returned against the rows: its MAC
-// verifies, and the verified manifest and root list it.
+// verifies, the root's MAC verifies, and every manifest from the root to
+// the record's leaf lists the next at its version and digest, and the leaf
+// the record at its version.
 func checkServed(t *testing.T, m *Memory, auth Authenticator, r Record) {
 	t.Helper()
-	verified := func(kind, key string) Row {
+	get := func(kind, key string) Row {
 		row, err := m.Get(context.Background(), kind, key)
 		if err != nil {
 			t.Fatalf("returned %s %q, but %s %q: %v", r.Kind, r.Key, kind, key, err)
 		}
+		return row
+	}
+	verified := func(kind, key string) Row {
+		row := get(kind, key)
 		in, err := MACInput(row.Kind, row.Key, row.Version, row.Body)
 		if err != nil || auth.VerifyMAC(in, row.MAC) != nil {
 			t.Fatalf("returned %s %q, but %s %q does not verify", r.Kind, r.Key, kind, key)
@@ -149,13 +200,25 @@ func checkServed(t *testing.T, m *Memory, auth Authenticator, r Record) {
 	if row.Version != r.Version || !bytes.Equal(row.Body, r.Body) {
 		t.Fatalf("returned %+v, stored %+v", r, row)
 	}
-	man, err := ParseManifest(verified(ManifestKind, r.Kind).Body)
-	if err != nil || man.Versions[r.Key] != r.Version {
-		t.Fatalf("returned %s %q at version %d, the manifest says %v (%v)", r.Kind, r.Key, r.Version, man, err)
+	parent, err := ParseManifest(verified(RootKind, RootKey).Body)
+	if err != nil {
+		t.Fatal(err)
 	}
-	manRow := verified(ManifestKind, r.Kind)
-	root, err := ParseManifest(verified(RootKind, RootKey).Body)
-	if err != nil || root.Versions[r.Kind] != manRow.Version {
-		t.Fatalf("the root does not list manifest %s at version %d", r.Kind, manRow.Version)
+	for i, node := range LeafPath(r.Key) {
+		name := node
+		if i == 0 {
+			name = r.Kind // the root lists kinds
+		}
+		nr := get(TreeKind(r.Kind), node)
+		d, err := Digest(nr)
+		if err != nil || parent.Entries[name].Version != nr.Version || !bytes.Equal(parent.Entries[name].Digest, d) {
+			t.Fatalf("returned %s %q, but manifest %q is not the one its parent lists", r.Kind, r.Key, node)
+		}
+		if parent, err = ParseManifest(nr.Body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if parent.Entries[r.Key].Version != r.Version {
+		t.Fatalf("returned %s %q at version %d, its leaf lists %v", r.Kind, r.Key, r.Version, parent.Entries[r.Key])
 	}
 }

@@ -3,6 +3,7 @@ package records
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"maps"
@@ -49,28 +50,30 @@ func (s *Store) Pin(version uint64) {
 
 var rootRowKey = RowKey{Kind: RootKind, Key: RootKey}
 
-func manifestRowKey(kind string) RowKey { return RowKey{Kind: ManifestKind, Key: kind} }
-
-// snapshot is what one [Backend.Read] returned for a kind: the root and
-// the kind's manifest, verified, and the kind's rows, not yet verified.
+// snapshot is what one [Backend.Read] returned for a kind: the root,
+// verified, and the manifest rows of the kind's tree and its record rows,
+// not yet verified.
 type snapshot struct {
 	rootRow *Row
 	root    *Manifest
-	manRow  *Row
-	man     *Manifest
-	rows    []Row // rows of the kind
+	nodes   map[string]*Row // the kind's manifest rows, by key
+	rows    []Row           // rows of the kind
 }
 
-// read reads the root, kind's manifest and either the record key (if key is
-// not empty) or every record of kind, in one snapshot, and verifies the
-// root and the manifest.
+// read reads the root and either the record key with the manifests on its
+// path (if key is not empty) or every record and manifest of kind, in one
+// snapshot, and verifies the root.
 func (s *Store) read(ctx context.Context, kind, key string) (*snapshot, error) {
-	keys := []RowKey{rootRowKey, manifestRowKey(kind)}
+	tk := TreeKind(kind)
+	keys := []RowKey{rootRowKey}
 	var kinds []string
 	if key != "" {
+		for _, node := range LeafPath(key) {
+			keys = append(keys, RowKey{Kind: tk, Key: node})
+		}
 		keys = append(keys, RowKey{Kind: kind, Key: key})
 	} else {
-		kinds = []string{kind}
+		kinds = []string{kind, tk}
 	}
 	// The pin is taken before the read: every version it counts was
 	// committed before the read began, so the snapshot must hold it.
@@ -81,7 +84,7 @@ func (s *Store) read(ctx context.Context, kind, key string) (*snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	sn := &snapshot{}
+	sn := &snapshot{nodes: map[string]*Row{}}
 	for i := range rows {
 		r := &rows[i]
 		switch {
@@ -90,20 +93,17 @@ func (s *Store) read(ctx context.Context, kind, key string) (*snapshot, error) {
 				return nil, &IntegrityError{Kind: RootKind, Key: RootKey, Reason: "listed more than once"}
 			}
 			sn.rootRow = r
-		case r.Kind == ManifestKind && r.Key == kind:
-			if sn.manRow != nil {
-				return nil, &IntegrityError{Kind: ManifestKind, Key: kind, Reason: "listed more than once"}
+		case r.Kind == tk:
+			if sn.nodes[r.Key] != nil {
+				return nil, &IntegrityError{Kind: tk, Key: r.Key, Reason: "listed more than once"}
 			}
-			sn.manRow = r
+			sn.nodes[r.Key] = r
 		case r.Kind == kind && (key == "" || r.Key == key):
 			sn.rows = append(sn.rows, *r)
 		}
 		// Anything else was not asked for, and is not used.
 	}
 	if sn.root, err = s.verifyRoot(sn.rootRow, pin); err != nil {
-		return nil, err
-	}
-	if sn.man, err = s.verifyManifest(kind, sn.manRow, sn.root); err != nil {
 		return nil, err
 	}
 	return sn, nil
@@ -117,7 +117,7 @@ func (s *Store) verifyRoot(row *Row, pin uint64) (*Manifest, error) {
 			return nil, &IntegrityError{Kind: RootKind, Key: RootKey,
 				Reason: fmt.Sprintf("missing, though version %d was seen (the database was emptied or replaced)", pin)}
 		}
-		return &Manifest{Kind: ManifestKind, Versions: map[string]uint64{}}, nil
+		return &Manifest{Kind: ManifestKind, Entries: map[string]Entry{}}, nil
 	}
 	rec, err := s.verify(RootKind, RootKey, *row)
 	if err != nil {
@@ -126,6 +126,14 @@ func (s *Store) verifyRoot(row *Row, pin uint64) (*Manifest, error) {
 	m, err := ParseManifest(rec.Body)
 	if err == nil && m.Kind != ManifestKind {
 		err = fmt.Errorf("it covers kind %s", m.Kind)
+	}
+	if err == nil {
+		for k, e := range m.Entries {
+			if checkKind(k) != nil || len(e.Digest) != sha256.Size {
+				err = fmt.Errorf("it lists %q, which is no kind's top manifest", k)
+				break
+			}
+		}
 	}
 	if err != nil {
 		return nil, &IntegrityError{Kind: RootKind, Key: RootKey, Reason: err.Error(), Err: err}
@@ -138,45 +146,144 @@ func (s *Store) verifyRoot(row *Row, pin uint64) (*Manifest, error) {
 	return m, nil
 }
 
-// verifyManifest checks kind's manifest against the root.
-func (s *Store) verifyManifest(kind string, row *Row, root *Manifest) (*Manifest, error) {
-	want := root.Versions[kind]
+// listedKind is the Kind of the manifest at level of kind's tree.
+func listedKind(kind string, level int) string {
+	if level == treeDepth {
+		return kind
+	}
+	return TreeKind(kind)
+}
+
+// childOf reports whether child is a node key one level below node.
+func childOf(node, child string) bool {
+	l := nodeLevel(node)
+	if l < 0 || nodeLevel(child) != l+1 {
+		return false
+	}
+	return node == TopNode || strings.HasPrefix(child, node+"/")
+}
+
+// verifyNode checks row (nil if none is stored) as the manifest node of
+// kind's tree, against want, what its parent (named for errors) lists
+// for it. A manifest's parent authenticates it by its digest; the root's
+// MAC authenticates them all.
+func (s *Store) verifyNode(kind, node string, row *Row, want Entry, parent string) (*Manifest, *IntegrityError) {
+	tk := TreeKind(kind)
+	level := nodeLevel(node)
+	fail := func(format string, a ...any) *IntegrityError {
+		return &IntegrityError{Kind: tk, Key: node, Reason: fmt.Sprintf(format, a...)}
+	}
 	if row == nil {
-		if want > 0 {
-			return nil, &IntegrityError{Kind: ManifestKind, Key: kind,
-				Reason: fmt.Sprintf("missing, though the root manifest lists version %d (the kind's rows were removed?)", want)}
+		if want.Version > 0 {
+			return nil, fail("missing, though %s lists version %d (the kind's rows were removed?)", parent, want.Version)
 		}
-		return &Manifest{Kind: kind, Versions: map[string]uint64{}}, nil
-	}
-	rec, err := s.verify(ManifestKind, kind, *row)
-	if err != nil {
-		return nil, err
-	}
-	m, err := ParseManifest(rec.Body)
-	if err == nil && m.Kind != kind {
-		err = fmt.Errorf("it covers kind %s", m.Kind)
-	}
-	if err != nil {
-		return nil, &IntegrityError{Kind: ManifestKind, Key: kind, Reason: err.Error(), Err: err}
+		return &Manifest{Kind: listedKind(kind, level), Entries: map[string]Entry{}}, nil
 	}
 	switch {
-	case want == 0:
-		return nil, &IntegrityError{Kind: ManifestKind, Key: kind,
-			Reason: fmt.Sprintf("version %d is not in the root manifest (put back from an older database?)", rec.Version)}
-	case rec.Version < want:
-		return nil, &IntegrityError{Kind: ManifestKind, Key: kind,
-			Reason: fmt.Sprintf("rolled back to version %d; the root manifest lists version %d", rec.Version, want)}
-	case rec.Version > want:
-		return nil, &IntegrityError{Kind: ManifestKind, Key: kind,
-			Reason: fmt.Sprintf("version %d is newer than the root manifest's %d (the root was rolled back?)", rec.Version, want)}
+	case level < 0:
+		return nil, fail("no manifest has this key")
+	case row.Kind != tk || row.Key != node:
+		return nil, fail("backend returned the row of %s %q", row.Kind, row.Key)
+	case want.Version == 0:
+		return nil, fail("version %d is not in %s (put back from an older database?)", row.Version, parent)
+	case row.Version < want.Version:
+		return nil, fail("rolled back to version %d; %s lists version %d", row.Version, parent, want.Version)
+	case row.Version > want.Version:
+		return nil, fail("version %d is newer than the %d %s lists (it was rolled back?)", row.Version, want.Version, parent)
+	case len(row.MAC) != 0:
+		return nil, fail("it carries a MAC; only the root manifest has one")
+	}
+	d, err := Digest(*row)
+	if err != nil {
+		return nil, fail("cannot encode row: %v", err)
+	}
+	if !bytes.Equal(d, want.Digest) {
+		return nil, fail("altered: its digest is not the one %s lists", parent)
+	}
+	m, err := ParseManifest(row.Body)
+	if err != nil {
+		return nil, &IntegrityError{Kind: tk, Key: node, Reason: err.Error(), Err: err}
+	}
+	if m.Kind != listedKind(kind, level) {
+		return nil, fail("it covers kind %s", m.Kind)
+	}
+	for k, e := range m.Entries {
+		ok := childOf(node, k) && len(e.Digest) == sha256.Size
+		if level == treeDepth {
+			ok = LeafPath(k)[treeDepth] == node && len(e.Digest) == 0
+		}
+		if !ok {
+			return nil, fail("it lists %q, which does not belong under it", k)
+		}
 	}
 	return m, nil
 }
 
+// verifyPath verifies the manifests from kind's top node to the leaf of
+// key, and returns them, top first.
+func (s *Store) verifyPath(sn *snapshot, kind, key string) ([treeDepth + 1]*Manifest, error) {
+	var mans [treeDepth + 1]*Manifest
+	want, parent := sn.root.Entries[kind], "the root manifest"
+	for i, node := range LeafPath(key) {
+		m, ie := s.verifyNode(kind, node, sn.nodes[node], want, parent)
+		if ie != nil {
+			return mans, ie
+		}
+		mans[i] = m
+		if i < treeDepth {
+			want = m.Entries[LeafPath(key)[i+1]]
+			parent = fmt.Sprintf("manifest %s %q", TreeKind(kind), node)
+		}
+	}
+	return mans, nil
+}
+
+// verifyTree verifies every manifest of kind's tree from the root down
+// and returns the version each leaf lists for each record, or the
+// manifests that fail: those that do not verify against their parent, and
+// manifest rows no verified manifest lists.
+func (s *Store) verifyTree(sn *snapshot, kind string) (map[string]uint64, []*IntegrityError) {
+	listed := map[string]uint64{}
+	seen := map[string]bool{}
+	var bad []*IntegrityError
+	var walk func(node string, want Entry, parent string)
+	walk = func(node string, want Entry, parent string) {
+		seen[node] = true
+		m, ie := s.verifyNode(kind, node, sn.nodes[node], want, parent)
+		if ie != nil {
+			bad = append(bad, ie)
+			return
+		}
+		if nodeLevel(node) == treeDepth {
+			for k, e := range m.Entries {
+				listed[k] = e.Version
+			}
+			return
+		}
+		name := fmt.Sprintf("manifest %s %q", TreeKind(kind), node)
+		for _, child := range slices.Sorted(maps.Keys(m.Entries)) {
+			walk(child, m.Entries[child], name)
+		}
+	}
+	walk(TopNode, sn.root.Entries[kind], "the root manifest")
+	if len(bad) > 0 {
+		return nil, bad
+	}
+	for _, node := range slices.Sorted(maps.Keys(sn.nodes)) {
+		if !seen[node] {
+			bad = append(bad, &IntegrityError{Kind: TreeKind(kind), Key: node,
+				Reason: fmt.Sprintf("version %d is listed by no manifest (planted, or put back from an older database)", sn.nodes[node].Version)})
+		}
+	}
+	if len(bad) > 0 {
+		return nil, bad
+	}
+	return listed, nil
+}
+
 // checkRecord verifies row (nil if none is stored) as the record kind/key
-// of manifest man.
-func (s *Store) checkRecord(kind, key string, row *Row, man *Manifest) (Record, error) {
-	want := man.Versions[key]
+// whose leaf manifest lists version want (0: not listed).
+func (s *Store) checkRecord(kind, key string, row *Row, want uint64) (Record, error) {
 	if row == nil {
 		if want > 0 {
 			return Record{}, &IntegrityError{Kind: kind, Key: key,
@@ -202,6 +309,18 @@ func (s *Store) checkRecord(kind, key string, row *Row, man *Manifest) (Record, 
 	return rec, nil
 }
 
+// record returns the one row of sn for key, or nil.
+func (sn *snapshot) record(kind, key string) (*Row, error) {
+	var row *Row
+	for i := range sn.rows {
+		if row != nil {
+			return nil, &IntegrityError{Kind: kind, Key: key, Reason: "listed more than once"}
+		}
+		row = &sn.rows[i]
+	}
+	return row, nil
+}
+
 // Get returns the record of kind and key. It returns an error wrapping
 // [ErrNotFound] if there is none, and an [*IntegrityError] if the stored
 // record fails verification: its MAC, or its version against the kind's
@@ -214,14 +333,15 @@ func (s *Store) Get(ctx context.Context, kind, key string) (Record, error) {
 	if err != nil {
 		return Record{}, err
 	}
-	var row *Row
-	for i := range sn.rows {
-		if row != nil {
-			return Record{}, &IntegrityError{Kind: kind, Key: key, Reason: "listed more than once"}
-		}
-		row = &sn.rows[i]
+	path, err := s.verifyPath(sn, kind, key)
+	if err != nil {
+		return Record{}, err
 	}
-	return s.checkRecord(kind, key, row, sn.man)
+	row, err := sn.record(kind, key)
+	if err != nil {
+		return Record{}, err
+	}
+	return s.checkRecord(kind, key, row, path[treeDepth].Entries[key].Version)
 }
 
 // maxNamed is how many failing rows a List error names one by one.
@@ -254,7 +374,8 @@ func (s *Store) List(ctx context.Context, kind string) ([]Record, error) {
 // fails, a row at another version than the manifest lists, a row the
 // manifest does not list, and a record the manifest lists that has no
 // row. If the kind's manifest or the root manifest fails, that is the only
-// problem returned. The error is for failures to read or verify at all
+// problem returned, and if any manifest of the kind's tree fails, those
+// manifests are. The error is for failures to read or verify at all
 // (the database or the HSM is unreachable).
 func (s *Store) Check(ctx context.Context, kind string) ([]Record, []*IntegrityError, error) {
 	if err := checkUserKind(kind); err != nil {
@@ -268,6 +389,10 @@ func (s *Store) Check(ctx context.Context, kind string) ([]Record, []*IntegrityE
 	if err != nil {
 		return nil, nil, err
 	}
+	listed, badNodes := s.verifyTree(sn, kind)
+	if len(badNodes) > 0 {
+		return nil, badNodes, nil
+	}
 	rows := sn.rows
 	slices.SortFunc(rows, func(a, b Row) int { return strings.Compare(a.Key, b.Key) })
 	recs := make([]Record, 0, len(rows))
@@ -280,7 +405,7 @@ func (s *Store) Check(ctx context.Context, kind string) ([]Record, []*IntegrityE
 			err = &IntegrityError{Kind: kind, Key: row.Key, Reason: "listed more than once"}
 		} else {
 			seen[row.Key] = true
-			rec, err = s.checkRecord(kind, row.Key, &rows[i], sn.man)
+			rec, err = s.checkRecord(kind, row.Key, &rows[i], listed[row.Key])
 		}
 		switch {
 		case err == nil:
@@ -292,14 +417,14 @@ func (s *Store) Check(ctx context.Context, kind string) ([]Record, []*IntegrityE
 		}
 	}
 	var missing []string
-	for k := range sn.man.Versions {
+	for k := range listed {
 		if !seen[k] {
 			missing = append(missing, k)
 		}
 	}
 	slices.Sort(missing)
 	for _, k := range missing {
-		_, err := s.checkRecord(kind, k, nil, sn.man)
+		_, err := s.checkRecord(kind, k, nil, listed[k])
 		if errors.As(err, &ie) {
 			bad = append(bad, ie)
 		}
@@ -309,47 +434,71 @@ func (s *Store) Check(ctx context.Context, kind string) ([]Record, []*IntegrityE
 }
 
 // maxAttempts bounds how often a write starts again because another
-// writer moved the kind's manifest or the root between its read and its
-// write.
+// writer moved a manifest on its path or the root between its read and
+// its write.
 const maxAttempts = 200
 
-// write reads the record kind/key with its manifest and the root, lets
-// decide make the new row from the current one (nil if none), and stores
-// the row, the manifest and the root in one [Backend.Apply]. If any of the
-// three moved in between, it starts again with a fresh read; decide then
-// says whether the caller's change still applies.
-func (s *Store) write(ctx context.Context, kind, key string, decide func(cur *Row, man *Manifest) (Row, error)) (Record, error) {
+// write reads the record kind/key with the manifests on its path and the
+// root, lets decide make the new row from the current one (nil if none)
+// and the version its leaf lists (0 if none), and stores the row, the
+// manifests and the root in one [Backend.Apply]. If any of them moved in
+// between, it starts again with a fresh read; decide then says whether the
+// caller's change still applies.
+func (s *Store) write(ctx context.Context, kind, key string, decide func(cur *Row, listed uint64) (Row, error)) (Record, error) {
+	path := LeafPath(key)
+	tk := TreeKind(kind)
 	for range maxAttempts {
 		sn, err := s.read(ctx, kind, key)
 		if err != nil {
 			return Record{}, err
 		}
-		var cur *Row
-		for i := range sn.rows {
-			if cur != nil {
-				return Record{}, &IntegrityError{Kind: kind, Key: key, Reason: "listed more than once"}
-			}
-			cur = &sn.rows[i]
-		}
-		row, err := decide(cur, sn.man)
+		mans, err := s.verifyPath(sn, kind, key)
 		if err != nil {
 			return Record{}, err
 		}
-		if _, ok := sn.man.Versions[key]; !ok && len(sn.man.Versions) >= MaxManifestEntries {
-			return Record{}, fmt.Errorf("records: %s %q: the kind holds %d records, the most a manifest lists", kind, key, MaxManifestEntries)
+		cur, err := sn.record(kind, key)
+		if err != nil {
+			return Record{}, err
 		}
-		ops := make([]Op, 0, 3)
+		leaf := mans[treeDepth]
+		row, err := decide(cur, leaf.Entries[key].Version)
+		if err != nil {
+			return Record{}, err
+		}
+		if _, ok := leaf.Entries[key]; !ok && len(leaf.Entries) >= MaxManifestEntries {
+			return Record{}, fmt.Errorf("records: %s %q: its manifest leaf lists %d records, the most a manifest lists", kind, key, MaxManifestEntries)
+		}
+		ops := make([]Op, 0, treeDepth+3)
 		ops = append(ops, op(cur, row))
-		man := &Manifest{Kind: kind, Versions: maps.Clone(sn.man.Versions)}
-		man.Versions[key] = row.Version
-		manRow, err := s.sealManifest(ManifestKind, kind, sn.manRow, man)
+		// From the leaf up: each manifest lists the new version of the row
+		// below it, and the root the kind's new top.
+		child, entry := key, Entry{Version: row.Version}
+		for i := treeDepth; i >= 0; i-- {
+			m := &Manifest{Kind: mans[i].Kind, Entries: maps.Clone(mans[i].Entries)}
+			m.Entries[child] = entry
+			old := sn.nodes[path[i]]
+			nodeRow, err := sealNode(tk, path[i], old, m)
+			if err != nil {
+				return Record{}, err
+			}
+			ops = append(ops, op(old, nodeRow))
+			d, err := Digest(nodeRow)
+			if err != nil {
+				return Record{}, err
+			}
+			child, entry = path[i], Entry{Version: nodeRow.Version, Digest: d}
+		}
+		root := &Manifest{Kind: ManifestKind, Entries: maps.Clone(sn.root.Entries)}
+		root.Entries[kind] = entry
+		body, err := root.Marshal()
 		if err != nil {
 			return Record{}, err
 		}
-		ops = append(ops, op(sn.manRow, manRow))
-		root := &Manifest{Kind: ManifestKind, Versions: maps.Clone(sn.root.Versions)}
-		root.Versions[kind] = manRow.Version
-		rootRow, err := s.sealManifest(RootKind, RootKey, sn.rootRow, root)
+		version, err := nextVersion(RootKind, RootKey, sn.rootRow)
+		if err != nil {
+			return Record{}, err
+		}
+		rootRow, err := s.seal(RootKind, RootKey, version, body)
 		if err != nil {
 			return Record{}, err
 		}
@@ -375,19 +524,32 @@ func op(old *Row, new Row) Op {
 	return Op{Kind: OpSwap, Old: *old, New: new}
 }
 
-func (s *Store) sealManifest(kind, key string, old *Row, m *Manifest) (Row, error) {
+// nextVersion is the version of the row that replaces old (nil: none).
+func nextVersion(kind, key string, old *Row) (uint64, error) {
+	if old == nil {
+		return 1, nil
+	}
+	if old.Version >= MaxVersion {
+		return 0, fmt.Errorf("records: %s %q: version %d cannot grow", kind, key, old.Version)
+	}
+	return old.Version + 1, nil
+}
+
+// sealNode builds the row of manifest node key of tree kind tk, replacing
+// old. It carries no MAC: its parent lists its [Digest].
+func sealNode(tk, key string, old *Row, m *Manifest) (Row, error) {
 	body, err := m.Marshal()
 	if err != nil {
 		return Row{}, err
 	}
-	version := uint64(1)
-	if old != nil {
-		if old.Version >= MaxVersion {
-			return Row{}, fmt.Errorf("records: %s %q: version %d cannot grow", kind, key, old.Version)
-		}
-		version = old.Version + 1
+	version, err := nextVersion(tk, key, old)
+	if err != nil {
+		return Row{}, err
 	}
-	return s.seal(kind, key, version, body)
+	if err := checkBody(tk, key, body); err != nil {
+		return Row{}, err
+	}
+	return Row{Kind: tk, Key: key, Version: version, Body: body, MAC: []byte{}}, nil
 }
 
 // Create stores a new record of kind and key with version 1 and returns it.
@@ -401,10 +563,10 @@ func (s *Store) Create(ctx context.Context, kind, key string, body []byte) (Reco
 	if err := checkBody(kind, key, body); err != nil {
 		return Record{}, err
 	}
-	return s.write(ctx, kind, key, func(cur *Row, man *Manifest) (Row, error) {
-		if cur != nil || man.Versions[key] > 0 {
+	return s.write(ctx, kind, key, func(cur *Row, listed uint64) (Row, error) {
+		if cur != nil || listed > 0 {
 			// Say whether what is in the way is genuine or not.
-			if _, err := s.checkRecord(kind, key, cur, man); err != nil {
+			if _, err := s.checkRecord(kind, key, cur, listed); err != nil {
 				return Row{}, err
 			}
 			return Row{}, fmt.Errorf("records: %s %q: %w", kind, key, ErrExists)
@@ -426,8 +588,8 @@ func (s *Store) Update(ctx context.Context, kind, key string, expectVersion uint
 	if err := checkBody(kind, key, body); err != nil {
 		return Record{}, err
 	}
-	return s.write(ctx, kind, key, func(cur *Row, man *Manifest) (Row, error) {
-		old, err := s.checkRecord(kind, key, cur, man)
+	return s.write(ctx, kind, key, func(cur *Row, listed uint64) (Row, error) {
+		old, err := s.checkRecord(kind, key, cur, listed)
 		if err != nil {
 			return Row{}, err
 		}

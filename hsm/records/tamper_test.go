@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -55,7 +56,7 @@ func (w *tamperWorld) current(t *testing.T, kind, key string) Row {
 func (w *tamperWorld) restore(t *testing.T, r Row) {
 	t.Helper()
 	mustExec(t, w.db, "UPDATE records SET version = ?, body = ?, mac = ? WHERE kind = ? AND key = ?",
-		int64(r.Version), r.Body, r.MAC, r.Kind, r.Key)
+		int64(r.Version), r.Body, nonNil(r.MAC), r.Kind, r.Key)
 }
 
 func newTamperWorld(t *testing.T, newDB func(t *testing.T) (Backend, rawDB)) *tamperWorld {
@@ -66,7 +67,7 @@ func newTamperWorld(t *testing.T, newDB func(t *testing.T) (Backend, rawDB)) *ta
 	if _, err := w.s.Create(ctx, "device", "alice", []byte(`{"name":"alice"}`)); err != nil {
 		t.Fatal(err)
 	}
-	old, err := b.Read(ctx, []string{"device", ManifestKind, RootKind}, nil)
+	old, err := b.Read(ctx, []string{"device", TreeKind("device"), RootKind}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,8 +156,9 @@ func runTamperSuite(t *testing.T, newDB func(t *testing.T) (Backend, rawDB)) {
 		})
 	}
 
-	// Tamperings with a kind's manifest or the root: every record of the
-	// kind is refused, naming the manifest that failed.
+	// Tamperings with a kind's manifests or the root: every record under
+	// the manifest that failed is refused, naming it.
+	top, aliceLeaf := rec{TreeKind("device"), TopNode}, rec{TreeKind("device"), LeafPath("alice")[treeDepth]}
 	kindCases := []struct {
 		name   string
 		tamper func(t *testing.T, w *tamperWorld)
@@ -165,22 +167,36 @@ func runTamperSuite(t *testing.T, newDB func(t *testing.T) (Backend, rawDB)) {
 	}{
 		{"record and its manifest rolled back together", func(t *testing.T, w *tamperWorld) {
 			w.restore(t, w.oldRow("device", "alice"))
-			w.restore(t, w.oldRow(ManifestKind, "device"))
-		}, rec{ManifestKind, "device"}, "rolled back"},
-		{"every record of a kind and its manifest deleted", func(t *testing.T, w *tamperWorld) {
-			mustExec(t, w.db, "DELETE FROM records WHERE kind = 'device' OR (kind = ? AND key = 'device')", ManifestKind)
-		}, rec{ManifestKind, "device"}, "missing"},
-		{"manifest edited", func(t *testing.T, w *tamperWorld) {
-			m := w.current(t, ManifestKind, "device")
+			w.restore(t, w.oldRow(aliceLeaf.kind, aliceLeaf.key))
+		}, aliceLeaf, "rolled back"},
+		{"a record, its leaf and the manifests above rolled back together", func(t *testing.T, w *tamperWorld) {
+			for _, node := range LeafPath("alice") {
+				w.restore(t, w.oldRow(TreeKind("device"), node))
+			}
+			w.restore(t, w.oldRow("device", "alice"))
+		}, top, "rolled back"},
+		{"every record of a kind and its manifests deleted", func(t *testing.T, w *tamperWorld) {
+			mustExec(t, w.db, "DELETE FROM records WHERE kind = 'device' OR kind = ?", TreeKind("device"))
+		}, top, "missing"},
+		{"top manifest edited", func(t *testing.T, w *tamperWorld) {
+			m := w.current(t, top.kind, top.key)
 			m.Body[len(m.Body)-1]++
-			mustExec(t, w.db, "UPDATE records SET body = ? WHERE kind = ? AND key = 'device'", m.Body, ManifestKind)
-		}, rec{ManifestKind, "device"}, "mac does not verify"},
+			mustExec(t, w.db, "UPDATE records SET body = ? WHERE kind = ? AND key = ?", m.Body, top.kind, top.key)
+		}, top, "altered"},
+		{"leaf manifest edited, and given a MAC", func(t *testing.T, w *tamperWorld) {
+			m := w.current(t, aliceLeaf.kind, aliceLeaf.key)
+			m.Body[len(m.Body)-1]++
+			mustExec(t, w.db, "UPDATE records SET body = ?, mac = ? WHERE kind = ? AND key = ?", m.Body, w.untouched.MAC, aliceLeaf.kind, aliceLeaf.key)
+		}, aliceLeaf, "MAC"},
+		{"leaf manifest deleted", func(t *testing.T, w *tamperWorld) {
+			mustExec(t, w.db, "DELETE FROM records WHERE kind = ? AND key = ?", aliceLeaf.kind, aliceLeaf.key)
+		}, aliceLeaf, "missing"},
 		{"root deleted", func(t *testing.T, w *tamperWorld) {
 			mustExec(t, w.db, "DELETE FROM records WHERE kind = ?", RootKind)
 		}, rec{RootKind, RootKey}, "missing"},
 		{"whole database rolled back to an older genuine state", func(t *testing.T, w *tamperWorld) {
 			mustExec(t, w.db, "DELETE FROM records WHERE kind = 'device' AND key <> 'alice'")
-			mustExec(t, w.db, "DELETE FROM records WHERE kind = 'wallet' OR (kind = ? AND key = 'wallet')", ManifestKind)
+			mustExec(t, w.db, "DELETE FROM records WHERE kind = 'wallet' OR kind = ?", TreeKind("wallet"))
 			for _, r := range w.old {
 				w.restore(t, r)
 			}
@@ -192,10 +208,20 @@ func runTamperSuite(t *testing.T, newDB func(t *testing.T) (Backend, rawDB)) {
 			tc.tamper(t, w)
 			ctx := context.Background()
 			for _, key := range []string{"alice", "zed", "nobody"} {
+				affected := func(key string) bool {
+					p := LeafPath(key)
+					return tc.failed.kind != TreeKind("device") || slices.Contains(p[:], tc.failed.key)
+				}
+				if !affected(key) {
+					continue // under manifests that did not fail
+				}
 				_, err := w.s.Get(ctx, "device", key)
 				checkIntegrityError(t, "Get", err, tc.failed.kind, tc.failed.key)
 				if err != nil && !strings.Contains(err.Error(), tc.what) {
 					t.Errorf("Get: %v, want it to say %q", err, tc.what)
+				}
+				if !affected(key + "2") {
+					continue
 				}
 				_, err = w.s.Create(ctx, "device", key+"2", nil)
 				checkIntegrityError(t, "Create", err, tc.failed.kind, tc.failed.key)
@@ -215,7 +241,7 @@ func runTamperSuite(t *testing.T, newDB func(t *testing.T) (Backend, rawDB)) {
 		w := newTamperWorld(t, newDB)
 		pin := w.s.Pinned()
 		mustExec(t, w.db, "DELETE FROM records WHERE kind = 'device' AND key <> 'alice'")
-		mustExec(t, w.db, "DELETE FROM records WHERE kind = 'wallet' OR (kind = ? AND key = 'wallet')", ManifestKind)
+		mustExec(t, w.db, "DELETE FROM records WHERE kind = 'wallet' OR kind = ?", TreeKind("wallet"))
 		for _, r := range w.old {
 			w.restore(t, r)
 		}
