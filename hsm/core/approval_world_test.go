@@ -176,6 +176,14 @@ func (m memRequests) GetRequest(_ context.Context, id string) (*RequestRecord, e
 func (m memRequests) ListRequests(context.Context) ([]*RequestRecord, error) {
 	return m.s.list(setRequestVersion)
 }
+func (m memRequests) ListRequestStatus(ctx context.Context) ([]RequestStatus, error) {
+	rs, err := m.ListRequests(ctx)
+	var out []RequestStatus
+	for _, r := range rs {
+		out = append(out, RequestStatus{ID: r.ID, State: r.State, ExpiresAt: r.ExpiresAt, SignAfter: r.SignAfter})
+	}
+	return out, err
+}
 func (m memRequests) CreateRequest(_ context.Context, r *RequestRecord) error {
 	v, err := m.s.put(r.ID, r, true, 0)
 	r.Version = v

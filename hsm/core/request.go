@@ -193,6 +193,22 @@ func (r *RequestRecord) effective(now time.Time) *RequestRecord {
 	return r
 }
 
+// A RequestStatus is the part of a request record that upkeep decides on.
+// Its JSON fields are the record's own, so a store can decode it from the
+// stored record.
+type RequestStatus struct {
+	ID        string       `json:"id"`
+	State     RequestState `json:"state"`
+	ExpiresAt time.Time    `json:"expires_at"`
+	SignAfter time.Time    `json:"sign_after,omitzero"`
+}
+
+// due reports whether upkeep must act on a request in state st now.
+func (st RequestStatus) due(now time.Time) bool {
+	return st.State == RequestPending && now.After(st.ExpiresAt) ||
+		st.State == RequestApproved && !now.Before(st.SignAfter)
+}
+
 // ErrRequestNotFound is returned by a [RequestStore] for an unknown id.
 var ErrRequestNotFound = errors.New("core: request not found")
 
@@ -204,6 +220,10 @@ var ErrRequestNotFound = errors.New("core: request not found")
 type RequestStore interface {
 	GetRequest(ctx context.Context, id string) (*RequestRecord, error)
 	ListRequests(ctx context.Context) ([]*RequestRecord, error)
+	// ListRequestStatus returns the status of every request, read and
+	// authenticated as ListRequests does, without keeping the rest of
+	// each record in memory.
+	ListRequestStatus(ctx context.Context) ([]RequestStatus, error)
 	// CreateRequest stores a new record; it fails if the id exists.
 	CreateRequest(ctx context.Context, r *RequestRecord) error
 	// UpdateRequest replaces the record read at r.Version.
@@ -762,37 +782,79 @@ func (c *Core) expire(ctx context.Context, r *RequestRecord) ([]PromptRef, error
 
 // Tick stores the expiry of pending requests and admin changes past their
 // expiry, signs requests left approved but unsigned (by a crash between
-// the two writes), and applies approved admin changes a crash left
-// unapplied. It returns the prompts to withdraw from devices. The daemon
-// calls it now and then; reads already show an overdue request as
-// expired.
+// the two writes) or whose time lock ended, and applies approved admin
+// changes a crash left unapplied. It returns the prompts to withdraw from
+// devices. It is [Core.DueRequests] and then [Core.TickDue]; a daemon that
+// serialises its writers calls the two apart, the first outside its lock.
+// Reads already show an overdue request as expired.
 func (c *Core) Tick(ctx context.Context) ([]PromptRef, error) {
+	due, err := c.DueRequests(ctx)
+	if err != nil {
+		return nil, err
+	}
+	withdraw, _, err := c.TickDue(ctx, due)
+	return withdraw, err
+}
+
+// DueRequests returns the requests upkeep must act on now: pending past
+// their expiry, or approved and past their time lock. It reads every
+// request, but only its status, and takes no lock, so that the read does
+// not hold up approvals; [Core.TickDue] reads each again before it acts.
+func (c *Core) DueRequests(ctx context.Context) ([]RequestStatus, error) {
 	if err := c.approvalPath(); err != nil {
 		return nil, err
 	}
-	c.reqMu.Lock()
-	defer c.reqMu.Unlock()
-	rs, err := c.cfg.Requests.ListRequests(ctx)
+	sts, err := c.cfg.Requests.ListRequestStatus(ctx)
 	if err != nil {
 		return nil, err
 	}
 	now := c.cfg.Now()
-	var withdraw []PromptRef
+	var due []RequestStatus
+	for _, st := range sts {
+		if st.due(now) {
+			due = append(due, st)
+		}
+	}
+	return due, nil
+}
+
+// TickDue acts on the requests due (from [Core.DueRequests]), each as it
+// stands when read again here: it stores the expiry of those still pending
+// past their expiry and signs those still approved past their time lock.
+// It then does the same upkeep for admin changes (see [Core.Tick]). It
+// returns the prompts to withdraw and the ids of the requests it tried to
+// sign, whose outcome the daemon audits.
+func (c *Core) TickDue(ctx context.Context, due []RequestStatus) (withdraw []PromptRef, signing []string, err error) {
+	if err := c.approvalPath(); err != nil {
+		return nil, nil, err
+	}
+	c.reqMu.Lock()
+	defer c.reqMu.Unlock()
+	now := c.cfg.Now()
 	var errs []error
-	for _, r := range rs {
+	for _, d := range due {
+		r, err := c.cfg.Requests.GetRequest(ctx, d.ID)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		st := RequestStatus{ID: r.ID, State: r.State, ExpiresAt: r.ExpiresAt, SignAfter: r.SignAfter}
 		switch {
-		case r.State == RequestPending && now.After(r.ExpiresAt):
+		case !st.due(now):
+			// Answered, signed or closed since it was read.
+		case r.State == RequestPending:
 			w, err := c.expire(ctx, r)
 			withdraw = append(withdraw, w...)
 			errs = append(errs, err)
-		case r.State == RequestApproved && !now.Before(r.SignAfter):
+		default:
+			signing = append(signing, r.ID)
 			errs = append(errs, c.sign(ctx, r))
 		}
 	}
 	w, err := c.tickChanges(ctx)
 	withdraw = append(withdraw, w...)
 	errs = append(errs, err)
-	return withdraw, errors.Join(errs...)
+	return withdraw, signing, errors.Join(errs...)
 }
 
 // Request returns a request as it stands now.

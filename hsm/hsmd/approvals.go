@@ -217,16 +217,20 @@ func (s *Server) tickLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		var withdraw []core.PromptRef
-		err := s.exclusive(ctx, func() (err error) {
-			// Requests approved before Tick (a time lock running, or a
-			// crash between the approval and the signature) may be signed
-			// by it: note them, to audit their outcome. Under exclusive,
-			// so that no answer is half-way through its own signing.
-			approved := s.approvedRequests(ctx)
-			withdraw, err = s.cfg.Core.Tick(ctx)
-			s.recordTicked(ctx, approved)
-			return err
-		})
+		// Every request is read outside the lock, so that approvals go on
+		// meanwhile; TickDue reads the due ones again under it.
+		due, err := s.cfg.Core.DueRequests(ctx)
+		if err == nil {
+			err = s.exclusive(ctx, func() (err error) {
+				var signing []string
+				withdraw, signing, err = s.cfg.Core.TickDue(ctx, due)
+				// Requests approved before (a time lock ended, or a crash
+				// came between the approval and the signature) that it
+				// signed: audit their outcome.
+				s.recordTicked(ctx, signing)
+				return err
+			})
+		}
 		switch {
 		case errors.Is(err, core.ErrNoApprovalPath):
 			return
@@ -271,22 +275,6 @@ func (s *Server) changeOutcome(ctx context.Context, ch *core.ChangeRecord) {
 	case core.ChangeRejected:
 		s.record(ctx, kind, ch.ID, fmt.Sprintf("%s %s rejected by %v", ch.Kind, ch.Subject, ch.RejectedBy()))
 	}
-}
-
-// approvedRequests lists the ids of the requests approved but not signed
-// yet (time-locked, or interrupted), which Tick may sign.
-func (s *Server) approvedRequests(ctx context.Context) []string {
-	rs, err := s.cfg.Core.Requests(ctx)
-	if err != nil {
-		return nil
-	}
-	var ids []string
-	for _, r := range rs {
-		if r.State == core.RequestApproved {
-			ids = append(ids, r.ID)
-		}
-	}
-	return ids
 }
 
 // recordTicked audits what Tick did to the requests that were approved

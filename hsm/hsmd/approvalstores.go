@@ -179,6 +179,25 @@ func (s RequestStore) ListRequests(ctx context.Context) ([]*core.RequestRecord, 
 	return out, nil
 }
 
+// ListRequestStatus implements core.RequestStore. Each record is decoded
+// into its status alone, and its body let go.
+func (s RequestStore) ListRequestStatus(ctx context.Context) ([]core.RequestStatus, error) {
+	rs, err := s.Records.List(ctx, requestKind)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]core.RequestStatus, 0, len(rs))
+	for i := range rs {
+		var st core.RequestStatus
+		if err := decodeRecord(rs[i], &st, func() string { return st.ID }); err != nil {
+			return nil, err
+		}
+		rs[i] = records.Record{}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
 // CreateRequest implements core.RequestStore.
 func (s RequestStore) CreateRequest(ctx context.Context, r *core.RequestRecord) error {
 	v, err := createRecord(ctx, s.Records, requestKind, r.ID, r)
