@@ -91,10 +91,10 @@
 // kind, a tree of manifests in the encoding [Manifest.Marshal] defines,
 // stored as rows of kind [TreeKind](kind), which no caller's kind can be:
 //
-//   - 65,536 leaves (keys "/ab/cd"), each listing the latest version of
-//     the records whose key's SHA-256 starts with the bytes ab cd
-//     ([LeafPath]);
-//   - 256 middle nodes ("/ab"), each listing the version and [Digest] of
+//   - 4,096 leaves (keys "/ab/cd"), each listing the latest version of
+//     the records whose key's SHA-256 starts with bytes whose low six bits
+//     are ab and cd ([LeafPath]);
+//   - 64 middle nodes ("/ab"), each listing the version and [Digest] of
 //     its leaves;
 //   - one top node ([TopNode]), listing the version and digest of the
 //     middle nodes;
@@ -106,8 +106,9 @@
 // them, back to the root. Nodes exist only once something is stored under
 // them. A write therefore rewrites one record, one leaf, one middle node,
 // the top and the root, and asks the HSM for two MACs, whatever the number
-// of records: the manifests stay small (a leaf lists a handful of records
-// until a kind holds millions).
+// of records: the manifests stay small (a leaf lists a few records until a
+// kind holds tens of thousands, a few thousand at ten million), and a scan
+// of a kind reads at most 4,160 manifests besides the records.
 //
 // Every Create and Update writes the record, the manifests on its path and
 // the root in one atomic [Backend.Apply], each a compare-and-swap of the

@@ -27,15 +27,20 @@ const (
 )
 
 // The manifest tree of one kind has three levels: the top node (key
-// [TopNode]) lists up to 256 middle nodes, each of which lists up to 256
+// [TopNode]) lists up to 64 middle nodes, each of which lists up to 64
 // leaves, each of which lists the latest version of the records whose
 // key hashes to it (see [LeafPath]). A write rewrites one leaf, one middle
-// node, the top and the root, whatever the number of records.
+// node, the top and the root; a leaf lists a few records until a kind
+// holds tens of thousands, and a few thousand at ten million. A scan of
+// a kind reads at most 4,160 manifests besides its records.
 const (
 	// TopNode is the key of a kind's top manifest.
 	TopNode = "/"
-	// treeDepth is how many bytes of SHA-256(key) choose a record's leaf.
+	// treeDepth is how many bytes of SHA-256(key) choose a record's leaf;
+	// fanout is how many children a node has: each byte's low six bits
+	// choose one.
 	treeDepth = 2
+	fanout    = 64
 )
 
 // TreeKind returns the row kind under which the manifests of kind are
@@ -44,14 +49,15 @@ func TreeKind(kind string) string { return ManifestKind + "." + kind }
 
 // LeafPath returns the keys of the manifests that lead from a kind's top
 // node to the leaf listing key: TopNode, "/ab", "/ab/cd", where ab and cd
-// are the first two bytes of SHA-256(key) in hex.
+// are the low six bits of the first two bytes of SHA-256(key), in hex
+// ("00" to "3f").
 func LeafPath(key string) [treeDepth + 1]string {
 	h := sha256.Sum256([]byte(key))
 	var p [treeDepth + 1]string
 	p[0] = TopNode
 	node := ""
 	for i := range treeDepth {
-		node += "/" + hex.EncodeToString(h[i:i+1])
+		node += "/" + hex.EncodeToString([]byte{h[i] % fanout})
 		p[i+1] = node
 	}
 	return p
@@ -63,9 +69,15 @@ func nodeLevel(key string) int {
 	if key == TopNode {
 		return 0
 	}
+	if key == "" {
+		return -1
+	}
 	level := 0
 	for rest := key; rest != ""; level++ {
 		if len(rest) < 3 || rest[0] != '/' || !isLowerHex(rest[1]) || !isLowerHex(rest[2]) || level == treeDepth {
+			return -1
+		}
+		if b, _ := hex.DecodeString(rest[1:3]); b[0] >= fanout {
 			return -1
 		}
 		rest = rest[3:]
@@ -95,8 +107,8 @@ type Manifest struct {
 }
 
 // MaxManifestEntries bounds how many rows one manifest lists, so that it
-// stays well inside [MaxBodyLen]. With 65,536 leaves a kind, it is not a
-// bound any custody deployment meets.
+// stays well inside [MaxBodyLen]. With 4,096 leaves a kind, that is some
+// 800 million records.
 const MaxManifestEntries = 200_000
 
 // Digest returns the SHA-256 of a manifest row's [MACInput]: the value
