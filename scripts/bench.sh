@@ -5,6 +5,9 @@
 #
 #   scripts/bench.sh              every figure (about two minutes on 2 cores)
 #   BENCHTIME=3s scripts/bench.sh longer Go benchmarks
+#   OPENCUSTODY_BENCH_PROFILE=DIR scripts/bench.sh
+#                                 also writes the scale hsmd's CPU and memory
+#                                 profiles to DIR (go tool pprof)
 set -euo pipefail
 benchtime=${BENCHTIME:-1s}
 out=$(mktemp -d)

@@ -94,6 +94,13 @@ var ErrDeviceNotFound = errors.New("core: device not found")
 type DeviceStore interface {
 	GetDevice(ctx context.Context, id string) (*DeviceRecord, error)
 	ListDevices(ctx context.Context) ([]*DeviceRecord, error)
+	// CurrentDevices returns what ListDevices returns, but may answer
+	// from the records it verified before while its authenticated
+	// manifests show them unchanged (records.Store.Latest); so a record
+	// edited behind its back is refused when next read one by one, not
+	// reported here. The approval path, which addresses every device at
+	// every submit, uses it; listings for operators use ListDevices.
+	CurrentDevices(ctx context.Context) ([]*DeviceRecord, error)
 	// CreateDevice stores a new record; it fails if the id exists.
 	CreateDevice(ctx context.Context, d *DeviceRecord) error
 	// UpdateDevice replaces the record read at d.Version.

@@ -336,7 +336,7 @@ func (c *Core) Submit(ctx context.Context, req SubmitRequest) (*Submitted, error
 	if err != nil {
 		return nil, err
 	}
-	devices, err := c.cfg.Devices.ListDevices(ctx)
+	devices, err := c.cfg.Devices.CurrentDevices(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -638,7 +638,7 @@ func (c *Core) decide(ctx context.Context, r *RequestRecord, res *AnswerResult) 
 		if err != nil {
 			return err
 		}
-		devices, err := c.cfg.Devices.ListDevices(ctx)
+		devices, err := c.cfg.Devices.CurrentDevices(ctx)
 		if err != nil {
 			return err
 		}

@@ -40,6 +40,10 @@ func (s *memDevices) GetDevice(_ context.Context, id string) (*DeviceRecord, err
 	return &d, nil
 }
 
+func (s *memDevices) CurrentDevices(ctx context.Context) ([]*DeviceRecord, error) {
+	return s.ListDevices(ctx)
+}
+
 func (s *memDevices) ListDevices(context.Context) ([]*DeviceRecord, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -124,7 +124,12 @@ func TestBenchReportScale(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestBenchHSMDProcess$", "-test.count=1")
+	args := []string{"-test.run=^TestBenchHSMDProcess$", "-test.count=1"}
+	if prof := os.Getenv("OPENCUSTODY_BENCH_PROFILE"); prof != "" {
+		// Where the hsmd process spends its time and memory, for pprof.
+		args = append(args, "-test.cpuprofile="+filepath.Join(prof, "hsmd-cpu.out"), "-test.memprofile="+filepath.Join(prof, "hsmd-mem.out"))
+	}
+	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "OPENCUSTODY_BENCH_HSMD="+dir)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	stdin, err := cmd.StdinPipe()

@@ -50,7 +50,15 @@ func (s DeviceStore) GetDevice(ctx context.Context, id string) (*core.DeviceReco
 
 // ListDevices implements core.DeviceStore.
 func (s DeviceStore) ListDevices(ctx context.Context) ([]*core.DeviceRecord, error) {
-	rs, err := s.Records.List(ctx, deviceKind)
+	return s.decodeAll(s.Records.List(ctx, deviceKind))
+}
+
+// CurrentDevices implements core.DeviceStore.
+func (s DeviceStore) CurrentDevices(ctx context.Context) ([]*core.DeviceRecord, error) {
+	return s.decodeAll(s.Records.Latest(ctx, deviceKind))
+}
+
+func (s DeviceStore) decodeAll(rs []records.Record, err error) ([]*core.DeviceRecord, error) {
 	if err != nil {
 		return nil, err
 	}

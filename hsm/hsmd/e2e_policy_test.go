@@ -253,7 +253,12 @@ func TestE2EPairingThroughAdmins(t *testing.T) {
 	}
 	w.waitChange(id, func(c *apipb.Change) bool { return c.GetState() == "applied" })
 	w.waitChannel(w.hsmd, carol, true)
-	if kinds := w.hsmd.auditKinds(t, id); len(kinds) < 4 || kinds[0] != audit.KindPairing || kinds[len(kinds)-1] != audit.KindPairing {
-		t.Fatalf("audit of the pairing: %v", kinds)
-	}
+	// The outcome's audit entry is written just after the change is
+	// stored as applied.
+	eventually(t, func() error {
+		if kinds := w.hsmd.auditKinds(t, id); len(kinds) < 4 || kinds[0] != audit.KindPairing || kinds[len(kinds)-1] != audit.KindPairing {
+			return fmt.Errorf("audit of the pairing: %v", kinds)
+		}
+		return nil
+	})
 }

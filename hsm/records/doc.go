@@ -75,7 +75,11 @@
 // A record that fails verification is never returned. [Store.Get],
 // [Store.Update] and [Store.Create] return an [*IntegrityError] naming the
 // kind and key (errors.Is(err, [ErrIntegrity]) is true); [Store.List] fails as
-// a whole if any row of the kind fails, naming each bad row. An error from the
+// a whole if any row of the kind fails, naming each bad row, and
+// [Store.Check] names every bad row and returns the good ones.
+// ([Store.Latest] answers a small kind unchanged since its last listing
+// from memory, without reading its rows: see the manifests below.) An
+// error from the
 // Authenticator that does not wrap [ErrBadMAC] (the HSM is unreachable, say)
 // is returned as it is, not as an integrity failure: the record may be fine,
 // but it was not verified, so it is not used either.
@@ -136,6 +140,12 @@
 // keeps one in its own directory between runs (hsmd.PinFile), which
 // catches a database restored while it was down, as long as that
 // directory was not rolled back too; its pin is at most one tick behind.
+// Because the root's MAC and the digests below it pin down every row of
+// a kind, a Store remembers the records its last List of a small kind
+// verified, with the kind's top digest; while the root (read and verified
+// each time) lists that digest, [Store.Latest] answers from memory,
+// reading one row.
+//
 // The root makes every write contend for one row, and the top node every
 // write of a kind; writers that lose retry. The database can always refuse
 // service, or drop writes by failing them.

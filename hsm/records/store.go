@@ -21,9 +21,25 @@ type Store struct {
 	auth     Authenticator
 	verified verifiedSet
 
-	mu   sync.Mutex // guards root
-	root uint64     // the highest root manifest version this Store has verified: its pin
+	mu   sync.Mutex           // guards root and kept
+	root uint64               // the highest root manifest version this Store has verified: its pin
+	kept map[string]*keptList // the last verified List of each small kind
 }
+
+// A keptList is a kind's records as a List verified them, and the
+// digest of the kind's top manifest they were verified under. A later
+// root (verified by its MAC) that lists the same digest for the kind lists
+// the same tree, so the same records: List returns them without reading
+// the kind again. This is the Merkle tree's own property, kept in the
+// daemon's memory, never in the database.
+type keptList struct {
+	digest []byte
+	recs   []Record
+}
+
+// maxListedBytes bounds the bodies of a kind List keeps to answer from
+// memory; a larger kind is read again each time.
+const maxListedBytes = 4 << 20
 
 // New returns a Store over backend, authenticating records with auth. In
 // production auth is the HSM record key.
@@ -352,7 +368,33 @@ const maxNamed = 16
 // records and an error naming the failing records (errors.Is(err,
 // [ErrIntegrity]) is true, and errors.As finds an [*IntegrityError]).
 func (s *Store) List(ctx context.Context, kind string) ([]Record, error) {
-	recs, bad, err := s.Check(ctx, kind)
+	if err := checkUserKind(kind); err != nil {
+		return nil, err
+	}
+	return s.list(ctx, kind)
+}
+
+// Latest returns the records List would return, from memory when it can:
+// if the root, read and verified now, lists for kind the top manifest
+// digest under which the last List or Latest of kind (up to 4 MiB) verified
+// its records, the same tree lists the same records, and no row of the kind
+// is read. Otherwise it is List. What it returns is as authentic and as
+// current as what List returns; but a row edited behind the Store's back
+// is not read, so not reported, until the kind changes. Use it where a
+// kind is listed often (the approval path lists every device); List,
+// [Store.Get] and [Store.Check] read the rows every time.
+func (s *Store) Latest(ctx context.Context, kind string) ([]Record, error) {
+	if err := checkUserKind(kind); err != nil {
+		return nil, err
+	}
+	if recs, ok, err := s.fromKept(ctx, kind); ok || err != nil {
+		return recs, err
+	}
+	return s.list(ctx, kind)
+}
+
+func (s *Store) list(ctx context.Context, kind string) ([]Record, error) {
+	recs, bad, top, err := s.check(ctx, kind)
 	if err != nil {
 		return nil, err
 	}
@@ -366,7 +408,73 @@ func (s *Store) List(ctx context.Context, kind string) ([]Record, error) {
 		}
 		return nil, errors.Join(errs...)
 	}
+	s.keepListed(kind, top, recs)
 	return recs, nil
+}
+
+// fromKept returns kind's records from the last List, if the root, read and
+// verified now, still lists the top manifest they were verified under.
+func (s *Store) fromKept(ctx context.Context, kind string) ([]Record, bool, error) {
+	s.mu.Lock()
+	l := s.kept[kind]
+	s.mu.Unlock()
+	if l == nil {
+		return nil, false, nil
+	}
+	pin := s.Pinned()
+	rows, err := s.backend.Read(ctx, nil, []RowKey{rootRowKey})
+	if err != nil {
+		return nil, false, err
+	}
+	var rootRow *Row
+	for i := range rows {
+		if rows[i].Kind == RootKind && rows[i].Key == RootKey {
+			if rootRow != nil {
+				return nil, false, &IntegrityError{Kind: RootKind, Key: RootKey, Reason: "listed more than once"}
+			}
+			rootRow = &rows[i]
+		}
+	}
+	root, err := s.verifyRoot(rootRow, pin)
+	if err != nil {
+		return nil, false, err
+	}
+	if !bytes.Equal(root.Entries[kind].Digest, l.digest) {
+		return nil, false, nil
+	}
+	out := make([]Record, len(l.recs))
+	for i, r := range l.recs {
+		r.Body, r.MAC = bytes.Clone(r.Body), bytes.Clone(r.MAC)
+		out[i] = r
+	}
+	return out, true, nil
+}
+
+// keepListed remembers recs, verified under kind's top manifest digest
+// top, if they are small enough (and forgets the kind's last list if not).
+func (s *Store) keepListed(kind string, top []byte, recs []Record) {
+	n := 0
+	for _, r := range recs {
+		n += len(r.Body) + len(r.MAC) + len(r.Key)
+	}
+	var l *keptList
+	if len(top) > 0 && n <= maxListedBytes {
+		l = &keptList{digest: top, recs: make([]Record, len(recs))}
+		for i, r := range recs {
+			r.Body, r.MAC = bytes.Clone(r.Body), bytes.Clone(r.MAC)
+			l.recs[i] = r
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.kept == nil {
+		s.kept = map[string]*keptList{}
+	}
+	if l == nil {
+		delete(s.kept, kind)
+	} else {
+		s.kept[kind] = l
+	}
 }
 
 // Check reads every record of kind and returns those that verify, sorted
@@ -381,17 +489,24 @@ func (s *Store) Check(ctx context.Context, kind string) ([]Record, []*IntegrityE
 	if err := checkUserKind(kind); err != nil {
 		return nil, nil, err
 	}
+	recs, bad, _, err := s.check(ctx, kind)
+	return recs, bad, err
+}
+
+// check is Check, and also returns the digest of the kind's top manifest
+// the records were verified under.
+func (s *Store) check(ctx context.Context, kind string) ([]Record, []*IntegrityError, []byte, error) {
 	sn, err := s.read(ctx, kind, "")
 	var ie *IntegrityError
 	if errors.As(err, &ie) {
-		return nil, []*IntegrityError{ie}, nil
+		return nil, []*IntegrityError{ie}, nil, nil
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	listed, badNodes := s.verifyTree(sn, kind)
 	if len(badNodes) > 0 {
-		return nil, badNodes, nil
+		return nil, badNodes, nil, nil
 	}
 	rows := sn.rows
 	slices.SortFunc(rows, func(a, b Row) int { return strings.Compare(a.Key, b.Key) })
@@ -413,7 +528,7 @@ func (s *Store) Check(ctx context.Context, kind string) ([]Record, []*IntegrityE
 		case errors.As(err, &ie):
 			bad = append(bad, ie)
 		default:
-			return nil, nil, err // not verified, so not usable; not tampering either
+			return nil, nil, nil, err // not verified, so not usable; not tampering either
 		}
 	}
 	var missing []string
@@ -430,7 +545,7 @@ func (s *Store) Check(ctx context.Context, kind string) ([]Record, []*IntegrityE
 		}
 	}
 	slices.SortStableFunc(bad, func(a, b *IntegrityError) int { return strings.Compare(a.Key, b.Key) })
-	return recs, bad, nil
+	return recs, bad, sn.root.Entries[kind].Digest, nil
 }
 
 // maxAttempts bounds how often a write starts again because another

@@ -85,3 +85,70 @@ func TestWriteCostDoesNotGrow(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// readCounter counts the rows each Read returns.
+type readCounter struct {
+	Backend
+	rows int
+}
+
+func (b *readCounter) Read(ctx context.Context, kinds []string, keys []RowKey) ([]Row, error) {
+	rows, err := b.Backend.Read(ctx, kinds, keys)
+	b.rows += len(rows)
+	return rows, err
+}
+
+// TestLatest: Latest answers from the records the last listing
+// verified while the root lists the same top manifest for the kind, and
+// reads the kind again as soon as anyone, another Store included, writes
+// to it.
+func TestLatest(t *testing.T) {
+	ctx := context.Background()
+	b := &readCounter{Backend: NewMemory()}
+	s, other := testStore(t, b), testStore(t, b)
+	for i := range 50 {
+		if _, err := s.Create(ctx, "device", fmt.Sprintf("d%d", i), []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Create(ctx, "wallet", "w", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	first, err := s.Latest(ctx, "device")
+	if err != nil || len(first) != 50 {
+		t.Fatalf("List: %d records, %v", len(first), err)
+	}
+	first[0].Body[0] = 'x' // a caller's change to what it got is its own
+	b.rows = 0
+	again, err := s.Latest(ctx, "device")
+	if err != nil || len(again) != 50 || string(again[0].Body) != "{}" {
+		t.Fatalf("List again: %v, %v", again, err)
+	}
+	if b.rows != 1 {
+		t.Errorf("Latest of an unchanged kind read %d rows, want the root alone", b.rows)
+	}
+	b.rows = 0
+	if _, err := s.List(ctx, "device"); err != nil || b.rows < 50 {
+		t.Errorf("List read %d rows (%v), want the whole kind, every time", b.rows, err)
+	}
+	// Another kind's write moves the root but not this kind's tree.
+	if _, err := other.Update(ctx, "wallet", "w", 1, []byte(`{"quorum":2}`)); err != nil {
+		t.Fatal(err)
+	}
+	b.rows = 0
+	if _, err := s.Latest(ctx, "device"); err != nil || b.rows != 1 {
+		t.Errorf("List after another kind's write read %d rows (%v), want the root alone", b.rows, err)
+	}
+	// Another store's write to the kind: read again, and see it.
+	if _, err := other.Create(ctx, "device", "new", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	b.rows = 0
+	got, err := s.Latest(ctx, "device")
+	if err != nil || len(got) != 51 {
+		t.Fatalf("List after another store's create: %d records, %v", len(got), err)
+	}
+	if b.rows < 51 {
+		t.Errorf("List after a write to the kind read %d rows, want the whole kind", b.rows)
+	}
+}

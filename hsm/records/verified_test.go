@@ -1,6 +1,7 @@
 package records
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"sync/atomic"
@@ -81,6 +82,18 @@ func TestVerifiedRowsAreNotCheckedAgain(t *testing.T) {
 			}
 			if _, err := st.List(ctx, "device"); !errors.As(err, &ie) {
 				t.Errorf("%s: List gave %v, want an integrity error", tc.what, err)
+			}
+			if _, bad, err := st.Check(ctx, "device"); err != nil || len(bad) != 1 {
+				t.Errorf("%s: Check gave %v, %v, want one integrity error", tc.what, bad, err)
+			}
+			// s listed the kind before, under the same root: Latest
+			// answers with the genuine records verified then.
+			list, err := st.Latest(ctx, "device")
+			switch {
+			case st == s && (err != nil || len(list) != 1 || !bytes.Equal(list[0].Body, body)):
+				t.Errorf("%s: Latest gave %v, %v, want the genuine record", tc.what, list, err)
+			case st == other && !errors.As(err, &ie):
+				t.Errorf("%s: Latest (nothing listed before) gave %v, want an integrity error", tc.what, err)
 			}
 		}
 	}
