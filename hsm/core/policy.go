@@ -51,8 +51,10 @@ func (r *RequestRecord) requestPolicyVersion() uint64 { return max(r.PolicyVersi
 // availableUsers are the users with a paired, unrevoked device.
 func availableUsers(devices []*DeviceRecord) []string {
 	us := []string{}
+	seen := make(map[string]bool, len(devices))
 	for _, d := range devices {
-		if d.State == DevicePaired && !slices.Contains(us, d.User) {
+		if d.State == DevicePaired && !seen[d.User] {
+			seen[d.User] = true
 			us = append(us, d.User)
 		}
 	}

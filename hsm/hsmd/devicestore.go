@@ -1,10 +1,12 @@
 package hsmd
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/opencustodynet/opencustody/hsm/core"
 	"github.com/opencustodynet/opencustody/hsm/records"
@@ -24,6 +26,9 @@ type DeviceStore struct {
 var _ core.DeviceStore = DeviceStore{}
 
 func (s DeviceStore) decode(r records.Record) (*core.DeviceRecord, error) {
+	if d := deviceDecodes.get(r); d != nil {
+		return d, nil
+	}
 	var d core.DeviceRecord
 	if err := json.Unmarshal(r.Body, &d); err != nil {
 		return nil, fmt.Errorf("hsmd: device record %s: %w", r.Key, err)
@@ -33,7 +38,57 @@ func (s DeviceStore) decode(r records.Record) (*core.DeviceRecord, error) {
 		return nil, fmt.Errorf("hsmd: device record %s names device %s", r.Key, d.ID)
 	}
 	d.Version = r.Version
-	return &d, nil
+	deviceDecodes.put(r, &d)
+	return cloneDevice(&d), nil
+}
+
+// deviceDecodes remembers decoded device records by their exact key,
+// version and body: the approval path decodes every device at every
+// submit, and they seldom change.
+var deviceDecodes = decodeCache{m: map[decodeKey]*core.DeviceRecord{}}
+
+type decodeKey struct {
+	key     string
+	version uint64
+	body    string
+}
+
+// maxDecodes bounds decodeCache; when full it starts again, empty.
+const maxDecodes = 8192
+
+type decodeCache struct {
+	mu sync.Mutex
+	m  map[decodeKey]*core.DeviceRecord
+}
+
+func (c *decodeCache) get(r records.Record) *core.DeviceRecord {
+	c.mu.Lock()
+	d := c.m[decodeKey{r.Key, r.Version, string(r.Body)}]
+	c.mu.Unlock()
+	if d == nil {
+		return nil
+	}
+	return cloneDevice(d)
+}
+
+func (c *decodeCache) put(r records.Record, d *core.DeviceRecord) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= maxDecodes {
+		c.m = map[decodeKey]*core.DeviceRecord{}
+	}
+	c.m[decodeKey{r.Key, r.Version, string(r.Body)}] = cloneDevice(d)
+}
+
+// cloneDevice copies d, so that no caller shares memory with the cache.
+func cloneDevice(d *core.DeviceRecord) *core.DeviceRecord {
+	c := *d
+	c.IdentityKey = bytes.Clone(d.IdentityKey)
+	if d.Attestation != nil {
+		a := *d.Attestation
+		c.Attestation = &a
+	}
+	return &c
 }
 
 // GetDevice implements core.DeviceStore.
