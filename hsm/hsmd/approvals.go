@@ -110,6 +110,10 @@ func (s *Server) answer(ctx context.Context, a core.Answer) {
 	} else {
 		r := res.Request
 		s.metrics.answers.WithLabelValues(res.Decision.String()).Inc()
+		if r.State.Closed() {
+			// Counted when it happened: the audit entries follow.
+			s.metrics.requests.WithLabelValues(string(r.State)).Inc()
+		}
 		log.Info("answer accepted", "user", res.User, "decision", res.Decision.String(), "state", string(r.State), "approved_by", r.ApprovedBy())
 		kind := audit.KindApproval
 		if res.Decision == signed.Reject {
@@ -123,9 +127,6 @@ func (s *Server) answer(ctx context.Context, a core.Answer) {
 		case core.RequestFailed:
 			log.Error("request approved but not signed", "err", r.Error)
 			s.record(ctx, audit.KindSignature, r.ID, "approved but not signed: "+r.Error)
-		}
-		if r.State.Closed() {
-			s.metrics.requests.WithLabelValues(string(r.State)).Inc()
 		}
 	}
 	if res != nil {
