@@ -179,21 +179,20 @@ func (s RequestStore) ListRequests(ctx context.Context) ([]*core.RequestRecord, 
 	return out, nil
 }
 
-// ListRequestStatus implements core.RequestStore. Each record is decoded
-// into its status alone, and its body let go.
+// ListRequestStatus implements core.RequestStore. It reads the requests
+// one at a time (records.Store.Each) and keeps only their status.
 func (s RequestStore) ListRequestStatus(ctx context.Context) ([]core.RequestStatus, error) {
-	rs, err := s.Records.List(ctx, requestKind)
+	var out []core.RequestStatus
+	err := s.Records.Each(ctx, requestKind, func(r records.Record) error {
+		var st core.RequestStatus
+		if err := decodeRecord(r, &st, func() string { return st.ID }); err != nil {
+			return err
+		}
+		out = append(out, st)
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	out := make([]core.RequestStatus, 0, len(rs))
-	for i := range rs {
-		var st core.RequestStatus
-		if err := decodeRecord(rs[i], &st, func() string { return st.ID }); err != nil {
-			return nil, err
-		}
-		rs[i] = records.Record{}
-		out = append(out, st)
 	}
 	return out, nil
 }

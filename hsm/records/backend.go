@@ -30,6 +30,13 @@ import (
 // [ErrConflict]. Two concurrent Applies whose swaps start from the same old
 // row must never both succeed.
 //
+// Scan passes fn, one at a time, every row Read(ctx, kinds, keys) would
+// return and then every row of kind tail, all from one consistent snapshot
+// as Read's are, without holding them all in memory: first the rows of
+// the first part, in any order, then those of tail, in any order. It
+// stops at the first error fn returns and returns it. fn may use the
+// backend meanwhile.
+//
 // Insert and Swap are Apply of one op, returning ErrExists or ErrConflict
 // (wrapped or bare) when it fails.
 //
@@ -41,6 +48,7 @@ type Backend interface {
 	Get(ctx context.Context, kind, key string) (Row, error)
 	List(ctx context.Context, kind string) ([]Row, error)
 	Read(ctx context.Context, kinds []string, keys []RowKey) ([]Row, error)
+	Scan(ctx context.Context, kinds []string, keys []RowKey, tail string, fn func(Row) error) error
 	Apply(ctx context.Context, ops []Op) error
 	Insert(ctx context.Context, r Row) error
 	Swap(ctx context.Context, old, new Row) error

@@ -21,6 +21,7 @@
 //	rec, err = store.Update(ctx, "device", id, rec.Version, newBody)
 //	rec, err = store.Get(ctx, "device", id)
 //	all, err := store.List(ctx, "device")
+//	err = store.Each(ctx, "request", fn) // one record at a time, for large kinds
 //
 // The custody core passes the HSM record key (HMAC-SHA256 inside the HSM) as
 // the Authenticator, through a small adapter over the HSM key store; this

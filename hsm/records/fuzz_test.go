@@ -134,6 +134,10 @@ func FuzzStoreRead(f *testing.F) {
 		for _, r := range list {
 			checkServed(t, m, auth, r)
 		}
+		s.Each(ctx, "device", func(r Record) error {
+			checkServed(t, m, auth, r)
+			return nil
+		})
 	})
 }
 

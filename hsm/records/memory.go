@@ -46,6 +46,10 @@ func (m *Memory) Read(ctx context.Context, kinds []string, keys []RowKey) ([]Row
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.readLocked(kinds, keys), nil
+}
+
+func (m *Memory) readLocked(kinds []string, keys []RowKey) []Row {
 	var out []Row
 	seen := map[RowKey]bool{}
 	for k, r := range m.rows {
@@ -60,7 +64,24 @@ func (m *Memory) Read(ctx context.Context, kinds []string, keys []RowKey) ([]Row
 			out, seen[k] = append(out, cloneRow(r)), true
 		}
 	}
-	return out, nil
+	return out
+}
+
+// Scan implements [Backend]. It copies the rows under its lock and calls
+// fn without it.
+func (m *Memory) Scan(ctx context.Context, kinds []string, keys []RowKey, tail string, fn func(Row) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	head, rows := m.readLocked(kinds, keys), m.readLocked([]string{tail}, nil)
+	m.mu.Unlock()
+	for _, r := range append(head, rows...) {
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Apply implements [Backend].

@@ -147,24 +147,40 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 // scanRows reads kind, key, version, body, mac rows, whatever types a
 // hostile database gives the columns.
 func scanRows(rows pgx.Rows) ([]Row, error) {
-	defer rows.Close()
 	var out []Row
+	err := eachRow(rows, func(r Row) error {
+		out = append(out, r)
+		return nil
+	})
+	return out, err
+}
+
+// eachRow passes fn each kind, key, version, body, mac row.
+func eachRow(rows pgx.Rows, fn func(Row) error) error {
+	defer rows.Close()
 	for rows.Next() {
 		vals, err := rows.Values()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if len(vals) != 5 {
-			return nil, fmt.Errorf("%d columns", len(vals))
+			return fmt.Errorf("%d columns", len(vals))
 		}
 		r, err := rowFromSQL(sqlName(vals[0]), sqlName(vals[1]), vals[0], vals[1], vals[2], vals[3], vals[4])
 		if err != nil {
-			return nil, err
+			return err
 		}
-		out = append(out, r)
+		if err := fn(r); err != nil {
+			return &fnError{err}
+		}
 	}
-	return out, rows.Err()
+	return rows.Err()
 }
+
+// fnError carries an error of Scan's fn through eachRow unchanged.
+type fnError struct{ err error }
+
+func (e *fnError) Error() string { return e.err.Error() }
 
 const selectRows = "SELECT kind, key, version, body, mac FROM records "
 
@@ -217,6 +233,37 @@ func (p *Postgres) Read(ctx context.Context, kinds []string, keys []RowKey) ([]R
 		return nil, p.fail("read", err)
 	}
 	return rs, nil
+}
+
+// Scan implements [Backend] with one SELECT, a UNION ALL of the first part
+// and the tail: one snapshot, and PostgreSQL appends the second part's
+// rows after the first's.
+func (p *Postgres) Scan(ctx context.Context, kinds []string, keys []RowKey, tail string, fn func(Row) error) error {
+	if kinds == nil {
+		kinds = []string{}
+	}
+	ks, ys := make([]string, len(keys)), make([]string, len(keys))
+	for i, k := range keys {
+		ks[i], ys[i] = k.Kind, k.Key
+	}
+	rows, err := p.pool.Query(ctx, "("+selectRows+
+		"WHERE kind = ANY($1::text[]) OR (kind, key) IN (SELECT * FROM unnest($2::text[], $3::text[]))) UNION ALL ("+
+		selectRows+"WHERE kind = $4)", kinds, ks, ys, tail)
+	if err != nil {
+		return p.fail("scan", err)
+	}
+	err = eachRow(rows, fn)
+	var fe *fnError
+	var ie *IntegrityError
+	switch {
+	case errors.As(err, &fe):
+		return fe.err
+	case errors.As(err, &ie):
+		return err
+	case err != nil:
+		return p.fail("scan", err)
+	}
+	return nil
 }
 
 // Apply implements [Backend] in one transaction. Each swap is one UPDATE

@@ -280,9 +280,9 @@ func sqlType(v any) string {
 	}
 }
 
-// Read implements [Backend] with one SELECT, which SQLite runs on one
-// snapshot.
-func (s *SQLite) Read(ctx context.Context, kinds []string, keys []RowKey) ([]Row, error) {
+// readWhere is the WHERE clause and arguments of [SQLite.Read], or "" if
+// it reads nothing.
+func readWhere(kinds []string, keys []RowKey) (string, []any) {
 	var where []string
 	var args []any
 	for _, k := range kinds {
@@ -293,30 +293,61 @@ func (s *SQLite) Read(ctx context.Context, kinds []string, keys []RowKey) ([]Row
 		where = append(where, "(kind = ? AND key = ?)")
 		args = append(args, k.Kind, k.Key)
 	}
-	if len(where) == 0 {
+	return strings.Join(where, " OR "), args
+}
+
+const sqliteSelect = "SELECT kind, key, version, body, mac FROM records WHERE "
+
+// Read implements [Backend] with one SELECT, which SQLite runs on one
+// snapshot.
+func (s *SQLite) Read(ctx context.Context, kinds []string, keys []RowKey) ([]Row, error) {
+	where, args := readWhere(kinds, keys)
+	if where == "" {
 		return nil, nil
 	}
-	rows, err := s.db.QueryContext(ctx, "SELECT kind, key, version, body, mac FROM records WHERE "+strings.Join(where, " OR "), args...)
+	var out []Row
+	err := s.each(ctx, "read", sqliteSelect+where, args, func(r Row) error {
+		out = append(out, r)
+		return nil
+	})
+	return out, err
+}
+
+// Scan implements [Backend] with one SELECT, a UNION ALL of the first part
+// and the tail, which SQLite runs on one snapshot and, having no ORDER BY,
+// one part after the other.
+func (s *SQLite) Scan(ctx context.Context, kinds []string, keys []RowKey, tail string, fn func(Row) error) error {
+	q, args := sqliteSelect+"kind = ?", []any{tail}
+	if where, head := readWhere(kinds, keys); where != "" {
+		q, args = sqliteSelect+"("+where+") UNION ALL "+q, append(head, tail)
+	}
+	return s.each(ctx, "scan", q, args, fn)
+}
+
+// each runs query q and passes fn each row.
+func (s *SQLite) each(ctx context.Context, what, q string, args []any, fn func(Row) error) error {
+	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("records: sqlite: read: %w", err)
+		return fmt.Errorf("records: sqlite: %s: %w", what, err)
 	}
 	defer rows.Close()
-	var out []Row
 	for rows.Next() {
 		var k, y, v, b, m any
 		if err := rows.Scan(&k, &y, &v, &b, &m); err != nil {
-			return nil, fmt.Errorf("records: sqlite: read: %w", err)
+			return fmt.Errorf("records: sqlite: %s: %w", what, err)
 		}
 		r, err := rowFromSQL(sqlName(k), sqlName(y), k, y, v, b, m)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		out = append(out, r)
+		if err := fn(r); err != nil {
+			return err
+		}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("records: sqlite: read: %w", err)
+		return fmt.Errorf("records: sqlite: %s: %w", what, err)
 	}
-	return out, nil
+	return nil
 }
 
 // sqlName renders a column that should be text, whatever its type, to

@@ -548,6 +548,102 @@ func (s *Store) check(ctx context.Context, kind string) ([]Record, []*IntegrityE
 	return recs, bad, sn.root.Entries[kind].Digest, nil
 }
 
+// Each passes fn every record of kind, one at a time and in no particular
+// order, verified as [Store.List] verifies them, without holding the kind
+// in memory: the root and the kind's manifests are read and verified
+// first, then each record, all from one snapshot ([Backend.Scan]). A
+// record is passed to fn only once it verified; at the first that does
+// not, Each stops and returns an [*IntegrityError] naming it (fn may have
+// seen other, genuine, records before). Once every row is read, a record
+// the manifests list that had no row is reported the same way. An error
+// from fn stops Each, which returns it.
+func (s *Store) Each(ctx context.Context, kind string, fn func(Record) error) error {
+	if err := checkUserKind(kind); err != nil {
+		return err
+	}
+	tk := TreeKind(kind)
+	pin := s.Pinned()
+	sn := &snapshot{nodes: map[string]*Row{}}
+	var listed map[string]uint64
+	seen := map[string]bool{}
+	// head verifies the root and the tree, once every row before the
+	// kind's records was read.
+	head := func() error {
+		if listed != nil {
+			return nil
+		}
+		var err error
+		if sn.root, err = s.verifyRoot(sn.rootRow, pin); err != nil {
+			return err
+		}
+		var bad []*IntegrityError
+		if listed, bad = s.verifyTree(sn, kind); len(bad) > 0 {
+			return bad[0]
+		}
+		return nil
+	}
+	err := s.backend.Scan(ctx, []string{tk}, []RowKey{rootRowKey}, kind, func(r Row) error {
+		switch {
+		case r.Kind == kind:
+			if err := head(); err != nil {
+				return err
+			}
+			if seen[r.Key] {
+				return &IntegrityError{Kind: kind, Key: r.Key, Reason: "listed more than once"}
+			}
+			seen[r.Key] = true
+			rec, err := s.checkRecord(kind, r.Key, &r, listed[r.Key])
+			if err != nil {
+				return err
+			}
+			if err := fn(rec); err != nil {
+				return &fnErr{err}
+			}
+			return nil
+		case listed != nil:
+			return fmt.Errorf("records: %s: the backend returned %s %q among the records", kind, r.Kind, r.Key)
+		case r.Kind == RootKind && r.Key == RootKey:
+			if sn.rootRow != nil {
+				return &IntegrityError{Kind: RootKind, Key: RootKey, Reason: "listed more than once"}
+			}
+			sn.rootRow = &r
+		case r.Kind == tk:
+			if sn.nodes[r.Key] != nil {
+				return &IntegrityError{Kind: tk, Key: r.Key, Reason: "listed more than once"}
+			}
+			sn.nodes[r.Key] = &r
+		}
+		return nil
+	})
+	var fe *fnErr
+	if errors.As(err, &fe) {
+		err = fe.err
+	}
+	if err != nil {
+		return err
+	}
+	if err := head(); err != nil {
+		return err
+	}
+	var missing []string
+	for k := range listed {
+		if !seen[k] {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		_, err := s.checkRecord(kind, missing[0], nil, listed[missing[0]])
+		return err
+	}
+	return nil
+}
+
+// fnErr carries what Each's fn returned through the backend's Scan.
+type fnErr struct{ err error }
+
+func (e *fnErr) Error() string { return e.err.Error() }
+
 // maxAttempts bounds how often a write starts again because another
 // writer moved a manifest on its path or the root between its read and
 // its write.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -88,6 +89,9 @@ func testRoundTrip(t *testing.T, b Backend) {
 	if list, err := s.List(ctx, "wallet"); err != nil || len(list) != 0 {
 		t.Errorf("List of an empty kind = %v, %v", list, err)
 	}
+	checkEachMatchesList(t, s, "device")
+	checkEachMatchesList(t, s, "user")
+	checkEachMatchesList(t, s, "wallet")
 	// The store keeps its own copy of the body it authenticated.
 	body := []byte("original")
 	if _, err := s.Create(ctx, "device", "copied", body); err != nil {
@@ -442,6 +446,7 @@ func checkRefused(t *testing.T, s *Store, broken []Row, untouched Record) {
 			t.Errorf("List %s returned records despite %s", r.Kind, name)
 		}
 		checkIntegrityError(t, "List", err, r.Kind, r.Key)
+		checkEachRefuses(t, s, r.Kind, broken)
 
 		if after, _ := s.backend.Get(ctx, r.Kind, r.Key); !rowsEqual(after, cur) {
 			t.Errorf("%s: a refused call changed the row", name)
@@ -450,6 +455,54 @@ func checkRefused(t *testing.T, s *Store, broken []Row, untouched Record) {
 	got, err := s.Get(ctx, untouched.Kind, untouched.Key)
 	if err != nil || got.Version != untouched.Version || !bytes.Equal(got.Body, untouched.Body) {
 		t.Errorf("untouched record: Get = %+v, %v", got, err)
+	}
+}
+
+// checkEachRefuses checks that Each over kind ends in an integrity error
+// naming one of the broken rows, and never passes fn one of them.
+func checkEachRefuses(t *testing.T, s *Store, kind string, broken []Row) {
+	t.Helper()
+	isBroken := func(kind, key string) bool {
+		return slices.ContainsFunc(broken, func(b Row) bool { return b.Kind == kind && b.Key == key })
+	}
+	err := s.Each(context.Background(), kind, func(r Record) error {
+		if isBroken(r.Kind, r.Key) {
+			t.Errorf("Each passed the broken %s %q", r.Kind, r.Key)
+		}
+		return nil
+	})
+	var ie *IntegrityError
+	if !errors.As(err, &ie) || !isBroken(ie.Kind, ie.Key) {
+		t.Errorf("Each %s: %v, want an integrity error naming a broken row", kind, err)
+	}
+}
+
+// checkEachMatchesList checks that Each passes fn exactly the records
+// List returns.
+func checkEachMatchesList(t *testing.T, s *Store, kind string) {
+	t.Helper()
+	ctx := context.Background()
+	list, err := s.List(ctx, kind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var each []Record
+	if err := s.Each(ctx, kind, func(r Record) error { each = append(each, r); return nil }); err != nil {
+		t.Fatalf("Each %s: %v", kind, err)
+	}
+	slices.SortFunc(each, func(a, b Record) int { return strings.Compare(a.Key, b.Key) })
+	if len(each) != len(list) {
+		t.Fatalf("Each %s: %d records, List: %d", kind, len(each), len(list))
+	}
+	for i := range list {
+		if each[i].Key != list[i].Key || each[i].Version != list[i].Version || !bytes.Equal(each[i].Body, list[i].Body) {
+			t.Fatalf("Each %s: %+v, List: %+v", kind, each[i], list[i])
+		}
+	}
+	stop := errors.New("stop")
+	n := 0
+	if err := s.Each(ctx, kind, func(Record) error { n++; return stop }); len(list) > 0 && (err != stop || n != 1) {
+		t.Fatalf("Each %s with fn failing: %v after %d records, want fn's error after one", kind, err, n)
 	}
 }
 

@@ -207,11 +207,11 @@ func runTamperSuite(t *testing.T, newDB func(t *testing.T) (Backend, rawDB)) {
 			w := newTamperWorld(t, newDB)
 			tc.tamper(t, w)
 			ctx := context.Background()
+			affected := func(key string) bool {
+				p := LeafPath(key)
+				return tc.failed.kind != TreeKind("device") || slices.Contains(p[:], tc.failed.key)
+			}
 			for _, key := range []string{"alice", "zed", "nobody"} {
-				affected := func(key string) bool {
-					p := LeafPath(key)
-					return tc.failed.kind != TreeKind("device") || slices.Contains(p[:], tc.failed.key)
-				}
 				if !affected(key) {
 					continue // under manifests that did not fail
 				}
@@ -228,6 +228,13 @@ func runTamperSuite(t *testing.T, newDB func(t *testing.T) (Backend, rawDB)) {
 			}
 			list, err := w.s.List(ctx, "device")
 			checkIntegrityError(t, "List", err, tc.failed.kind, tc.failed.key)
+			err = w.s.Each(ctx, "device", func(r Record) error {
+				if affected(r.Key) {
+					t.Errorf("Each passed %s %q, under the failed manifest", r.Kind, r.Key)
+				}
+				return nil
+			})
+			checkIntegrityError(t, "Each", err, tc.failed.kind, tc.failed.key)
 			if list != nil {
 				t.Error("List returned records")
 			}
