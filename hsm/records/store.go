@@ -325,6 +325,25 @@ func (s *Store) checkRecord(kind, key string, row *Row, want uint64) (Record, er
 	return rec, nil
 }
 
+// readRecord reads the record kind/key (nil if it has no row), the
+// manifests on its path and the root in one snapshot, and verifies the
+// root and the manifests, which it returns top first.
+func (s *Store) readRecord(ctx context.Context, kind, key string) (*snapshot, [treeDepth + 1]*Manifest, *Row, error) {
+	var mans [treeDepth + 1]*Manifest
+	sn, err := s.read(ctx, kind, key)
+	if err != nil {
+		return nil, mans, nil, err
+	}
+	if mans, err = s.verifyPath(sn, kind, key); err != nil {
+		return nil, mans, nil, err
+	}
+	row, err := sn.record(kind, key)
+	if err != nil {
+		return nil, mans, nil, err
+	}
+	return sn, mans, row, nil
+}
+
 // record returns the one row of sn for key, or nil.
 func (sn *snapshot) record(kind, key string) (*Row, error) {
 	var row *Row
@@ -345,15 +364,7 @@ func (s *Store) Get(ctx context.Context, kind, key string) (Record, error) {
 	if err := checkUserKindKey(kind, key); err != nil {
 		return Record{}, err
 	}
-	sn, err := s.read(ctx, kind, key)
-	if err != nil {
-		return Record{}, err
-	}
-	path, err := s.verifyPath(sn, kind, key)
-	if err != nil {
-		return Record{}, err
-	}
-	row, err := sn.record(kind, key)
+	_, path, row, err := s.readRecord(ctx, kind, key)
 	if err != nil {
 		return Record{}, err
 	}
@@ -659,15 +670,7 @@ func (s *Store) write(ctx context.Context, kind, key string, decide func(cur *Ro
 	path := LeafPath(key)
 	tk := TreeKind(kind)
 	for range maxAttempts {
-		sn, err := s.read(ctx, kind, key)
-		if err != nil {
-			return Record{}, err
-		}
-		mans, err := s.verifyPath(sn, kind, key)
-		if err != nil {
-			return Record{}, err
-		}
-		cur, err := sn.record(kind, key)
+		sn, mans, cur, err := s.readRecord(ctx, kind, key)
 		if err != nil {
 			return Record{}, err
 		}
