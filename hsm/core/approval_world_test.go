@@ -184,6 +184,18 @@ func (m memRequests) ListRequestStatus(ctx context.Context) ([]RequestStatus, er
 	}
 	return out, err
 }
+func (m memRequests) EachRequest(ctx context.Context, fn func(*RequestRecord) error) error {
+	rs, err := m.ListRequests(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range rs {
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 func (m memRequests) CreateRequest(_ context.Context, r *RequestRecord) error {
 	v, err := m.s.put(r.ID, r, true, 0)
 	r.Version = v

@@ -224,6 +224,10 @@ type RequestStore interface {
 	// authenticated as ListRequests does, without keeping the rest of
 	// each record in memory.
 	ListRequestStatus(ctx context.Context) ([]RequestStatus, error)
+	// EachRequest passes fn every request, one at a time and in no
+	// particular order, authenticated as ListRequests does, without
+	// holding them all in memory; it stops at fn's first error.
+	EachRequest(ctx context.Context, fn func(*RequestRecord) error) error
 	// CreateRequest stores a new record; it fails if the id exists.
 	CreateRequest(ctx context.Context, r *RequestRecord) error
 	// UpdateRequest replaces the record read at r.Version.
@@ -897,17 +901,26 @@ func (c *Core) Requests(ctx context.Context) ([]*RequestRecord, error) {
 // went down first) could otherwise never be answered again; an answer to
 // the prompt it replaces is refused as not for the prompt issued.
 func (c *Core) PendingPrompts(ctx context.Context, deviceID string) ([]*signed.Prompt, error) {
+	if err := c.approvalPath(); err != nil {
+		return nil, err
+	}
 	c.reqMu.Lock()
 	defer c.reqMu.Unlock()
-	rs, err := c.Requests(ctx)
+	// Only the requests with a prompt open for this device are kept.
+	var rs []*RequestRecord
+	now := c.cfg.Now()
+	err := c.cfg.Requests.EachRequest(ctx, func(r *RequestRecord) error {
+		if p := findPrompt(r.Prompts, deviceID); p != nil && r.effective(now).State == RequestPending && !answeredBy(r.Answers, p.DeviceID, p.User) {
+			rs = append(rs, r)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
+	slices.SortStableFunc(rs, func(a, b *RequestRecord) int { return oldestFirst(a.CreatedAt, a.ID, b.CreatedAt, b.ID) })
 	var out []*signed.Prompt
 	for _, r := range rs {
-		if r.State != RequestPending {
-			continue
-		}
 		sp, err := c.reissueOpen("request "+r.ID, r.Prompts, r.Answers, deviceID, func() error { return c.cfg.Requests.UpdateRequest(ctx, r) })
 		if err != nil {
 			return nil, err

@@ -169,14 +169,22 @@ func (s RequestStore) ListRequests(ctx context.Context) ([]*core.RequestRecord, 
 	}
 	out := make([]*core.RequestRecord, 0, len(rs))
 	for _, rec := range rs {
-		r := &core.RequestRecord{}
-		if err := decodeRecord(rec, r, func() string { return r.ID }); err != nil {
+		r, err := decodeRequest(rec)
+		if err != nil {
 			return nil, err
 		}
-		r.Version = rec.Version
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+func decodeRequest(rec records.Record) (*core.RequestRecord, error) {
+	r := &core.RequestRecord{}
+	if err := decodeRecord(rec, r, func() string { return r.ID }); err != nil {
+		return nil, err
+	}
+	r.Version = rec.Version
+	return r, nil
 }
 
 // ListRequestStatus implements core.RequestStore. It reads the requests
@@ -195,6 +203,17 @@ func (s RequestStore) ListRequestStatus(ctx context.Context) ([]core.RequestStat
 		return nil, err
 	}
 	return out, nil
+}
+
+// EachRequest implements core.RequestStore with records.Store.Each.
+func (s RequestStore) EachRequest(ctx context.Context, fn func(*core.RequestRecord) error) error {
+	return s.Records.Each(ctx, requestKind, func(rec records.Record) error {
+		r, err := decodeRequest(rec)
+		if err != nil {
+			return err
+		}
+		return fn(r)
+	})
 }
 
 // CreateRequest implements core.RequestStore.

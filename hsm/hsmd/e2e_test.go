@@ -934,6 +934,24 @@ func TestE2ERelaySeesOnlyCiphertext(t *testing.T) {
 		}
 		return false
 	}
+	// The last replies (the third device's to its prompt's withdrawal)
+	// may still be on their way through the relay.
+	eventually(t, func() error {
+		for _, e := range w.emus {
+			secure := 0
+			for _, dir := range []direction{toDevice, toHost} {
+				for _, m := range w.taps.messages(e.discoveryID(), dir) {
+					if _, ok := m.(*pb.SecureMessage); ok {
+						secure++
+					}
+				}
+			}
+			if secure < 12 {
+				return fmt.Errorf("device %s: %d SecureMessages relayed so far", e.id, secure)
+			}
+		}
+		return nil
+	})
 	for _, e := range w.emus {
 		id := e.discoveryID()
 		var all []byte
