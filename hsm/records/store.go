@@ -23,13 +23,13 @@ type Store struct {
 
 	mu   sync.Mutex           // guards root and kept
 	root uint64               // the highest root manifest version this Store has verified: its pin
-	kept map[string]*keptList // the last verified List of each small kind
+	kept map[string]*keptList // what Latest last verified of each small kind
 }
 
-// A keptList is a kind's records as a List verified them, and the
+// A keptList is a kind's records as [Store.Latest] verified them, and the
 // digest of the kind's top manifest they were verified under. A later
 // root (verified by its MAC) that lists the same digest for the kind lists
-// the same tree, so the same records: List returns them without reading
+// the same tree, so the same records: Latest returns them without reading
 // the kind again. This is the Merkle tree's own property, kept in the
 // daemon's memory, never in the database.
 type keptList struct {
@@ -37,7 +37,7 @@ type keptList struct {
 	recs   []Record
 }
 
-// maxListedBytes bounds the bodies of a kind List keeps to answer from
+// maxListedBytes bounds the bodies of a kind Latest keeps to answer from
 // memory; a larger kind is read again each time.
 const maxListedBytes = 4 << 20
 
@@ -103,18 +103,9 @@ func (s *Store) read(ctx context.Context, kind, key string) (*snapshot, error) {
 	sn := &snapshot{nodes: map[string]*Row{}}
 	for i := range rows {
 		r := &rows[i]
-		switch {
-		case r.Kind == RootKind && r.Key == RootKey:
-			if sn.rootRow != nil {
-				return nil, &IntegrityError{Kind: RootKind, Key: RootKey, Reason: "listed more than once"}
-			}
-			sn.rootRow = r
-		case r.Kind == tk:
-			if sn.nodes[r.Key] != nil {
-				return nil, &IntegrityError{Kind: tk, Key: r.Key, Reason: "listed more than once"}
-			}
-			sn.nodes[r.Key] = r
-		case r.Kind == kind && (key == "" || r.Key == key):
+		if head, err := sn.addHead(r, tk); err != nil {
+			return nil, err
+		} else if !head && r.Kind == kind && (key == "" || r.Key == key) {
 			sn.rows = append(sn.rows, *r)
 		}
 		// Anything else was not asked for, and is not used.
@@ -123,6 +114,26 @@ func (s *Store) read(ctx context.Context, kind, key string) (*snapshot, error) {
 		return nil, err
 	}
 	return sn, nil
+}
+
+// addHead takes r into sn if it is the root or a manifest row of tree kind
+// tk, and reports whether it was; a second copy of either is refused.
+func (sn *snapshot) addHead(r *Row, tk string) (bool, error) {
+	switch {
+	case r.Kind == RootKind && r.Key == RootKey:
+		if sn.rootRow != nil {
+			return true, &IntegrityError{Kind: RootKind, Key: RootKey, Reason: "listed more than once"}
+		}
+		sn.rootRow = r
+	case r.Kind == tk:
+		if sn.nodes[r.Key] != nil {
+			return true, &IntegrityError{Kind: tk, Key: r.Key, Reason: "listed more than once"}
+		}
+		sn.nodes[r.Key] = r
+	default:
+		return false, nil
+	}
+	return true, nil
 }
 
 // verifyRoot checks the root manifest's MAC and that it is not older than
@@ -239,15 +250,16 @@ func (s *Store) verifyNode(kind, node string, row *Row, want Entry, parent strin
 // key, and returns them, top first.
 func (s *Store) verifyPath(sn *snapshot, kind, key string) ([treeDepth + 1]*Manifest, error) {
 	var mans [treeDepth + 1]*Manifest
+	path := LeafPath(key)
 	want, parent := sn.root.Entries[kind], "the root manifest"
-	for i, node := range LeafPath(key) {
+	for i, node := range path {
 		m, ie := s.verifyNode(kind, node, sn.nodes[node], want, parent)
 		if ie != nil {
 			return mans, ie
 		}
 		mans[i] = m
 		if i < treeDepth {
-			want = m.Entries[LeafPath(key)[i+1]]
+			want = m.Entries[path[i+1]]
 			parent = fmt.Sprintf("manifest %s %q", TreeKind(kind), node)
 		}
 	}
@@ -382,13 +394,14 @@ func (s *Store) List(ctx context.Context, kind string) ([]Record, error) {
 	if err := checkUserKind(kind); err != nil {
 		return nil, err
 	}
-	return s.list(ctx, kind)
+	recs, _, err := s.list(ctx, kind)
+	return recs, err
 }
 
 // Latest returns the records List would return, from memory when it can:
 // if the root, read and verified now, lists for kind the top manifest
-// digest under which the last List or Latest of kind (up to 4 MiB) verified
-// its records, the same tree lists the same records, and no row of the kind
+// digest under which the last Latest of kind (up to 4 MiB) verified its
+// records, the same tree lists the same records, and no row of the kind
 // is read. Otherwise it is List. What it returns is as authentic and as
 // current as what List returns; but a row edited behind the Store's back
 // is not read, so not reported, until the kind changes. Use it where a
@@ -401,13 +414,20 @@ func (s *Store) Latest(ctx context.Context, kind string) ([]Record, error) {
 	if recs, ok, err := s.fromKept(ctx, kind); ok || err != nil {
 		return recs, err
 	}
-	return s.list(ctx, kind)
-}
-
-func (s *Store) list(ctx context.Context, kind string) ([]Record, error) {
-	recs, bad, top, err := s.check(ctx, kind)
+	recs, top, err := s.list(ctx, kind)
 	if err != nil {
 		return nil, err
+	}
+	s.keepListed(kind, top, recs)
+	return recs, nil
+}
+
+// list is List, and also returns the digest of the kind's top manifest
+// the records were verified under.
+func (s *Store) list(ctx context.Context, kind string) ([]Record, []byte, error) {
+	recs, bad, top, err := s.check(ctx, kind)
+	if err != nil {
+		return nil, nil, err
 	}
 	if len(bad) > 0 {
 		errs := make([]error, 0, maxNamed+1)
@@ -417,13 +437,12 @@ func (s *Store) list(ctx context.Context, kind string) ([]Record, error) {
 		if len(bad) > maxNamed {
 			errs = append(errs, fmt.Errorf("records: %s: %d more records fail verification", kind, len(bad)-maxNamed))
 		}
-		return nil, errors.Join(errs...)
+		return nil, nil, errors.Join(errs...)
 	}
-	s.keepListed(kind, top, recs)
-	return recs, nil
+	return recs, top, nil
 }
 
-// fromKept returns kind's records from the last List, if the root, read and
+// fromKept returns kind's records from the last Latest, if the root, read and
 // verified now, still lists the top manifest they were verified under.
 func (s *Store) fromKept(ctx context.Context, kind string) ([]Record, bool, error) {
 	s.mu.Lock()
@@ -437,16 +456,13 @@ func (s *Store) fromKept(ctx context.Context, kind string) ([]Record, bool, erro
 	if err != nil {
 		return nil, false, err
 	}
-	var rootRow *Row
+	sn := &snapshot{nodes: map[string]*Row{}}
 	for i := range rows {
-		if rows[i].Kind == RootKind && rows[i].Key == RootKey {
-			if rootRow != nil {
-				return nil, false, &IntegrityError{Kind: RootKind, Key: RootKey, Reason: "listed more than once"}
-			}
-			rootRow = &rows[i]
+		if _, err := sn.addHead(&rows[i], TreeKind(kind)); err != nil {
+			return nil, false, err
 		}
 	}
-	root, err := s.verifyRoot(rootRow, pin)
+	root, err := s.verifyRoot(sn.rootRow, pin)
 	if err != nil {
 		return nil, false, err
 	}
@@ -613,18 +629,9 @@ func (s *Store) Each(ctx context.Context, kind string, fn func(Record) error) er
 			return nil
 		case listed != nil:
 			return fmt.Errorf("records: %s: the backend returned %s %q among the records", kind, r.Kind, r.Key)
-		case r.Kind == RootKind && r.Key == RootKey:
-			if sn.rootRow != nil {
-				return &IntegrityError{Kind: RootKind, Key: RootKey, Reason: "listed more than once"}
-			}
-			sn.rootRow = &r
-		case r.Kind == tk:
-			if sn.nodes[r.Key] != nil {
-				return &IntegrityError{Kind: tk, Key: r.Key, Reason: "listed more than once"}
-			}
-			sn.nodes[r.Key] = &r
 		}
-		return nil
+		_, err := sn.addHead(&r, tk)
+		return err
 	})
 	var fe *fnErr
 	if errors.As(err, &fe) {

@@ -116,13 +116,13 @@ func TestLatest(t *testing.T) {
 	}
 	first, err := s.Latest(ctx, "device")
 	if err != nil || len(first) != 50 {
-		t.Fatalf("List: %d records, %v", len(first), err)
+		t.Fatalf("Latest: %d records, %v", len(first), err)
 	}
 	first[0].Body[0] = 'x' // a caller's change to what it got is its own
 	b.rows = 0
 	again, err := s.Latest(ctx, "device")
 	if err != nil || len(again) != 50 || string(again[0].Body) != "{}" {
-		t.Fatalf("List again: %v, %v", again, err)
+		t.Fatalf("Latest again: %v, %v", again, err)
 	}
 	if b.rows != 1 {
 		t.Errorf("Latest of an unchanged kind read %d rows, want the root alone", b.rows)
@@ -137,7 +137,7 @@ func TestLatest(t *testing.T) {
 	}
 	b.rows = 0
 	if _, err := s.Latest(ctx, "device"); err != nil || b.rows != 1 {
-		t.Errorf("List after another kind's write read %d rows (%v), want the root alone", b.rows, err)
+		t.Errorf("Latest after another kind's write read %d rows (%v), want the root alone", b.rows, err)
 	}
 	// Another store's write to the kind: read again, and see it.
 	if _, err := other.Create(ctx, "device", "new", []byte(`{}`)); err != nil {
@@ -146,9 +146,9 @@ func TestLatest(t *testing.T) {
 	b.rows = 0
 	got, err := s.Latest(ctx, "device")
 	if err != nil || len(got) != 51 {
-		t.Fatalf("List after another store's create: %d records, %v", len(got), err)
+		t.Fatalf("Latest after another store's create: %d records, %v", len(got), err)
 	}
 	if b.rows < 51 {
-		t.Errorf("List after a write to the kind read %d rows, want the whole kind", b.rows)
+		t.Errorf("Latest after a write to the kind read %d rows, want the whole kind", b.rows)
 	}
 }
