@@ -120,11 +120,7 @@ func (s *PKCS11Store) ExportWrapped(ctx context.Context, req ExportWrappedReques
 	}
 	defer s.p.DestroyObject(sh, t)
 
-	agree, err := s.findAgreementKey(sh, req.AgreementKey)
-	if err != nil {
-		return nil, err
-	}
-	k, err := s.agree(sh, agree, req.PeerPublicKey, true)
+	k, err := s.agree(sh, req.AgreementKey, req.PeerPublicKey, true)
 	if err != nil {
 		return nil, err
 	}
@@ -234,10 +230,15 @@ func (s *PKCS11Store) findAgreementKey(sh pkcs11.SessionHandle, ref string) (pkc
 	return k.handle, nil
 }
 
-// agree derives the AES-256 key shared with the holder of peer: a session
-// object, sensitive, never extractable, that can only wrap (wrap) or only
-// unwrap (!wrap).
-func (s *PKCS11Store) agree(sh pkcs11.SessionHandle, base pkcs11.ObjectHandle, peer []byte, wrap bool) (pkcs11.ObjectHandle, error) {
+// agree derives, with the backup key-agreement key agreementKey, the
+// AES-256 key shared with the holder of peer: a session object,
+// sensitive, never extractable, that can only wrap (wrap) or only unwrap
+// (!wrap).
+func (s *PKCS11Store) agree(sh pkcs11.SessionHandle, agreementKey string, peer []byte, wrap bool) (pkcs11.ObjectHandle, error) {
+	base, err := s.findAgreementKey(sh, agreementKey)
+	if err != nil {
+		return 0, err
+	}
 	params := pkcs11.NewECDH1DeriveParams(pkcs11.CKD_NULL, nil, peer)
 	h, err := s.p.DeriveKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDH1_DERIVE, params)}, base, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
@@ -320,11 +321,7 @@ func (s *PKCS11Store) ImportWrapped(ctx context.Context, req ImportWrappedReques
 			return nil, fmt.Errorf("hsm: import wrapped key %q on token %q: %w (imported before?)", wk.Label, s.info.Label, ErrKeyExists)
 		}
 	}
-	agree, err := s.findAgreementKey(sh, req.AgreementKey)
-	if err != nil {
-		return nil, err
-	}
-	k, err := s.agree(sh, agree, req.PeerPublicKey, false)
+	k, err := s.agree(sh, req.AgreementKey, req.PeerPublicKey, false)
 	if err != nil {
 		return nil, err
 	}
