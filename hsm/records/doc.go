@@ -118,7 +118,16 @@
 // Every Create and Update writes the record, the manifests on its path and
 // the root in one atomic [Backend.Apply], each a compare-and-swap of the
 // row it read, so they never disagree after a crash; a write that lost a
-// race for a manifest or the root reads again and retries. Every Get reads
+// race for a manifest or the root reads again and retries. [Store.Write]
+// does the same for several records at once, of any kinds, all or none:
+// one Apply, one new root, one MAC per record and one for the root.
+//
+// A Store writes one change at a time, and builds on the rows it last
+// wrote without reading them again: every row a write builds on is still
+// the Old of a compare-and-swap, so if another process wrote meanwhile, or
+// someone edited the database, the Apply fails, and the Store forgets what
+// it remembered, reads, verifies, and decides again from what it read
+// (reporting an edit as an [*IntegrityError]). Every Get reads
 // the record, the manifests on its path and the root from one snapshot
 // ([Backend.Read]), and List the whole kind and its tree; both refuse, with
 // an [*IntegrityError] naming it:
