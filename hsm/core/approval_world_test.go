@@ -164,8 +164,9 @@ func (m *memChanges) PutGovernance(_ context.Context, g *GovernanceRecord) error
 }
 
 type memRequests struct {
-	s      *jsonStore[RequestRecord]
-	spends *jsonStore[SpendLedger]
+	s       *jsonStore[RequestRecord]
+	spends  *jsonStore[SpendLedger]
+	devices *memDevices // for StoreAnswer
 }
 
 func setRequestVersion(r *RequestRecord, v uint64) { r.Version = v }
@@ -227,6 +228,32 @@ func (m memRequests) UpdateRequest(_ context.Context, r *RequestRecord) error {
 		r.Version = v
 	}
 	return err
+}
+
+// StoreAnswer checks every version before it stores anything, so that
+// it stores all or none (the core's tests are not concurrent).
+func (m memRequests) StoreAnswer(ctx context.Context, d *DeviceRecord, r *RequestRecord, l *SpendLedger) error {
+	if cur, err := m.devices.GetDevice(ctx, d.ID); err != nil || cur.Version != d.Version {
+		return fmt.Errorf("device %s: version conflict (%v)", d.ID, err)
+	}
+	if cur, err := m.GetRequest(ctx, r.ID); err != nil || cur.Version != r.Version {
+		return fmt.Errorf("request %s: version conflict (%v)", r.ID, err)
+	}
+	if l != nil {
+		if cur, err := m.Spends(ctx, l.Wallet); err != nil || cur.Version != l.Version {
+			return fmt.Errorf("%w: wallet %s (%v)", ErrLedgerConflict, l.Wallet, err)
+		}
+	}
+	if err := m.devices.UpdateDevice(ctx, d); err != nil {
+		return err
+	}
+	if err := m.UpdateRequest(ctx, r); err != nil {
+		return err
+	}
+	if l != nil {
+		return m.UpdateSpends(ctx, l)
+	}
+	return nil
 }
 
 // softCustody is an in-memory hsm.Signer and hsm.KeyManager over
@@ -409,8 +436,9 @@ func newWorld(t testing.TB, names ...string) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
+	devices := newMemDevices()
 	w := &world{rnd: rnd,
-		t: t, identity: id, devices: newMemDevices(), requests: memRequests{newJSONStore[RequestRecord](ErrRequestNotFound), newJSONStore[SpendLedger](errNoLedger)},
+		t: t, identity: id, devices: devices, requests: memRequests{newJSONStore[RequestRecord](ErrRequestNotFound), newJSONStore[SpendLedger](errNoLedger), devices},
 		changes: newMemChanges(), handlers: map[ChangeKind]ChangeHandler{},
 		custody: newSoftCustody(), clock: &clock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)},
 		dev: map[string]*testDevice{}, links: map[string]*Link{}, users: map[string]string{},

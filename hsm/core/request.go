@@ -239,6 +239,12 @@ type RequestStore interface {
 	// ledger). If another writer stored the wallet's ledger meanwhile, it
 	// changes nothing and returns an error wrapping [ErrLedgerConflict].
 	UpdateSpends(ctx context.Context, l *SpendLedger) error
+	// StoreAnswer stores what an accepted answer changes, all or none, in
+	// one atomic write: device d (its new counter) and request r (with
+	// the answer), each over the version it was read at, and, unless l
+	// is nil, the wallet's spend ledger l as UpdateSpends would. If any
+	// of them changed since it was read, nothing is stored.
+	StoreAnswer(ctx context.Context, d *DeviceRecord, r *RequestRecord, l *SpendLedger) error
 }
 
 // Errors of the approval path. Errors from [Core.Answer] wrap one of them
@@ -503,8 +509,12 @@ type AnswerResult struct {
 //  4. the request is pending and has not expired (an expired one is
 //     marked so);
 //  5. neither the device nor its user (on any device) answered before;
-//  6. its counter is above the last one accepted from the device; the new
-//     counter is stored before anything else.
+//  6. its counter is above the last one accepted from the device.
+//
+// The device's new counter, the request with the answer and, if the
+// answer approves the request for signing now, the transfer's spend are
+// stored in one atomic write ([RequestStore.StoreAnswer]): an answer is
+// counted with its counter spent, or not at all.
 //
 // A rejection closes the request (rejected). An approval that brings the
 // distinct approving users to the quorum has the HSM sign the transaction
@@ -576,14 +586,8 @@ func (c *Core) Answer(ctx context.Context, a Answer) (*AnswerResult, error) {
 		return nil, fail(ErrReplay, "counter %d, last accepted %d", appr.Counter, dev.Counter)
 	}
 
-	// Accepted. The counter first: a crash after this loses the answer
-	// (when the device's channel comes up again, PendingPrompts issues its
-	// prompt afresh and the device answers it with a new counter), never
-	// lets one count twice.
+	// Accepted.
 	dev.Counter = appr.Counter
-	if err := c.cfg.Devices.UpdateDevice(ctx, dev); err != nil {
-		return nil, fmt.Errorf("core: request %s: device %s: store its counter: %w", r.ID, dev.ID, err)
-	}
 	r.Answers = append(r.Answers, AnswerRecord{
 		DeviceID: dev.ID, User: dev.User, Decision: appr.Decision, Counter: appr.Counter,
 		Approval: bytes.Clone(a.Approval), At: now.UTC(),
@@ -595,11 +599,20 @@ func (c *Core) Answer(ctx context.Context, a Answer) (*AnswerResult, error) {
 	// Withdraw what no device needs to answer any more: every outstanding
 	// prompt once the request is decided, else the user's other devices'.
 	res.Withdraw = append(res.Withdraw, withdrawals(r.ID, r.Prompts, r.Answers, dev, r.State != RequestPending)...)
-	if err := c.cfg.Requests.UpdateRequest(ctx, r); err != nil {
+	signNow := r.State == RequestApproved && !now.Before(r.SignAfter)
+	var ledger *SpendLedger
+	if signNow {
+		// The spend is stored with the approval, before the HSM signs
+		// (see sign).
+		if ledger, err = c.withSpend(ctx, r); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.cfg.Requests.StoreAnswer(ctx, dev, r, ledger); err != nil {
 		return nil, fmt.Errorf("core: request %s: store the answer of device %s: %w", r.ID, dev.ID, err)
 	}
-	if r.State == RequestApproved && !now.Before(r.SignAfter) {
-		if err := c.sign(ctx, r); err != nil {
+	if signNow {
+		if err := c.signRecorded(ctx, r); err != nil {
 			return nil, err
 		}
 	}
@@ -669,6 +682,28 @@ func (c *Core) sign(ctx context.Context, r *RequestRecord) error {
 	if err := c.recordSpend(ctx, r, int64(sum.SentTotal)); err != nil {
 		return fmt.Errorf("core: request %s: not signed, it stays approved: %w", r.ID, err)
 	}
+	return c.signRecorded(ctx, r)
+}
+
+// withSpend returns request r's wallet's spend ledger with r's transfer
+// added, or nil if it is there already.
+func (c *Core) withSpend(ctx context.Context, r *RequestRecord) (*SpendLedger, error) {
+	sum, err := r.ParsedSummary()
+	if err != nil {
+		return nil, fmt.Errorf("core: request %s: stored summary: %w", r.ID, err)
+	}
+	l, err := c.cfg.Requests.Spends(ctx, r.Wallet)
+	if err != nil {
+		return nil, fmt.Errorf("core: wallet %s: read its spend ledger: %w", r.Wallet, err)
+	}
+	if !c.addSpend(l, r, int64(sum.SentTotal)) {
+		return nil, nil
+	}
+	return l, nil
+}
+
+// signRecorded is sign once the request's spend is recorded.
+func (c *Core) signRecorded(ctx context.Context, r *RequestRecord) error {
 	signedTx, err := c.signTransaction(ctx, r)
 	if err != nil && ctx.Err() != nil {
 		// Interrupted, not refused: the request stays approved and the

@@ -65,15 +65,20 @@ func (c *Core) history(ctx context.Context, wallet, except string) ([]policy.Spe
 // again). A crash after this step leaves the spend counted: stricter, never
 // looser.
 func (c *Core) recordSpend(ctx context.Context, r *RequestRecord, amount int64) error {
-	return c.updateLedger(ctx, r.Wallet, func(l *SpendLedger) bool {
-		if slices.ContainsFunc(l.Spends, func(s LedgerSpend) bool { return s.RequestID == r.ID }) {
-			return false
-		}
-		now := c.cfg.Now().UTC()
-		l.Spends = slices.DeleteFunc(l.Spends, func(s LedgerSpend) bool { return now.Sub(s.At) > policy.MaxWindow })
-		l.Spends = append(l.Spends, LedgerSpend{RequestID: r.ID, At: now, Amount: amount})
-		return true
-	})
+	return c.updateLedger(ctx, r.Wallet, func(l *SpendLedger) bool { return c.addSpend(l, r, amount) })
+}
+
+// addSpend adds request r's transfer to ledger l, dropping spends older
+// than any velocity window, and reports whether l changed (false: r's
+// spend is there already).
+func (c *Core) addSpend(l *SpendLedger, r *RequestRecord, amount int64) bool {
+	if slices.ContainsFunc(l.Spends, func(s LedgerSpend) bool { return s.RequestID == r.ID }) {
+		return false
+	}
+	now := c.cfg.Now().UTC()
+	l.Spends = slices.DeleteFunc(l.Spends, func(s LedgerSpend) bool { return now.Sub(s.At) > policy.MaxWindow })
+	l.Spends = append(l.Spends, LedgerSpend{RequestID: r.ID, At: now, Amount: amount})
+	return true
 }
 
 // forgetSpend removes request r's spend after its signing failed for good:

@@ -236,6 +236,39 @@ func (s RequestStore) UpdateRequest(ctx context.Context, r *core.RequestRecord) 
 	return nil
 }
 
+// StoreAnswer implements core.RequestStore: the device, the request and
+// the ledger in one records.Store.Write, under one new root.
+func (s RequestStore) StoreAnswer(ctx context.Context, d *core.DeviceRecord, r *core.RequestRecord, l *core.SpendLedger) error {
+	dev, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	req, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	changes := []records.Change{
+		{Kind: deviceKind, Key: d.ID, Version: d.Version, Body: dev},
+		{Kind: requestKind, Key: r.ID, Version: r.Version, Body: req},
+	}
+	if l != nil {
+		body, err := json.Marshal(l)
+		if err != nil {
+			return err
+		}
+		changes = append(changes, records.Change{Kind: spendsKind, Key: l.Wallet, Version: l.Version, Body: body})
+	}
+	recs, err := s.Records.Write(ctx, changes...)
+	if err != nil {
+		return err
+	}
+	d.Version, r.Version = recs[0].Version, recs[1].Version
+	if l != nil {
+		l.Version = recs[2].Version
+	}
+	return nil
+}
+
 // GetChange implements core.ChangeStore.
 func (s ChangeStore) GetChange(ctx context.Context, id string) (*core.ChangeRecord, error) {
 	var ch core.ChangeRecord

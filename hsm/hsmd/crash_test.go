@@ -46,9 +46,9 @@ const (
 
 // Crash points the child can stop at.
 const (
-	crashAfterCounter = "after-counter" // an answer's device counter stored, the answer not yet
-	crashBeforeSign   = "before-sign"   // the request stored approved, the HSM not yet asked
-	crashAfterSign    = "after-sign"    // the HSM signed, the outcome not yet stored
+	crashAfterAnswer = "after-answer" // an answer stored (with its device counter), nothing sent yet
+	crashBeforeSign  = "before-sign"  // the request stored approved, the HSM not yet asked
+	crashAfterSign   = "after-sign"   // the HSM signed, the outcome not yet stored
 )
 
 // Files in the child's data directory.
@@ -92,8 +92,8 @@ func crashChild() {
 	rs := records.New(db, hsm.RecordAuthenticator{A: store, Key: hsmtest.RecordKey})
 	p := &crashPoint{at: at, dir: dir}
 	cr, err := core.New(core.Config{
-		Identity: id, Devices: crashDevices{hsmd.DeviceStore{Records: rs}, p}, Ceremony: true,
-		Wallets: hsmd.WalletStore{Records: rs}, Requests: hsmd.RequestStore{Records: rs},
+		Identity: id, Devices: hsmd.DeviceStore{Records: rs}, Ceremony: true,
+		Wallets: hsmd.WalletStore{Records: rs}, Requests: crashRequests{hsmd.RequestStore{Records: rs}, p},
 		Custody: crashSigner{store, p}, Keys: store,
 	})
 	if err != nil {
@@ -145,16 +145,16 @@ func (p *crashPoint) reach(point string) {
 	})
 }
 
-type crashDevices struct {
-	hsmd.DeviceStore
+type crashRequests struct {
+	hsmd.RequestStore
 	p *crashPoint
 }
 
-func (d crashDevices) UpdateDevice(ctx context.Context, r *core.DeviceRecord) error {
-	if err := d.DeviceStore.UpdateDevice(ctx, r); err != nil {
+func (s crashRequests) StoreAnswer(ctx context.Context, d *core.DeviceRecord, r *core.RequestRecord, l *core.SpendLedger) error {
+	if err := s.RequestStore.StoreAnswer(ctx, d, r, l); err != nil {
 		return err
 	}
-	d.p.reach(crashAfterCounter)
+	s.p.reach(crashAfterAnswer)
 	return nil
 }
 
@@ -418,20 +418,22 @@ func testCrashRecovery(t *testing.T, store func(t *testing.T) string) {
 			t.Errorf("the HSM signed %d times", n)
 		}
 	})
-	t.Run("after the counter, before the answer", func(t *testing.T) {
+	t.Run("answer stored, before anything else", func(t *testing.T) {
 		cw, addrs := newCrashWorld(t, store(t))
 		cw.stop()
-		cw.restart(crashAfterCounter)
+		cw.restart(crashAfterAnswer)
 		id := cw.submit(cw.h, "treasury", addrs, 20_000_000).GetId()
 		cw.confirm(cw.emus[0], id)
-		cw.killAt(crashAfterCounter)
+		cw.killAt(crashAfterAnswer)
 		cw.restart("")
-		// The answer was lost with the process, its counter spent: the
-		// prompt comes again, and alice answers with her next counter.
-		cw.confirm(cw.emus[0], id)
+		// The answer and its counter were stored together: alice's
+		// approval counts, and is not asked for again.
 		cw.waitRequestState(cw.h, id, "alice's approval stored", func(r *apipb.Request) bool { return len(r.GetApprovedBy()) == 1 })
 		cw.confirm(cw.emus[1], id)
-		cw.checkSigned(id, 2)
+		cw.checkSigned(id, 1)
+		if n := cw.signs(); n != 1 {
+			t.Errorf("the HSM signed %d times", n)
+		}
 	})
 	t.Run("approved, before signing", func(t *testing.T) {
 		cw, addrs := newCrashWorld(t, store(t))
