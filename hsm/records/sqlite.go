@@ -121,6 +121,23 @@ CREATE TABLE records (
 	mac     BLOB    NOT NULL,
 	PRIMARY KEY (kind, key)
 ) STRICT, WITHOUT ROWID`},
+	// A WITHOUT ROWID table keeps whole rows in its key's b-tree, which
+	// SQLite advises only for rows well under a page; manifests run to
+	// kilobytes, and every lookup paid for them (a third of an approval's
+	// database time). With rowids, the (kind, key) index stays small and
+	// a row's body is read only when it is wanted.
+	{2, "records with rowids", `
+CREATE TABLE records_rowid (
+	kind    TEXT    NOT NULL,
+	key     TEXT    NOT NULL,
+	version INTEGER NOT NULL CHECK (version >= 1),
+	body    BLOB    NOT NULL,
+	mac     BLOB    NOT NULL,
+	PRIMARY KEY (kind, key)
+) STRICT;
+INSERT INTO records_rowid (kind, key, version, body, mac) SELECT kind, key, version, body, mac FROM records;
+DROP TABLE records;
+ALTER TABLE records_rowid RENAME TO records`},
 }
 
 // migrate applies, in one transaction, the migrations the database has not

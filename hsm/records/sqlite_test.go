@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -199,6 +200,59 @@ func TestSQLiteReopen(t *testing.T) {
 		if fi.Mode().Perm()&^want != 0 {
 			t.Errorf("%s has mode %v, want at most %v", path, fi.Mode().Perm(), want)
 		}
+	}
+}
+
+// TestSQLiteMigrationToRowids: a database made before migration 2, with
+// records in its WITHOUT ROWID table, is migrated on open: every row is
+// kept byte for byte (so every MAC and manifest still verifies), and the
+// table has rowids.
+func TestSQLiteMigrationToRowids(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	all := sqliteMigrations
+	sqliteMigrations = all[:1]
+	db, err := OpenSQLite(ctx, dir)
+	sqliteMigrations = all
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := testStore(t, db)
+	want := map[string]string{}
+	for i := range 50 {
+		k, body := fmt.Sprintf("r%d", i), strings.Repeat("x", 100*i)
+		if _, err := s.Create(ctx, "request", k, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+		want[k] = body
+	}
+	pinned := s.Pinned()
+	db.Close()
+
+	db = openTestSQLite(t, dir)
+	var ddl string
+	if err := db.db.QueryRowContext(ctx, "SELECT sql FROM sqlite_schema WHERE name = 'records'").Scan(&ddl); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(strings.ToUpper(ddl), "WITHOUT ROWID") {
+		t.Errorf("after migration the table is still %s", ddl)
+	}
+	s = testStore(t, db)
+	s.Pin(pinned)
+	recs, bad, err := s.Check(ctx, "request")
+	if err != nil || len(bad) > 0 {
+		t.Fatalf("Check after migration: %v %v", bad, err)
+	}
+	if len(recs) != len(want) {
+		t.Errorf("%d records after migration, want %d", len(recs), len(want))
+	}
+	for _, r := range recs {
+		if string(r.Body) != want[r.Key] {
+			t.Errorf("%s changed in migration", r.Key)
+		}
+	}
+	if _, err := s.Create(ctx, "request", "after", []byte("{}")); err != nil {
+		t.Errorf("write after migration: %v", err)
 	}
 }
 
