@@ -154,10 +154,13 @@ type Config struct {
 type Log struct {
 	cfg Config
 
-	mu     sync.Mutex // guards loaded, seq, hash; held across a whole Append
+	mu     sync.Mutex // guards loaded, seq, hash and the pending events it takes; held across a write
 	loaded bool
 	seq    uint64 // the last entry's sequence number, 0 if none
 	hash   []byte // the last entry's hash
+
+	qmu   sync.Mutex // guards queue
+	queue []*pending // events waiting for an Append to write them
 }
 
 // New returns a Log.
@@ -244,48 +247,120 @@ func decodeEntry(body []byte) (*Entry, error) {
 // another writer moved.
 const maxAppendAttempts = 50
 
+// maxBatch bounds how many queued events one record-store write appends.
+const maxBatch = 64
+
+// A pending event waits in Append's queue. Its fields are set, and done,
+// by whichever Append writes it, under Log.mu.
+type pending struct {
+	ev   Event
+	ent  *Entry
+	err  error
+	done bool
+}
+
 // Append adds ev to the chain and returns the new entry. Every
 // CheckpointEvery entries it also signs a checkpoint; if that fails, Append
 // returns the entry, which is stored, and the checkpoint's error.
+//
+// Events appended at the same time are written together: while one Append
+// writes, the others queue, and the next to run writes every event queued
+// by then, in order, in one record-store write (one commit) with ctx.
 //
 // Several Logs may append to one store (hsmd instances sharing a
 // database): an entry whose sequence number another took first is chained
 // again onto the new head.
 func (l *Log) Append(ctx context.Context, ev Event) (*Entry, error) {
+	p := &pending{ev: ev}
+	l.qmu.Lock()
+	l.queue = append(l.queue, p)
+	l.qmu.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var e *Entry
+	if !p.done {
+		l.qmu.Lock()
+		queued := l.queue
+		l.queue = nil
+		l.qmu.Unlock()
+		for len(queued) > 0 {
+			n := min(len(queued), maxBatch)
+			l.appendBatch(ctx, queued[:n])
+			queued = queued[n:]
+		}
+	}
+	return p.ent, p.err
+}
+
+// appendBatch appends the events of ps in one write and marks each done.
+// l.mu must be held.
+func (l *Log) appendBatch(ctx context.Context, ps []*pending) {
+	var written []*pending
 	for attempt := 0; ; attempt++ {
 		if err := l.load(ctx); err != nil {
-			return nil, err
+			for _, p := range ps {
+				p.err, p.done = err, true
+			}
+			return
 		}
-		e = &Entry{Seq: l.seq + 1, Time: l.cfg.Now().UTC(), Kind: ev.Kind, Subject: ev.Subject, Detail: ev.Detail, Prev: l.hash}
-		h, err := e.ComputeHash()
-		if err != nil {
-			return nil, err
+		seq, hash := l.seq, l.hash
+		changes := make([]records.Change, 0, len(ps))
+		written = written[:0]
+		for _, p := range ps {
+			e := &Entry{Seq: seq + 1, Time: l.cfg.Now().UTC(), Kind: p.ev.Kind, Subject: p.ev.Subject, Detail: p.ev.Detail, Prev: hash}
+			body, err := e.seal()
+			if err != nil {
+				p.err, p.done = err, true // refused, and no number taken
+				continue
+			}
+			changes = append(changes, records.Change{Kind: RecordKind, Key: key(e.Seq), Body: body})
+			p.ent = e
+			written = append(written, p)
+			seq, hash = e.Seq, e.Hash
 		}
-		e.Hash = h
-		body, err := json.Marshal(e)
-		if err != nil {
-			return nil, fmt.Errorf("audit: entry %d: %w", e.Seq, err)
+		if len(changes) == 0 {
+			return
 		}
-		_, err = l.cfg.Records.Create(ctx, RecordKind, key(e.Seq), body)
+		_, err := l.cfg.Records.Write(ctx, changes...)
 		if err == nil {
+			l.seq, l.hash = seq, hash
 			break
 		}
 		// Another writer may have moved the head: read it again.
 		l.loaded = false
 		if !errors.Is(err, records.ErrExists) || attempt+1 >= maxAppendAttempts {
-			return nil, fmt.Errorf("audit: append entry %d: %w", e.Seq, err)
+			for _, p := range written {
+				p.err = fmt.Errorf("audit: append entry %d: %w", p.ent.Seq, err)
+				p.ent, p.done = nil, true
+			}
+			return
 		}
 	}
-	l.seq, l.hash = e.Seq, e.Hash
-	if e.Seq%l.cfg.CheckpointEvery == 0 {
+	var crossed *pending // the first entry at a multiple of CheckpointEvery
+	for _, p := range written {
+		p.done = true
+		if crossed == nil && p.ent.Seq%l.cfg.CheckpointEvery == 0 {
+			crossed = p
+		}
+	}
+	if crossed != nil {
 		if _, err := l.checkpoint(ctx); err != nil {
-			return e, err
+			crossed.err = err
 		}
 	}
-	return e, nil
+}
+
+// seal computes e's hash and returns the record body that stores e.
+func (e *Entry) seal() ([]byte, error) {
+	h, err := e.ComputeHash()
+	if err != nil {
+		return nil, err
+	}
+	e.Hash = h
+	body, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("audit: entry %d: %w", e.Seq, err)
+	}
+	return body, nil
 }
 
 // Checkpoint signs and stores a checkpoint of the latest entry and returns

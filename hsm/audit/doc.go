@@ -14,8 +14,11 @@
 //	for _, p := range report.Problems { ... } // each names its position
 //
 // Append is serialized: entries get consecutive sequence numbers from 1.
-// Every [Config.CheckpointEvery] entries (16 by default) Append also signs a
-// [Checkpoint]; [Log.Checkpoint] signs one on demand.
+// Events appended at the same time are written together, in one
+// record-store write (one commit) of up to 64 entries. A write that
+// reaches a multiple of [Config.CheckpointEvery] entries (16 by default)
+// also signs a [Checkpoint] of its last entry; [Log.Checkpoint] signs one
+// on demand.
 //
 // # Entries
 //
