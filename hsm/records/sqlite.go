@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 )
@@ -23,6 +24,62 @@ const SQLiteFile = "opencustody.db"
 type SQLite struct {
 	db   *sql.DB
 	path string
+
+	stmtMu sync.Mutex
+	stmts  map[string]*sql.Stmt // prepared statements by their text
+}
+
+// maxStmts bounds how many statements a SQLite keeps prepared. Its
+// statements come in a few dozen shapes (a read of one record's path, of
+// a whole kind, a swap, an insert); one past the bound runs unprepared.
+const maxStmts = 64
+
+// stmt returns q prepared, or nil if maxStmts are kept already. Parsing
+// and planning a statement cost SQLite more than running most of this
+// package's: the driver keeps a prepared statement's compiled form on
+// each connection it runs on.
+func (s *SQLite) stmt(ctx context.Context, q string) (*sql.Stmt, error) {
+	s.stmtMu.Lock()
+	defer s.stmtMu.Unlock()
+	if st, ok := s.stmts[q]; ok {
+		return st, nil
+	}
+	if len(s.stmts) >= maxStmts {
+		return nil, nil
+	}
+	st, err := s.db.PrepareContext(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	if s.stmts == nil {
+		s.stmts = map[string]*sql.Stmt{}
+	}
+	s.stmts[q] = st
+	return st, nil
+}
+
+// query runs q, prepared if it can be.
+func (s *SQLite) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	st, err := s.stmt(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	if st == nil {
+		return s.db.QueryContext(ctx, q, args...)
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+// exec runs q in tx, prepared if it can be.
+func (s *SQLite) exec(ctx context.Context, tx *sql.Tx, q string, args ...any) (sql.Result, error) {
+	st, err := s.stmt(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	if st == nil {
+		return tx.ExecContext(ctx, q, args...)
+	}
+	return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
 }
 
 // sqlitePragmas run on every new connection. busy_timeout makes a writer wait
@@ -97,6 +154,12 @@ func (s *SQLite) init(ctx context.Context) error {
 
 // Close closes the database.
 func (s *SQLite) Close() error {
+	s.stmtMu.Lock()
+	for _, st := range s.stmts {
+		st.Close()
+	}
+	s.stmts = nil
+	s.stmtMu.Unlock()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("records: sqlite: close %s: %w", s.path, err)
 	}
@@ -343,7 +406,7 @@ func (s *SQLite) Scan(ctx context.Context, kinds []string, keys []RowKey, tail s
 
 // each runs query q and passes fn each row.
 func (s *SQLite) each(ctx context.Context, what, q string, args []any, fn func(Row) error) error {
-	rows, err := s.db.QueryContext(ctx, q, args...)
+	rows, err := s.query(ctx, q, args...)
 	if err != nil {
 		return fmt.Errorf("records: sqlite: %s: %w", what, err)
 	}
@@ -402,11 +465,11 @@ func (s *SQLite) Apply(ctx context.Context, ops []Op) (err error) {
 		var res sql.Result
 		switch o.Kind {
 		case OpInsert:
-			res, err = tx.ExecContext(ctx,
+			res, err = s.exec(ctx, tx,
 				"INSERT INTO records (kind, key, version, body, mac) VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, key) DO NOTHING",
 				o.New.Kind, o.New.Key, int64(o.New.Version), nonNil(o.New.Body), nonNil(o.New.MAC))
 		case OpSwap:
-			res, err = tx.ExecContext(ctx, `
+			res, err = s.exec(ctx, tx, `
 UPDATE records SET version = ?, body = ?, mac = ?
 WHERE kind = ? AND key = ? AND version = ? AND body = ? AND mac = ?`,
 				int64(o.New.Version), nonNil(o.New.Body), nonNil(o.New.MAC),

@@ -316,3 +316,37 @@ func TestSQLiteLock(t *testing.T) {
 	dir := t.TempDir()
 	testLocker(t, openTestSQLite(t, dir), openTestSQLite(t, dir))
 }
+
+// TestSQLiteKeepsStatementsPrepared: statements are prepared once and
+// reused, up to maxStmts shapes; a read of a shape past the bound runs
+// unprepared and reads the same rows.
+func TestSQLiteKeepsStatementsPrepared(t *testing.T) {
+	ctx := context.Background()
+	db := openTestSQLite(t, t.TempDir())
+	s := testStore(t, db)
+	var keys []RowKey
+	for i := range maxStmts + 10 {
+		k := fmt.Sprintf("r%d", i)
+		if _, err := s.Create(ctx, "request", k, []byte(k)); err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, RowKey{Kind: "request", Key: k})
+	}
+	kept := len(db.stmts)
+	if kept == 0 || kept > 4 {
+		t.Errorf("%d writes kept %d statements, want a few", maxStmts+10, kept)
+	}
+	// Each number of keys is a statement of its own shape.
+	for n := 1; n <= len(keys); n++ {
+		rows, err := db.Read(ctx, nil, keys[:n])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rows) != n {
+			t.Fatalf("a read of %d keys returned %d rows", n, len(rows))
+		}
+	}
+	if len(db.stmts) != maxStmts {
+		t.Errorf("%d statements kept, want the bound, %d", len(db.stmts), maxStmts)
+	}
+}
