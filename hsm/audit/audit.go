@@ -271,10 +271,26 @@ type pending struct {
 // database): an entry whose sequence number another took first is chained
 // again onto the new head.
 func (l *Log) Append(ctx context.Context, ev Event) (*Entry, error) {
+	return l.Queue(ev)(ctx)
+}
+
+// Queue puts ev in line to be appended, before any event queued or
+// appended after Queue returns, and returns a function that waits until
+// ev is written (writing it, with whatever is queued with it, if no other
+// Append is) and returns what Append returns. The function must be
+// called, once. Queue lets a caller start what follows an event without
+// waiting for its entry, which still comes first in the chain.
+func (l *Log) Queue(ev Event) func(context.Context) (*Entry, error) {
 	p := &pending{ev: ev}
 	l.qmu.Lock()
 	l.queue = append(l.queue, p)
 	l.qmu.Unlock()
+	return func(ctx context.Context) (*Entry, error) { return l.wait(ctx, p) }
+}
+
+// wait returns p's outcome, writing the queue first if no other Append
+// has written p yet.
+func (l *Log) wait(ctx context.Context, p *pending) (*Entry, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !p.done {

@@ -337,3 +337,25 @@ func TestConcurrentAppendsShareWrites(t *testing.T) {
 		t.Errorf("report %+v", rep)
 	}
 }
+
+// TestQueuedEventComesFirst: an event queued before another is appended
+// takes the earlier sequence number, even when the other's Append writes
+// both before the first caller waits.
+func TestQueuedEventComesFirst(t *testing.T) {
+	e := newEnv(t, 100)
+	wait := e.log.Queue(audit.Event{Kind: audit.KindRequest, Subject: "req-1", Detail: "submitted"})
+	later, err := e.log.Append(t.Context(), audit.Event{Kind: audit.KindPrompt, Subject: "req-1", Detail: "shown"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := wait(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Seq != 1 || first.Kind != audit.KindRequest || later.Seq != 2 || later.Prev == nil || string(later.Prev) != string(first.Hash) {
+		t.Errorf("queued entry %d (%s), appended entry %d", first.Seq, first.Kind, later.Seq)
+	}
+	if rep := e.verify(t); !rep.OK() || rep.Entries != 2 {
+		t.Errorf("report %+v", rep)
+	}
+}

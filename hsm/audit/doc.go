@@ -15,7 +15,9 @@
 //
 // Append is serialized: entries get consecutive sequence numbers from 1.
 // Events appended at the same time are written together, in one
-// record-store write (one commit) of up to 64 entries. A write that
+// record-store write (one commit) of up to 64 entries; [Log.Queue] puts
+// an event in line at once and waits for its entry later, so that what
+// follows the event can start while its entry is written. A write that
 // reaches a multiple of [Config.CheckpointEvery] entries (16 by default)
 // also signs a [Checkpoint] of its last entry; [Log.Checkpoint] signs one
 // on demand.

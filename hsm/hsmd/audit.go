@@ -24,17 +24,28 @@ import (
 // operator must alert on. The log then has no entry for it, and says so
 // only through that log line and that counter.
 func (s *Server) record(ctx context.Context, kind, subject, detail string) {
+	s.queueRecord(kind, subject, detail)(ctx)
+}
+
+// queueRecord puts an event in line for the audit log, ahead of any
+// recorded after it, and returns a function that waits for its entry, as
+// record does; the caller may do what follows the event (and causes
+// later events) in between.
+func (s *Server) queueRecord(kind, subject, detail string) func(context.Context) {
 	if s.cfg.Audit == nil {
-		return
+		return func(context.Context) {}
 	}
 	ev := audit.Event{Kind: kind, Subject: clip(subject, audit.MaxSubjectLen), Detail: clip(detail, audit.MaxDetailLen)}
-	ent, err := s.cfg.Audit.Append(context.WithoutCancel(ctx), ev)
-	switch {
-	case err != nil && ent != nil:
-		s.metrics.auditFailures.Inc()
-		s.log.Error("audit entry written but its checkpoint failed", "seq", ent.Seq, "err", err)
-	case err != nil:
-		s.auditFailed(ev, err)
+	wait := s.cfg.Audit.Queue(ev)
+	return func(ctx context.Context) {
+		ent, err := wait(context.WithoutCancel(ctx))
+		switch {
+		case err != nil && ent != nil:
+			s.metrics.auditFailures.Inc()
+			s.log.Error("audit entry written but its checkpoint failed", "seq", ent.Seq, "err", err)
+		case err != nil:
+			s.auditFailed(ev, err)
+		}
 	}
 }
 

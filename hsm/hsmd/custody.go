@@ -128,10 +128,12 @@ func (c *custodyService) Submit(ctx context.Context, req *apipb.SubmitRequest) (
 	r := sub.Request
 	c.s.metrics.requests.WithLabelValues("submitted").Inc()
 	c.s.log.Info("request submitted", "request", r.ID, "wallet", r.Wallet, "txid", r.TxID, "prompts", len(sub.Prompts), "expires", r.ExpiresAt)
-	c.s.record(ctx, audit.KindRequest, r.ID, fmt.Sprintf("submitted by %s: wallet %s, txid %s, policy version %d, %s, %d prompts", r.Initiator, r.Wallet, r.TxID, r.PolicyVersion, r.Rule, len(sub.Prompts)))
-	// Devices connected now get their prompt now; the others when their
-	// channel comes up.
+	recorded := c.s.queueRecord(audit.KindRequest, r.ID, fmt.Sprintf("submitted by %s: wallet %s, txid %s, policy version %d, %s, %d prompts", r.Initiator, r.Wallet, r.TxID, r.PolicyVersion, r.Rule, len(sub.Prompts)))
+	// Devices connected now get their prompt now, while the entry above
+	// (queued first, so ahead of theirs) is written; the others when
+	// their channel comes up.
 	c.s.background(func(ctx context.Context) { c.s.sendPrompts(ctx, sub.Prompts) })
+	recorded(ctx)
 	return requestMessage(r, false)
 }
 
