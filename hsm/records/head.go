@@ -16,21 +16,34 @@ type headCache struct {
 	root    *Manifest
 	nodes   map[RowKey]cachedNode
 	recs    map[RowKey]*Row
-	// Bodies kept, against maxHeadNodeBytes and maxHeadRecordBytes.
+	// What the kept rows take in memory (estimated: see nodeCost), against
+	// maxHeadNodeBytes and maxHeadRecordBytes.
 	nodeBytes, recBytes int
 }
 
 type cachedNode struct {
 	node
 	digest []byte
+	cost   int
 }
 
-// Bounds on what a headCache keeps; past them it forgets rows at random.
-// The manifests of 10,000 records fit in some 1 MiB.
+// Bounds on what a headCache keeps, in memory; past them it forgets rows
+// at random. The tops and middle nodes every write goes through, and
+// some thousands of leaves, fit: with 10,000 requests, hsmd's heap grows
+// by a few MiB (make bench's scale figures), and a write whose leaf was
+// forgotten reads it.
 const (
-	maxHeadNodeBytes   = 2 << 20
-	maxHeadRecordBytes = 1 << 20
+	maxHeadNodeBytes   = 1 << 20
+	maxHeadRecordBytes = 256 << 10
 )
+
+// nodeCost estimates the memory a kept manifest takes: its row, and each
+// entry of its decoded map (the key, an Entry, the digest, the map's own
+// overhead).
+func nodeCost(n node) int { return len(n.row.Body) + len(n.row.Key) + 128*len(n.m.Entries) }
+
+// recCost estimates the memory a kept record takes.
+func recCost(r *Row) int { return len(r.Body) + len(r.MAC) + len(r.Key) + 64 }
 
 // view returns what a write of changes builds on, if the cache holds all
 // of it, and nil if not.
@@ -95,21 +108,21 @@ func (h *headCache) wrote(v *view) {
 	}
 	for k, r := range v.recs {
 		if old, ok := h.recs[k]; ok {
-			h.recBytes -= len(old.Body)
+			h.recBytes -= recCost(old)
 			delete(h.recs, k)
 		}
 		for victim, vr := range h.recs {
-			if h.recBytes+len(r.Body) <= maxHeadRecordBytes {
+			if h.recBytes+recCost(r) <= maxHeadRecordBytes {
 				break
 			}
-			h.recBytes -= len(vr.Body)
+			h.recBytes -= recCost(vr)
 			delete(h.recs, victim)
 		}
 		if h.recs == nil {
 			h.recs = map[RowKey]*Row{}
 		}
 		h.recs[k] = r
-		h.recBytes += len(r.Body)
+		h.recBytes += recCost(r)
 	}
 }
 
@@ -119,21 +132,22 @@ func (h *headCache) addNode(k RowKey, n node) {
 		return
 	}
 	if old, ok := h.nodes[k]; ok {
-		h.nodeBytes -= len(old.row.Body)
+		h.nodeBytes -= old.cost
 		delete(h.nodes, k)
 	}
+	cost := nodeCost(n)
 	for victim, vn := range h.nodes {
-		if h.nodeBytes+len(n.row.Body) <= maxHeadNodeBytes {
+		if h.nodeBytes+cost <= maxHeadNodeBytes {
 			break
 		}
-		h.nodeBytes -= len(vn.row.Body)
+		h.nodeBytes -= vn.cost
 		delete(h.nodes, victim)
 	}
 	if h.nodes == nil {
 		h.nodes = map[RowKey]cachedNode{}
 	}
-	h.nodes[k] = cachedNode{node: n, digest: d}
-	h.nodeBytes += len(n.row.Body)
+	h.nodes[k] = cachedNode{node: n, digest: d, cost: cost}
+	h.nodeBytes += cost
 }
 
 // forget empties the cache: the next write reads.
