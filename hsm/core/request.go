@@ -593,7 +593,8 @@ func (c *Core) Answer(ctx context.Context, a Answer) (*AnswerResult, error) {
 		Approval: bytes.Clone(a.Approval), At: now.UTC(),
 	})
 	res := &AnswerResult{Request: r, User: dev.User, Decision: appr.Decision}
-	if err := c.decide(ctx, r, res); err != nil {
+	w, err := c.decide(ctx, r, res)
+	if err != nil {
 		return nil, err
 	}
 	// Withdraw what no device needs to answer any more: every outstanding
@@ -612,7 +613,7 @@ func (c *Core) Answer(ctx context.Context, a Answer) (*AnswerResult, error) {
 		return nil, fmt.Errorf("core: request %s: store the answer of device %s: %w", r.ID, dev.ID, err)
 	}
 	if signNow {
-		if err := c.signRecorded(ctx, r); err != nil {
+		if err := c.signRecorded(ctx, r, w); err != nil {
 			return nil, err
 		}
 	}
@@ -624,24 +625,24 @@ func (c *Core) Answer(ctx context.Context, a Answer) (*AnswerResult, error) {
 // approved (signable after SignAfter), withdrawn (its policy version is no
 // longer the wallet's), or still pending, with prompts for the approvers
 // the next step needs.
-func (c *Core) decide(ctx context.Context, r *RequestRecord, res *AnswerResult) error {
+func (c *Core) decide(ctx context.Context, r *RequestRecord, res *AnswerResult) (*WalletRecord, error) {
 	now := c.cfg.Now().UTC()
 	w, err := c.cfg.Wallets.GetWallet(ctx, r.Wallet)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if w.CurrentPolicyVersion() != r.requestPolicyVersion() {
 		r.State, r.FinishedAt = RequestWithdrawn, now
 		r.Error = fmt.Sprintf("the wallet's policy is version %d, the request was submitted under version %d: submit it again", w.CurrentPolicyVersion(), r.requestPolicyVersion())
-		return nil
+		return w, nil
 	}
 	p, err := w.Policy()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	d, err := c.evaluate(ctx, p, r, storedAnswers(r), nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	switch d.Outcome {
 	case policy.Rejected:
@@ -653,18 +654,18 @@ func (c *Core) decide(ctx context.Context, r *RequestRecord, res *AnswerResult) 
 	case policy.Pending:
 		sum, err := r.ParsedSummary()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		devices, err := c.cfg.Devices.CurrentDevices(ctx)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		res.Prompts, err = c.issuePrompts(r, sum, d.Ask, devices, now)
 		if err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return w, nil
 }
 
 // sign has the HSM sign an approved request and stores the outcome:
@@ -682,7 +683,7 @@ func (c *Core) sign(ctx context.Context, r *RequestRecord) error {
 	if err := c.recordSpend(ctx, r, int64(sum.SentTotal)); err != nil {
 		return fmt.Errorf("core: request %s: not signed, it stays approved: %w", r.ID, err)
 	}
-	return c.signRecorded(ctx, r)
+	return c.signRecorded(ctx, r, nil)
 }
 
 // withSpend returns request r's wallet's spend ledger with r's transfer
@@ -702,9 +703,10 @@ func (c *Core) withSpend(ctx context.Context, r *RequestRecord) (*SpendLedger, e
 	return l, nil
 }
 
-// signRecorded is sign once the request's spend is recorded.
-func (c *Core) signRecorded(ctx context.Context, r *RequestRecord) error {
-	signedTx, err := c.signTransaction(ctx, r)
+// signRecorded is sign once the request's spend is recorded; w is the
+// request's wallet as read under the same lock, or nil to read it.
+func (c *Core) signRecorded(ctx context.Context, r *RequestRecord, w *WalletRecord) error {
+	signedTx, err := c.signTransaction(ctx, r, w)
 	if err != nil && ctx.Err() != nil {
 		// Interrupted, not refused: the request stays approved and the
 		// next Tick signs it.
@@ -729,13 +731,15 @@ func (c *Core) signRecorded(ctx context.Context, r *RequestRecord) error {
 
 type signedTransaction struct{ psbt, tx []byte }
 
-func (c *Core) signTransaction(ctx context.Context, r *RequestRecord) (*signedTransaction, error) {
+func (c *Core) signTransaction(ctx context.Context, r *RequestRecord, w *WalletRecord) (*signedTransaction, error) {
 	if c.cfg.Custody == nil {
 		return nil, errors.New("core: no HSM signer configured for custody keys")
 	}
-	w, err := c.cfg.Wallets.GetWallet(ctx, r.Wallet)
-	if err != nil {
-		return nil, err
+	if w == nil {
+		var err error
+		if w, err = c.cfg.Wallets.GetWallet(ctx, r.Wallet); err != nil {
+			return nil, err
+		}
 	}
 	if w.Network != r.Network {
 		return nil, fmt.Errorf("core: wallet %s is on %s, the request on %s", w.Name, w.Network, r.Network)

@@ -119,7 +119,15 @@ func (s *Server) answer(ctx context.Context, a core.Answer) {
 		if res.Decision == signed.Reject {
 			kind = audit.KindRejection
 		}
-		s.record(ctx, kind, a.RequestID, fmt.Sprintf("%s by user %s on device %s; request %s", res.Decision, res.User, a.Device, r.State))
+		detail := fmt.Sprintf("%s by user %s on device %s; request %s", res.Decision, res.User, a.Device, r.State)
+		if r.State == core.RequestPending {
+			// The answer is stored with the request; its entry goes with
+			// the next (the request's next answer, say), not in a commit
+			// of its own while that answer is checked.
+			s.recordLater(kind, a.RequestID, detail)
+		} else {
+			s.record(ctx, kind, a.RequestID, detail)
+		}
 		switch r.State {
 		case core.RequestSigned:
 			log.Info("request signed", "txid", r.TxID)

@@ -49,8 +49,16 @@ func (s *Server) queueRecord(kind, subject, detail string) func(context.Context)
 	}
 }
 
+// auditLinger is how long an event recorded from a goroutine waits for
+// another append to carry it in the same write, before writing it itself:
+// a device's 'prompt shown' then goes with the next entry (typically its
+// answer), instead of a commit of its own while the devices answer.
+const auditLinger = 20 * time.Millisecond
+
 // recordLater appends an event from a goroutine, for callers that hold a
-// lock the HSM's latency must not hold up. Stop waits for it.
+// lock the HSM's latency must not hold up. The event takes its place in
+// the chain at once, and is written with the next append or after
+// auditLinger (at once when hsmd stops). Stop waits for it.
 func (s *Server) recordLater(kind, subject, detail string) {
 	if s.cfg.Audit == nil {
 		return
@@ -65,9 +73,16 @@ func (s *Server) recordLater(kind, subject, detail string) {
 		s.auditFailed(audit.Event{Kind: kind, Subject: subject, Detail: detail}, errors.New("hsmd: stopping"))
 		return
 	}
+	recorded := s.queueRecord(kind, subject, detail)
 	go func() {
 		defer s.bgWork.Done()
-		s.record(s.bgCtx, kind, subject, detail)
+		t := time.NewTimer(auditLinger)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-s.bgCtx.Done():
+		}
+		recorded(s.bgCtx)
 	}()
 }
 
