@@ -512,9 +512,10 @@ type AnswerResult struct {
 //  6. its counter is above the last one accepted from the device.
 //
 // The device's new counter, the request with the answer and, if the
-// answer approves the request for signing now, the transfer's spend are
-// stored in one atomic write ([RequestStore.StoreAnswer]): an answer is
-// counted with its counter spent, or not at all.
+// answer approves the request for signing now, the HSM's signature (or
+// why signing failed) and the transfer's spend are stored in one atomic
+// write ([RequestStore.StoreAnswer]): an answer is counted with its
+// counter spent, or not at all (see signWithAnswer).
 //
 // A rejection closes the request (rejected). An approval that brings the
 // distinct approving users to the quorum has the HSM sign the transaction
@@ -602,22 +603,72 @@ func (c *Core) Answer(ctx context.Context, a Answer) (*AnswerResult, error) {
 	res.Withdraw = append(res.Withdraw, withdrawals(r.ID, r.Prompts, r.Answers, dev, r.State != RequestPending)...)
 	signNow := r.State == RequestApproved && !now.Before(r.SignAfter)
 	var ledger *SpendLedger
+	var interrupted error
 	if signNow {
-		// The spend is stored with the approval, before the HSM signs
-		// (see sign).
-		if ledger, err = c.withSpend(ctx, r); err != nil {
+		// The HSM signs now, and the outcome is stored with the answer
+		// (see signWithAnswer).
+		if ledger, interrupted, err = c.signWithAnswer(ctx, r, w); err != nil {
 			return nil, err
 		}
 	}
 	if err := c.cfg.Requests.StoreAnswer(ctx, dev, r, ledger); err != nil {
 		return nil, fmt.Errorf("core: request %s: store the answer of device %s: %w", r.ID, dev.ID, err)
 	}
-	if signNow {
-		if err := c.signRecorded(ctx, r, w); err != nil {
-			return nil, err
-		}
+	if interrupted != nil {
+		return nil, interrupted
 	}
 	return res, nil
+}
+
+// signWithAnswer has the HSM sign request r, approved by the answer being
+// accepted, and puts the outcome in r: signed, or failed with the error.
+// It returns the wallet's spend ledger to store with the answer: with r's
+// transfer once signed, without it if signing failed (nil: unchanged).
+// If ctx ended the signing, r stays approved, its spend counted, for
+// [Core.Tick], and the interruption is returned as interrupted.
+//
+// The HSM signs before anything of the answer is stored, and the answer,
+// the device's counter, the spend and the signed transaction are then
+// stored in one write: a crash in between loses the answer and the
+// signature together (the device is asked again), and nothing signed is
+// ever released without its approvals and its spend stored. The velocity
+// limits are checked at signing against the spends stored before r's,
+// as in sign; the shared lock keeps any other signing out meanwhile, and
+// the ledger's compare-and-swap refuses the write if a spend was stored
+// all the same.
+func (c *Core) signWithAnswer(ctx context.Context, r *RequestRecord, w *WalletRecord) (ledger *SpendLedger, interrupted, err error) {
+	sum, err := r.ParsedSummary()
+	if err != nil {
+		return nil, nil, fmt.Errorf("core: request %s: stored summary: %w", r.ID, err)
+	}
+	l, err := c.cfg.Requests.Spends(ctx, r.Wallet)
+	if err != nil {
+		return nil, nil, fmt.Errorf("core: wallet %s: read its spend ledger: %w", r.Wallet, err)
+	}
+	signedTx, err := c.signTransaction(ctx, r, w)
+	now := c.cfg.Now().UTC()
+	switch {
+	case err != nil && ctx.Err() != nil:
+		// Interrupted, not refused.
+		if c.addSpend(l, r, int64(sum.SentTotal)) {
+			ledger = l
+		}
+		return ledger, fmt.Errorf("core: request %s: signing interrupted; it stays approved: %w", r.ID, err), nil
+	case err != nil:
+		// Nothing to count (a spend of r's stored before is dropped).
+		n := len(l.Spends)
+		if l.Spends = slices.DeleteFunc(l.Spends, func(s LedgerSpend) bool { return s.RequestID == r.ID }); len(l.Spends) != n {
+			ledger = l
+		}
+		r.State, r.FinishedAt, r.Error = RequestFailed, now, err.Error()
+	default:
+		if c.addSpend(l, r, int64(sum.SentTotal)) {
+			ledger = l
+		}
+		r.State, r.FinishedAt = RequestSigned, now
+		r.SignedPSBT, r.SignedTx = signedTx.psbt, signedTx.tx
+	}
+	return ledger, nil, nil
 }
 
 // decide evaluates the request's policy after an answer and moves it on:
@@ -684,23 +735,6 @@ func (c *Core) sign(ctx context.Context, r *RequestRecord) error {
 		return fmt.Errorf("core: request %s: not signed, it stays approved: %w", r.ID, err)
 	}
 	return c.signRecorded(ctx, r, nil)
-}
-
-// withSpend returns request r's wallet's spend ledger with r's transfer
-// added, or nil if it is there already.
-func (c *Core) withSpend(ctx context.Context, r *RequestRecord) (*SpendLedger, error) {
-	sum, err := r.ParsedSummary()
-	if err != nil {
-		return nil, fmt.Errorf("core: request %s: stored summary: %w", r.ID, err)
-	}
-	l, err := c.cfg.Requests.Spends(ctx, r.Wallet)
-	if err != nil {
-		return nil, fmt.Errorf("core: wallet %s: read its spend ledger: %w", r.Wallet, err)
-	}
-	if !c.addSpend(l, r, int64(sum.SentTotal)) {
-		return nil, nil
-	}
-	return l, nil
 }
 
 // signRecorded is sign once the request's spend is recorded; w is the

@@ -47,8 +47,8 @@ const (
 // Crash points the child can stop at.
 const (
 	crashAfterAnswer = "after-answer" // an answer stored (with its device counter), nothing sent yet
-	crashBeforeSign  = "before-sign"  // the request stored approved, the HSM not yet asked
-	crashAfterSign   = "after-sign"   // the HSM signed, the outcome not yet stored
+	crashBeforeSign  = "before-sign"  // the deciding answer checked, the HSM not yet asked, nothing of it stored
+	crashAfterSign   = "after-sign"   // the HSM signed, the answer and the outcome not yet stored
 )
 
 // Files in the child's data directory.
@@ -330,7 +330,7 @@ func (cw *crashWorld) signs() int {
 // checkSigned checks the end state: the request signed, with one approval
 // each from alice and bob, counted once; the audit log whole, with one
 // signature entry for the request.
-func (cw *crashWorld) checkSigned(id string, aliceCounter uint64) {
+func (cw *crashWorld) checkSigned(id string, aliceCounter, bobCounter uint64) {
 	cw.t.Helper()
 	r := cw.waitRequestState(cw.h, id, "signed", func(r *apipb.Request) bool {
 		return r.GetState() == apipb.RequestState_REQUEST_STATE_SIGNED
@@ -345,8 +345,8 @@ func (cw *crashWorld) checkSigned(id string, aliceCounter uint64) {
 		}
 		got[a.GetUser()] = a.GetCounter()
 	}
-	if got["alice"] != aliceCounter || got["bob"] != 1 {
-		cw.t.Errorf("answers by user with their counters: %v; want alice %d, bob 1", got, aliceCounter)
+	if got["alice"] != aliceCounter || got["bob"] != bobCounter {
+		cw.t.Errorf("answers by user with their counters: %v; want alice %d, bob %d", got, aliceCounter, bobCounter)
 	}
 	a := apipb.NewAuditClient(cw.h.dial(cw.t, "operator"))
 	until(cw.t, cw.ctx, "one signature entry in the audit log", func() error {
@@ -400,7 +400,7 @@ func testCrashRecovery(t *testing.T, store func(t *testing.T) string) {
 		}
 		cw.confirm(cw.emus[0], id)
 		cw.confirm(cw.emus[1], id)
-		cw.checkSigned(id, 1)
+		cw.checkSigned(id, 1, 1)
 		if n := cw.signs(); n != 1 {
 			t.Errorf("the HSM signed %d times", n)
 		}
@@ -413,7 +413,7 @@ func testCrashRecovery(t *testing.T, store func(t *testing.T) string) {
 		cw.kill()
 		cw.restart("")
 		cw.confirm(cw.emus[1], id)
-		cw.checkSigned(id, 1)
+		cw.checkSigned(id, 1, 1)
 		if n := cw.signs(); n != 1 {
 			t.Errorf("the HSM signed %d times", n)
 		}
@@ -430,12 +430,12 @@ func testCrashRecovery(t *testing.T, store func(t *testing.T) string) {
 		// approval counts, and is not asked for again.
 		cw.waitRequestState(cw.h, id, "alice's approval stored", func(r *apipb.Request) bool { return len(r.GetApprovedBy()) == 1 })
 		cw.confirm(cw.emus[1], id)
-		cw.checkSigned(id, 1)
+		cw.checkSigned(id, 1, 1)
 		if n := cw.signs(); n != 1 {
 			t.Errorf("the HSM signed %d times", n)
 		}
 	})
-	t.Run("approved, before signing", func(t *testing.T) {
+	t.Run("deciding answer checked, before signing", func(t *testing.T) {
 		cw, addrs := newCrashWorld(t, store(t))
 		cw.stop()
 		cw.restart(crashBeforeSign)
@@ -445,7 +445,10 @@ func testCrashRecovery(t *testing.T, store func(t *testing.T) string) {
 		cw.confirm(cw.emus[1], id)
 		cw.killAt(crashBeforeSign)
 		cw.restart("")
-		cw.checkSigned(id, 1) // by the ticker, after the restart
+		// Bob's answer was lost with the process, none of it stored: the
+		// prompt comes again, and he answers with his next counter.
+		cw.confirm(cw.emus[1], id)
+		cw.checkSigned(id, 1, 2)
 		if n := cw.signs(); n != 1 {
 			t.Errorf("the HSM signed %d times", n)
 		}
@@ -460,10 +463,12 @@ func testCrashRecovery(t *testing.T, store func(t *testing.T) string) {
 		cw.confirm(cw.emus[1], id)
 		cw.killAt(crashAfterSign)
 		cw.restart("")
-		cw.checkSigned(id, 1)
 		// The signature made before the crash died with the process,
-		// never stored or returned; the ticker had the HSM sign the same
-		// approved transaction again, and that one is the request's.
+		// never stored or returned, and bob's answer with it: he is
+		// asked again, and the HSM signs again; that one is the
+		// request's.
+		cw.confirm(cw.emus[1], id)
+		cw.checkSigned(id, 1, 2)
 		if n := cw.signs(); n != 2 {
 			t.Errorf("the HSM signed %d times, want 2 (one lost with the process)", n)
 		}
