@@ -734,13 +734,7 @@ func (c *Core) sign(ctx context.Context, r *RequestRecord) error {
 	if err := c.recordSpend(ctx, r, int64(sum.SentTotal)); err != nil {
 		return fmt.Errorf("core: request %s: not signed, it stays approved: %w", r.ID, err)
 	}
-	return c.signRecorded(ctx, r, nil)
-}
-
-// signRecorded is sign once the request's spend is recorded; w is the
-// request's wallet as read under the same lock, or nil to read it.
-func (c *Core) signRecorded(ctx context.Context, r *RequestRecord, w *WalletRecord) error {
-	signedTx, err := c.signTransaction(ctx, r, w)
+	signedTx, err := c.signTransaction(ctx, r, nil)
 	if err != nil && ctx.Err() != nil {
 		// Interrupted, not refused: the request stays approved and the
 		// next Tick signs it.
@@ -765,6 +759,9 @@ func (c *Core) signRecorded(ctx context.Context, r *RequestRecord, w *WalletReco
 
 type signedTransaction struct{ psbt, tx []byte }
 
+// signTransaction has the HSM sign approved request r, once its approvals
+// are counted again (checkApprovals); w is r's wallet as read under the
+// same lock, or nil to read it.
 func (c *Core) signTransaction(ctx context.Context, r *RequestRecord, w *WalletRecord) (*signedTransaction, error) {
 	if c.cfg.Custody == nil {
 		return nil, errors.New("core: no HSM signer configured for custody keys")
