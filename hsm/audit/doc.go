@@ -81,9 +81,9 @@
 // of that moment: while hsmd runs, the record store's pin reports it as
 // rolled back, but a daemon started on the restored copy cannot tell. The
 // newest entries lost that way are those after the checkpoint an operator
-// last exported: keep exports ('opencustody audit export', or 'opencustody
-// audit checkpoint', which signs one now) where the database cannot reach
-// them, and compare.
+// last exported: keep exports ('opencustody audit export'; hsmd signs a
+// checkpoint of the newest entry every tick, and when it stops) where the
+// database cannot reach them, and compare.
 //
 // # Failures
 //
