@@ -115,6 +115,44 @@ func TestApprovalQuorumMet(t *testing.T) {
 	}
 }
 
+// TestRefusedAnswerWriteReleasesNothing: the HSM signs the deciding
+// answer's transaction before that answer is stored; when the database
+// refuses the write, Answer fails, nothing of the answer is stored (no
+// counter, no approval, no spend, no signed transaction), and the same
+// approval, delivered again once the database takes writes, is counted
+// once and signs the request.
+func TestRefusedAnswerWriteReleasesNothing(t *testing.T) {
+	w := newWorld(t)
+	sub := w.submit(w.transfer("r"))
+	if _, err := w.answer(sub.Request.ID, "alice", w.approval("alice", w.promptFor(sub, "alice"), signed.Approve, 1, nil)); err != nil {
+		t.Fatal(err)
+	}
+	bob := w.approval("bob", w.promptFor(sub, "bob"), signed.Approve, 1, nil)
+	refused := errors.New("database refuses writes")
+	*w.requests.refuseAnswers = refused
+	if _, err := w.answer(sub.Request.ID, "bob", bob); !errors.Is(err, refused) {
+		t.Fatalf("answer while the database refuses it: %v", err)
+	}
+	r := w.request(sub.Request.ID)
+	if r.State != RequestPending || len(r.Answers) != 1 || r.SignedTx != nil || r.SignedPSBT != nil {
+		t.Fatalf("after the refused write: state %s, %d answers, %d bytes signed", r.State, len(r.Answers), len(r.SignedTx))
+	}
+	if w.counter("bob") != 0 || len(ledgerIDs(t, w)) != 0 {
+		t.Fatalf("after the refused write: bob's counter %d, ledger %v", w.counter("bob"), ledgerIDs(t, w))
+	}
+	*w.requests.refuseAnswers = nil
+	if _, err := w.answer(sub.Request.ID, "bob", bob); err != nil {
+		t.Fatal(err)
+	}
+	r = w.request(sub.Request.ID)
+	if r.State != RequestSigned || r.SignedTx == nil || w.counter("bob") != 1 || !slices.Equal(ledgerIDs(t, w), []string{r.ID}) {
+		t.Fatalf("after the write was taken: state %s, bob's counter %d, ledger %v", r.State, w.counter("bob"), ledgerIDs(t, w))
+	}
+	if _, err := w.answer(sub.Request.ID, "bob", bob); err == nil {
+		t.Fatal("the same approval counted twice")
+	}
+}
+
 func TestApprovalQuorumNotMet(t *testing.T) {
 	w := newWorld(t)
 	w.dev["alice"].decision = signed.Approve

@@ -167,6 +167,9 @@ type memRequests struct {
 	s       *jsonStore[RequestRecord]
 	spends  *jsonStore[SpendLedger]
 	devices *memDevices // for StoreAnswer
+	// refuseAnswers, when set, is what StoreAnswer fails with, storing
+	// nothing: a database that refuses the write.
+	refuseAnswers *error
 }
 
 func setRequestVersion(r *RequestRecord, v uint64) { r.Version = v }
@@ -233,6 +236,9 @@ func (m memRequests) UpdateRequest(_ context.Context, r *RequestRecord) error {
 // StoreAnswer checks every version before it stores anything, so that
 // it stores all or none (the core's tests are not concurrent).
 func (m memRequests) StoreAnswer(ctx context.Context, d *DeviceRecord, r *RequestRecord, l *SpendLedger) error {
+	if err := *m.refuseAnswers; err != nil {
+		return err
+	}
 	if cur, err := m.devices.GetDevice(ctx, d.ID); err != nil || cur.Version != d.Version {
 		return fmt.Errorf("device %s: version conflict (%v)", d.ID, err)
 	}
@@ -438,7 +444,7 @@ func newWorld(t testing.TB, names ...string) *world {
 	}
 	devices := newMemDevices()
 	w := &world{rnd: rnd,
-		t: t, identity: id, devices: devices, requests: memRequests{newJSONStore[RequestRecord](ErrRequestNotFound), newJSONStore[SpendLedger](errNoLedger), devices},
+		t: t, identity: id, devices: devices, requests: memRequests{newJSONStore[RequestRecord](ErrRequestNotFound), newJSONStore[SpendLedger](errNoLedger), devices, new(error)},
 		changes: newMemChanges(), handlers: map[ChangeKind]ChangeHandler{},
 		custody: newSoftCustody(), clock: &clock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)},
 		dev: map[string]*testDevice{}, links: map[string]*Link{}, users: map[string]string{},

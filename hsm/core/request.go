@@ -656,8 +656,7 @@ func (c *Core) signWithAnswer(ctx context.Context, r *RequestRecord, w *WalletRe
 		return ledger, fmt.Errorf("core: request %s: signing interrupted; it stays approved: %w", r.ID, err), nil
 	case err != nil:
 		// Nothing to count (a spend of r's stored before is dropped).
-		n := len(l.Spends)
-		if l.Spends = slices.DeleteFunc(l.Spends, func(s LedgerSpend) bool { return s.RequestID == r.ID }); len(l.Spends) != n {
+		if dropSpend(l, r) {
 			ledger = l
 		}
 		r.State, r.FinishedAt, r.Error = RequestFailed, now, err.Error()

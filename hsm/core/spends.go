@@ -84,11 +84,15 @@ func (c *Core) addSpend(l *SpendLedger, r *RequestRecord, amount int64) bool {
 // forgetSpend removes request r's spend after its signing failed for good:
 // nothing was sent.
 func (c *Core) forgetSpend(ctx context.Context, r *RequestRecord) error {
-	return c.updateLedger(ctx, r.Wallet, func(l *SpendLedger) bool {
-		n := len(l.Spends)
-		l.Spends = slices.DeleteFunc(l.Spends, func(s LedgerSpend) bool { return s.RequestID == r.ID })
-		return len(l.Spends) != n
-	})
+	return c.updateLedger(ctx, r.Wallet, func(l *SpendLedger) bool { return dropSpend(l, r) })
+}
+
+// dropSpend removes request r's spend from ledger l and reports whether
+// l changed.
+func dropSpend(l *SpendLedger, r *RequestRecord) bool {
+	n := len(l.Spends)
+	l.Spends = slices.DeleteFunc(l.Spends, func(s LedgerSpend) bool { return s.RequestID == r.ID })
+	return len(l.Spends) != n
 }
 
 // updateLedger reads the wallet's ledger, lets change edit it (false: no
