@@ -96,6 +96,7 @@ func (s *Store) Write(ctx context.Context, changes ...Change) ([]Record, error) 
 			if v, err = s.readView(ctx, changes); err != nil {
 				return nil, err
 			}
+			s.head.read(v)
 		}
 		rows, err := s.decideAll(v, changes)
 		if err != nil && cached {
@@ -270,7 +271,6 @@ func (s *Store) readView(ctx context.Context, changes []Change) (*view, error) {
 		k := RowKey{c.Kind, c.Key}
 		v.recs[k] = recs[k]
 	}
-	s.head.read(v)
 	return v, nil
 }
 
